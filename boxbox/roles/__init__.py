@@ -1,0 +1,1 @@
+"""One module per role; each exports `add_arguments(parser)` and `main(args) -> int`."""

@@ -1,0 +1,53 @@
+"""Shared fixtures: Hypothesis profiles, the `run_boxbox` helper, free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=60,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("dev", deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("deep", deadline=None, max_examples=2000, suppress_health_check=list(HealthCheck))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def boxbox_command() -> list[str]:
+    """How tests start boxbox: the source tree, or the zipapp when BOXBOX_EXE is set."""
+    exe = os.environ.get("BOXBOX_EXE")
+    return [exe] if exe else [sys.executable, "-m", "boxbox"]
+
+
+def boxbox_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_boxbox(*args: str, exit_code: int = 0, input: str | None = None, cwd: str | Path | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run boxbox and check its exit code; a failure must be a one-line `boxbox:` error, no traceback."""
+    proc = subprocess.run([*boxbox_command(), *args], capture_output=True, text=True, input=input,
+                          cwd=cwd, env=boxbox_env(), timeout=timeout)
+    assert proc.returncode == exit_code, (
+        f"boxbox {' '.join(args)}: exit {proc.returncode}, expected {exit_code}\n"
+        f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if exit_code not in (0, 2):
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("boxbox: ")]
+        assert lines, f"no 'boxbox: ' error line in {proc.stderr!r}"
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
