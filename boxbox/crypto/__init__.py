@@ -1,0 +1,1 @@
+"""Client-side keys and sealing: the store never sees a key."""

@@ -1,0 +1,1 @@
+"""boxbox.wire"""
