@@ -51,3 +51,55 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---- test CA: begin (owned by the `boxbox ca` engineer; issue 2 part 4) ----
+class SessionCA:
+    """A CA made once per session; client directories are issued on first use per account.
+
+    Revoke only accounts your own test made up: the CA and its CRL are shared.
+    """
+
+    def __init__(self, root: Path) -> None:
+        from boxbox.ca import authority
+
+        self._authority = authority
+        self.root = root
+        self.cadir = root / "ca"
+        self.server_dir = root / "server"
+        authority.init_ca(self.cadir)
+        self.server_serial = authority.sign_server(self.cadir, "localhost", self.server_dir,
+                                                   alt_names=["127.0.0.1"]).serial
+        self._clients: dict[int, int] = {}
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.cadir / "ca.crt"
+
+    @property
+    def crl(self) -> Path:
+        """The CA's current CRL (rewritten by every `revoke`)."""
+        return self.cadir / "crl.pem"
+
+    def client_dir(self, account: int) -> Path:
+        """`client.crt`, `client.key`, `ca.crt` for ACCOUNT (CN BACKUP-%08x), made on first use."""
+        out = self.root / f"client-{account:08x}"
+        if account not in self._clients:
+            self._clients[account] = self._authority.sign_client(self.cadir, account, out).serial
+        return out
+
+    def client_serial(self, account: int) -> int:
+        """The serial of ACCOUNT's certificate, to pass to `revoke`."""
+        self.client_dir(account)
+        return self._clients[account]
+
+    def revoke(self, serial: int) -> Path:
+        """Revoke SERIAL; returns the CRL path."""
+        return self._authority.revoke(self.cadir, serial)
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> SessionCA:
+    """The session's test CA: `.cadir`, `.server_dir`, `.client_dir(account)`, `.revoke(serial)`, `.crl`."""
+    return SessionCA(tmp_path_factory.mktemp("test-ca"))
+# ---- test CA: end ----
