@@ -1,0 +1,159 @@
+"""Server side of the protocol: registered command handlers and the per-connection dispatcher.
+
+Only registered request types are served, and each declares the access it needs
+(WRITE unless it says otherwise). `hello` comes first; replies go out in request order,
+flushed only when no further pipelined request is already buffered.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Any, BinaryIO, Callable, Iterable, NamedTuple, Protocol
+
+from boxbox import __version__
+from boxbox.errors import BoxboxError, PermissionDenied, ProgrammingError, ProtocolError
+from boxbox.wire import messages
+from boxbox.wire.transport import Connection, InStream
+
+log = logging.getLogger(__name__)
+
+
+class Access(enum.IntEnum):
+    NONE = 0  # before login: hello, login, finished
+    READ = 1
+    WRITE = 2
+
+
+NONE, READ, WRITE = Access.NONE, Access.READ, Access.WRITE
+
+
+class StreamReply(NamedTuple):
+    """A reply message followed by a stream read from `source` (closed afterwards if it can be)."""
+
+    message: Any
+    source: BinaryIO | Iterable[bytes]
+
+
+class Session(Protocol):
+    access: Access
+
+
+Handler = Callable[[Any, Any, "InStream | None"], Any]
+
+
+class Command(NamedTuple):
+    handler: Handler
+    access: Access
+    stream_in: bool
+
+
+COMMANDS: dict[type, Command] = {}
+
+
+def command(request: type, access: Access = WRITE, stream_in: bool = False,
+            table: dict[type, Command] = COMMANDS) -> Callable[[Handler], Handler]:
+    """Register `handler(session, request, stream)` for a request type; WRITE access by default."""
+    if request not in messages.REQUESTS or request in (messages.Hello,):
+        raise ProgrammingError(f"{getattr(request, '__name__', request)} is not a registrable request")
+
+    def register(handler: Handler) -> Handler:
+        if request in table:
+            raise ProgrammingError(f"{request.__name__} registered twice")
+        table[request] = Command(handler, access, stream_in)
+        return handler
+
+    return register
+
+
+def _close(source: object) -> None:
+    close = getattr(source, "close", None)
+    if close is not None:
+        close()
+
+
+class Dispatcher:
+    """Runs one connection: hello, then requests in order until Finished or the peer goes."""
+
+    def __init__(self, conn: Connection, session: Session, commands: dict[type, Command] | None = None) -> None:
+        self.conn = conn
+        self.session = session
+        self.commands = COMMANDS if commands is None else commands
+        self.requests = 0
+
+    def hello(self) -> None:
+        msg = self.conn.read_message()
+        if msg is None:
+            raise ProtocolError("client closed the connection before hello")
+        if not isinstance(msg, messages.Hello):
+            raise ProtocolError(f"expected Hello first, got {type(msg).__name__}")
+        if msg.magic != messages.WIRE_MAGIC:
+            raise ProtocolError(f"bad protocol magic {msg.magic!r}, expected {messages.WIRE_MAGIC!r}")
+        if msg.version not in messages.SUPPORTED_VERSIONS:
+            self.conn.send(messages.error_reply(ProtocolError(
+                f"client speaks protocol version {msg.version}, this server {sorted(messages.SUPPORTED_VERSIONS)}")))
+            self.conn.flush()
+            raise ProtocolError(f"unsupported protocol version {msg.version}")
+        self.conn.send(messages.Hello(messages.WIRE_MAGIC, messages.PROTOCOL_VERSION, f"boxbox {__version__}"))
+        self.conn.flush()
+
+    def run(self) -> bool:
+        """Serve until Finished (True) or a clean close by the client (False)."""
+        self.hello()
+        conn = self.conn
+        while True:
+            msg = conn.read_message()
+            if msg is None:
+                return False
+            self.requests += 1
+            if isinstance(msg, messages.Finished):
+                conn.send(messages.Finished())
+                conn.flush()
+                return True
+            self.dispatch(msg)
+            if not conn.has_buffered_frame():
+                conn.flush()
+
+    def dispatch(self, msg: Any) -> None:
+        cmd = self.commands.get(type(msg))
+        if cmd is None:
+            raise ProtocolError(f"{type(msg).__name__} is not a request this server serves")
+        stream = self.conn.stream_reader() if cmd.stream_in else None
+        try:
+            if self.session.access < cmd.access:
+                raise PermissionDenied(
+                    f"{type(msg).__name__} needs {cmd.access.name.lower()} access, session has "
+                    f"{self.session.access.name.lower()}" + (" (log in first)" if self.session.access == NONE else ""))
+            result = cmd.handler(self.session, msg, stream)
+        except BoxboxError as e:
+            self._fail(e, stream)
+            return
+        except Exception:
+            log.exception("handler for %s failed", type(msg).__name__)
+            self._fail(ProgrammingError("server internal error (see the server log)"), stream)
+            return
+        if stream is not None and not stream.done:
+            stream.drain()  # handler ignored part of its input; keep the framing in step
+        if isinstance(result, StreamReply):
+            self.conn.send(result.message)
+            try:
+                self.conn.send_stream(result.source)
+            except BoxboxError as e:  # stream already aborted; say why
+                log.warning("%s: stream failed: %s", type(msg).__name__, e)
+                self.conn.send(messages.error_reply(e))
+            except Exception:
+                log.exception("stream for %s failed", type(msg).__name__)
+                self.conn.send(messages.error_reply(ProgrammingError("server internal error (see the server log)")))
+            finally:
+                _close(result.source)
+        else:
+            self.conn.send(result)
+
+    def _fail(self, error: BoxboxError, stream: InStream | None) -> None:
+        if stream is not None and not stream.done:
+            try:
+                stream.drain()  # the connection stays usable after a refused upload
+            except ProtocolError:
+                if not stream.aborted:
+                    raise
+        self.conn.send(messages.error_reply(error))

@@ -1,0 +1,117 @@
+"""Frames: length-prefixed, typed byte strings. No I/O: fed bytes in, whole frames out.
+
+Layout of one frame (little-endian):
+
+    offset  size  field
+    0       4     payload length (bytes after this header), at most MAX_FRAME_SIZE
+    4       2     frame type (a message id from `boxbox.wire.messages`, or a stream type)
+    6       n     payload
+
+The length is checked against the limit as soon as the header is complete, before any
+payload is buffered, so a hostile peer cannot make us allocate more than the limit.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterator, NamedTuple
+
+from boxbox.errors import ProtocolError
+
+HEADER = struct.Struct("<IH")
+assert HEADER.size == 6
+
+#: Largest payload accepted; bulk data travels as many STREAM_DATA frames of STREAM_CHUNK.
+MAX_FRAME_SIZE = 1 << 20
+#: Payload size of stream data frames: big enough to amortise per-frame Python work
+#: (256 KiB -> 2048 frames per 512 MiB), small enough to keep buffers bounded.
+STREAM_CHUNK = 256 << 10
+
+# Stream frame types share the 16-bit type space with messages; messages stay below 0xFF00.
+STREAM_DATA = 0xFF01  # payload: a piece of the stream
+STREAM_END = 0xFF02  # payload empty: the stream finished normally
+STREAM_ABORT = 0xFF03  # payload empty: the sender gave up; discard what came so far
+STREAM_TYPES = frozenset((STREAM_DATA, STREAM_END, STREAM_ABORT))
+
+
+class Frame(NamedTuple):
+    type: int
+    payload: bytes
+
+
+def encode_frame(frame_type: int, payload: bytes | bytearray | memoryview = b"") -> bytes:
+    """Header plus payload as one bytes object, ready to be coalesced with others."""
+    if len(payload) > MAX_FRAME_SIZE:
+        raise ProtocolError(f"frame payload of {len(payload)} bytes exceeds the limit of {MAX_FRAME_SIZE}")
+    return HEADER.pack(len(payload), frame_type) + payload
+
+
+def frame_header(frame_type: int, length: int) -> bytes:
+    """Just the header, for senders that write a big payload separately (no copy)."""
+    if length > MAX_FRAME_SIZE:
+        raise ProtocolError(f"frame payload of {length} bytes exceeds the limit of {MAX_FRAME_SIZE}")
+    return HEADER.pack(length, frame_type)
+
+
+class FrameDecoder:
+    """Accumulates received bytes and splits them into frames."""
+
+    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray()
+        self._need: tuple[int, int] | None = None  # (type, length) of the frame being received
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._buf += data
+        # Check a header as soon as it is complete, so an oversized length fails now,
+        # not after the peer has been allowed to send megabytes.
+        if self._need is None and len(self._buf) >= HEADER.size:
+            self._parse_header()
+
+    def _parse_header(self) -> None:
+        length, frame_type = HEADER.unpack_from(self._buf)
+        if length > self.max_frame_size:
+            raise ProtocolError(f"frame of {length} bytes exceeds the limit of {self.max_frame_size}")
+        self._need = (frame_type, length)
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or None until more bytes are fed."""
+        if self._need is None:
+            if len(self._buf) < HEADER.size:
+                return None
+            self._parse_header()
+        assert self._need is not None
+        frame_type, length = self._need
+        end = HEADER.size + length
+        if len(self._buf) < end:
+            return None
+        payload = bytes(self._buf[HEADER.size:end])
+        del self._buf[:end]
+        self._need = None
+        if len(self._buf) >= HEADER.size:
+            self._parse_header()
+        return Frame(frame_type, payload)
+
+    def __iter__(self) -> Iterator[Frame]:
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+    def has_frame(self) -> bool:
+        """True when a complete frame is already buffered (no read needed)."""
+        if self._need is None:
+            return False
+        return len(self._buf) >= HEADER.size + self._need[1]
+
+    def missing(self) -> int:
+        """Bytes still needed to complete the frame in progress (at least 1 when idle)."""
+        if self._need is None:
+            return max(1, HEADER.size - len(self._buf))
+        return max(0, HEADER.size + self._need[1] - len(self._buf))
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def at_boundary(self) -> bool:
+        """True when no partial frame is buffered (a clean place for the peer to stop)."""
+        return not self._buf
