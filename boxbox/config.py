@@ -97,7 +97,8 @@ SIZE = Type("size", parse_size, format_size)
 DURATION = Type("time", parse_duration, format_duration)
 PATH = Type("path", lambda s: Path(s.strip()).expanduser())
 LIST = Type("list", parse_list, lambda v: "\n".join(v))
-REGEX_LIST = Type("regex list", parse_list, lambda v: "\n".join(v))
+# one regex per line: a comma is regex syntax (`a{1,3}`), never a separator here
+REGEX_LIST = Type("regex list", lambda s: [ln.strip() for ln in s.splitlines() if ln.strip()], lambda v: "\n".join(v))
 
 
 def choice(*values: str) -> Type:
