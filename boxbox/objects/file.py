@@ -1,0 +1,531 @@
+"""File objects: one streamed format for whole files, diff uploads and reverse patches.
+
+Byte layout (little-endian). The store reads every clear part without keys.
+
+    FIXED HEADER, 32 bytes, clear; bound into the index's associated data
+      0   4   magic b"BXFO"
+      4   1   version (1)
+      5   1   object kind (1 = file data)
+      6   1   cipher id (1 = AES-256-GCM, 2 = ChaCha20-Poly1305)
+      7   1   strong hash id (1 = sha256, 2 = blake2b; truncated to 16 bytes)
+      8   16  object uid: random, chosen by the client; ties index and place to this object
+      24  8   mtime, ns since the epoch (signed)
+    PLACE, clear head then sealed parts; replaceable as a unit when the object is moved
+      32  8   container (directory) object id
+      40  2   sealed name length N
+      42  4   sealed attributes length A
+      46  N   sealed name: AES-SIV, the same bytes as the directory entry's (context: container id)
+      .   A   sealed attributes: AES-256-GCM, AD = b"BXFO place" + uid + container id + sealed name
+    BLOCK RECORDS, one per block, in file order; record head 5 bytes: kind u8, length u32
+      kind 1 RAW   length bytes: sealed block, AD = magic + version + kind
+      kind 2 ZLIB  the same, the sealed data is a zlib stream
+      kind 3 REF   length 12: u64 object id, u32 block number - "block k of object X", resolved
+                   by the store by copying that object's record here (diff uploads, reverse patches)
+    END RECORD, kind 0, length 12 + L
+      +0  4   block count
+      +4  8   clear size rounded up to 4 KiB (the exact size is sealed in the index)
+      +12 L   sealed index: AD = fixed header + block count + rounded size
+    FOOTER, 8 bytes: u32 L, magic b"BXFI" - a seekable reader finds the index from the end
+
+    INDEX PLAINTEXT: head 20 bytes (magic b"BXFI", version u8, hash id u8, reserved u16,
+      block count u32, exact clear size u64), then per block 28 bytes: clear size u32,
+      stored size u32 (the record's length), weak rolling checksum u32, strong checksum 16 bytes.
+
+Blocks are sealed independently of the object (their AD names only the format and kind) so the
+store can copy them between objects without keys; the sealed index binds each position to its
+content (clear size and strong checksum), and the index is bound to the header by its AD.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from array import array
+from typing import Any, BinaryIO, Iterable, NamedTuple, Protocol
+
+from boxbox import magic
+from boxbox.crypto import seal as sealing
+from boxbox.crypto.keys import Keys
+from boxbox.errors import FormatError, IntegrityError, ProgrammingError
+from boxbox.objects.attributes import MAX_ATTRIBUTES_SIZE, Attributes
+
+MAGIC = magic.FILE_OBJECT
+INDEX_MAGIC = magic.FILE_INDEX
+VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+KIND_FILE = 1
+HEADER = struct.Struct("<4sBBBB16sq")
+PLACE = struct.Struct("<QHI")
+RECORD = struct.Struct("<BI")
+REF = struct.Struct("<QI")
+END = struct.Struct("<IQ")
+FOOTER = struct.Struct("<I4s")
+INDEX_HEAD = struct.Struct("<4sBBHIQ")
+ENTRY = struct.Struct("<III16s")
+assert (HEADER.size, PLACE.size, RECORD.size, REF.size, END.size, FOOTER.size, INDEX_HEAD.size,
+        ENTRY.size) == (32, 14, 5, 12, 12, 8, 20, 28)
+
+R_END, R_RAW, R_ZLIB, R_REF = 0, 1, 2, 3
+UID_SIZE = 16
+STRONG_SIZE = 16
+ROUND = 4096
+#: largest clear block (rolling's layout grows blocks to at most 512 KiB; allow headroom)
+MAX_BLOCK_SIZE = 16 << 20
+MAX_RECORD = MAX_BLOCK_SIZE + sealing.OVERHEAD
+#: at most 2^21 blocks: 1 TiB at 512 KiB per block; the index is then 56 MiB
+MAX_BLOCKS = 1 << 21
+MAX_INDEX = sealing.OVERHEAD + INDEX_HEAD.size + MAX_BLOCKS * ENTRY.size
+MAX_PLACE_ATTRS = MAX_ATTRIBUTES_SIZE + sealing.OVERHEAD
+#: compressibility probe: blocks above PROBE_MIN are probed on two 8 KiB samples first;
+#: zlib-1 runs at ~55 MB/s on incompressible data, so skipping it there matters
+PROBE = 8192
+PROBE_MIN = 4 * PROBE
+PROBE_KEEP = 0.97
+COPY_CHUNK = 1 << 20
+PLACE_AAD = b"BXFO place"
+
+
+class Sink(Protocol):
+    def write(self, data: bytes | memoryview, /) -> Any: ...
+
+
+class IndexEntry(NamedTuple):
+    """One block as the sealed index records it."""
+
+    clear_size: int
+    stored_size: int
+    weak: int
+    strong: bytes
+
+
+class Index(NamedTuple):
+    """The opened block index of a file object: what a client needs to diff against it."""
+
+    hash_id: int
+    size: int
+    entries: list[IndexEntry]
+
+
+class Reference(NamedTuple):
+    """Block `block` of store object `object_id`, whose index entry the client already has."""
+
+    object_id: int
+    block: int
+    entry: IndexEntry
+
+
+class EncodedFile(NamedTuple):
+    uid: bytes
+    block_count: int
+    size: int
+    stored_size: int
+
+
+class DecodedFile(NamedTuple):
+    name: bytes
+    container_id: int
+    attributes: Attributes
+    size: int
+    block_count: int
+    uid: bytes
+
+
+def _hashes() -> dict[int, str]:
+    from boxbox.rolling.checksum import HASHES
+
+    return HASHES
+
+
+def hash_id(hash_name: str) -> int:
+    """Strong hash name -> header id."""
+    for hid, name in _hashes().items():
+        if name == hash_name:
+            return hid
+    raise ProgrammingError(f"unknown strong hash {hash_name!r}, expected one of {', '.join(_hashes().values())}")
+
+
+def rounded(size: int) -> int:
+    """Clear size as the store may see it: rounded up to 4 KiB."""
+    return -(-size // ROUND) * ROUND
+
+
+def _block_aad(kind: int) -> bytes:
+    return MAGIC + bytes((VERSION, kind))
+
+
+_BLOCK_AAD = {R_RAW: _block_aad(R_RAW), R_ZLIB: _block_aad(R_ZLIB)}
+
+
+def read_exact(stream: BinaryIO, n: int, what: str) -> bytes:
+    """Read exactly n bytes in bounded chunks, so a lying length cannot force a huge allocation."""
+    parts = []
+    got = 0
+    while got < n:
+        chunk = stream.read(min(n - got, COPY_CHUNK))
+        if not chunk:
+            raise FormatError(f"{what}: truncated, expected {n} bytes, got {got}")
+        parts.append(chunk)
+        got += len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def is_seekable(stream: Any) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class Header(NamedTuple):
+    version: int
+    kind: int
+    cipher_id: int
+    hash_id: int
+    uid: bytes
+    mtime_ns: int
+
+
+def parse_header(data: bytes) -> Header:
+    """Fixed header: length, magic, version, then the ids; FormatError on any fault."""
+    if len(data) < HEADER.size:
+        raise FormatError(f"file object header is {len(data)} bytes, expected {HEADER.size}")
+    mg, version, kind, cid, hid, uid, mtime = HEADER.unpack_from(data)
+    if mg != MAGIC:
+        raise FormatError(f"not a file object: magic {mg!r}, expected {MAGIC!r}")
+    if version not in SUPPORTED_VERSIONS:
+        raise FormatError(f"file object version {version} is not supported (this boxbox reads {VERSION})")
+    if kind != KIND_FILE:
+        raise FormatError(f"file object kind {kind}, expected {KIND_FILE}")
+    if cid not in sealing.CIPHERS:
+        raise FormatError(f"unknown cipher id {cid} in file object header")
+    if hid not in _hashes():
+        raise FormatError(f"unknown strong hash id {hid} in file object header")
+    return Header(version, kind, cid, hid, uid, mtime)
+
+
+def read_place(stream: BinaryIO) -> tuple[bytes, int, bytes, bytes]:
+    """Read the place: (raw bytes, container id, sealed name, sealed attributes)."""
+    head = read_exact(stream, PLACE.size, "file object place")
+    container, nlen, alen = PLACE.unpack(head)
+    if not sealing.SIV_SIZE < nlen <= sealing.MAX_SEALED_NAME:
+        raise FormatError(f"file object sealed name is {nlen} bytes, expected {sealing.SIV_SIZE + 1} to "
+                          f"{sealing.MAX_SEALED_NAME}")
+    if not sealing.OVERHEAD <= alen <= MAX_PLACE_ATTRS:
+        raise FormatError(f"file object sealed attributes are {alen} bytes, expected {sealing.OVERHEAD} to "
+                          f"{MAX_PLACE_ATTRS}")
+    body = read_exact(stream, nlen + alen, "file object place")
+    return head + body, container, body[:nlen], body[nlen:]
+
+
+def _place_aad(uid: bytes, container_id: int, sealed_name: bytes) -> bytes:
+    return PLACE_AAD + uid + container_id.to_bytes(8, "little") + sealed_name
+
+
+def seal_place(keys: Keys, uid: bytes, container_id: int, name: bytes, attributes: Attributes) -> bytes:
+    """The place section for object `uid` filed as `name` in directory `container_id`.
+
+    A client moving or renaming an object makes a new one of these; the store swaps it in
+    with `replace_place` without keys.
+    """
+    sealed_name = sealing.seal_entry_name(keys, container_id, name)
+    sealed_attrs = sealing.seal_attributes(keys, attributes.pack(), _place_aad(uid, container_id, sealed_name))
+    return PLACE.pack(container_id, len(sealed_name), len(sealed_attrs)) + sealed_name + sealed_attrs
+
+
+def replace_place(prefix: bytes, place: bytes) -> bytes:
+    """Keyless: a layout's prefix with its place replaced by a client-made one (after a move)."""
+    parse_header(prefix)
+    stream = io.BytesIO(place)
+    read_place(stream)
+    if stream.read(1):
+        raise FormatError(f"place has {len(place) - stream.tell() + 1} bytes of trailing data")
+    return prefix[:HEADER.size] + place
+
+
+class FileEncoder:
+    """Streams a file object into `sink` block by block; memory is one block plus the index."""
+
+    def __init__(self, keys: Keys, sink: Sink, *, container_id: int, name: bytes, attributes: Attributes,
+                 cipher: str = sealing.DEFAULT_CIPHER, hash_name: str = "sha256", level: int = 1) -> None:
+        from boxbox.rolling.checksum import strong_checksum, weak_checksum
+
+        self._strong, self._weak = strong_checksum, weak_checksum
+        self.keys, self.sink, self.level, self.hash_name = keys, sink, level, hash_name
+        self.cipher_id = sealing.cipher_id(cipher)
+        self.hash_id = hash_id(hash_name)
+        self.uid = os.urandom(UID_SIZE)
+        self.header = HEADER.pack(MAGIC, VERSION, KIND_FILE, self.cipher_id, self.hash_id, self.uid,
+                                  attributes.mtime_ns)
+        self._cipher = sealing.aead(keys, "data", self.cipher_id)
+        self.entries: list[IndexEntry] = []
+        self.size = 0
+        prefix = self.header + seal_place(keys, self.uid, container_id, name, attributes)
+        sink.write(prefix)
+        self.stored = len(prefix)
+
+    def _compress(self, data: bytes | memoryview) -> bytes | None:
+        """zlib stream when it is smaller; None when the probes say the data will not shrink."""
+        if not self.level:
+            return None
+        n = len(data)
+        if n >= PROBE_MIN:
+            mid = n // 2
+            if (len(zlib.compress(data[:PROBE], self.level)) >= PROBE * PROBE_KEEP
+                    and len(zlib.compress(data[mid:mid + PROBE], self.level)) >= PROBE * PROBE_KEEP):
+                return None
+        packed = zlib.compress(data, self.level)
+        return packed if len(packed) < n else None
+
+    def add_block(self, data: bytes | memoryview) -> IndexEntry:
+        """Seal one block of clear data (the caller chooses block sizes; see rolling.layout)."""
+        n = len(data)
+        if not 0 < n <= MAX_BLOCK_SIZE:
+            raise ProgrammingError(f"block of {n} bytes, expected 1 to {MAX_BLOCK_SIZE}")
+        packed = self._compress(data)
+        kind = R_RAW if packed is None else R_ZLIB
+        sealed = sealing.seal(self._cipher, data if packed is None else packed, _BLOCK_AAD[kind])
+        entry = IndexEntry(n, len(sealed), self._weak(data), self._strong(data, self.hash_name))
+        self._append(entry)
+        self.sink.write(RECORD.pack(kind, len(sealed)))
+        self.sink.write(sealed)
+        self.stored += RECORD.size + len(sealed)
+        return entry
+
+    def add_reference(self, ref: Reference) -> None:
+        """A block the store copies from block `ref.block` of object `ref.object_id`."""
+        if not 0 < ref.entry.clear_size <= MAX_BLOCK_SIZE:
+            raise ProgrammingError(f"reference to a block of {ref.entry.clear_size} bytes")
+        self._append(ref.entry)
+        self.sink.write(RECORD.pack(R_REF, REF.size) + REF.pack(ref.object_id, ref.block))
+        self.stored += RECORD.size + REF.size
+
+    def _append(self, entry: IndexEntry) -> None:
+        if len(self.entries) >= MAX_BLOCKS:
+            raise FormatError(f"file needs more than {MAX_BLOCKS} blocks; use larger blocks")
+        self.entries.append(entry)
+        self.size += entry.clear_size
+
+    def finish(self) -> EncodedFile:
+        """Seal and write the index, the end record and the footer."""
+        count = len(self.entries)
+        end = END.pack(count, rounded(self.size))
+        plain = b"".join([INDEX_HEAD.pack(INDEX_MAGIC, VERSION, self.hash_id, 0, count, self.size),
+                          *(ENTRY.pack(*e) for e in self.entries)])
+        sealed = sealing.seal(sealing.aead(self.keys, "index", self.cipher_id), plain, self.header + end)
+        tail = RECORD.pack(R_END, END.size + len(sealed)) + end + sealed + FOOTER.pack(len(sealed), INDEX_MAGIC)
+        self.sink.write(tail)
+        self.stored += len(tail)
+        return EncodedFile(self.uid, count, self.size, self.stored)
+
+
+def _readinto_full(source: BinaryIO, buf: memoryview) -> int:
+    """Fill buf unless EOF comes first (pipes and sockets return short reads)."""
+    got = 0
+    while got < len(buf):
+        n = source.readinto(buf[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
+
+
+def encode_file(keys: Keys, source: BinaryIO, sink: Sink, *, container_id: int, name: bytes,
+                attributes: Attributes, size: int | None = None, block_size: int | None = None,
+                cipher: str = sealing.DEFAULT_CIPHER, hash_name: str = "sha256") -> EncodedFile:
+    """Encode a whole file read from `source` (to EOF) with rolling's block layout."""
+    if block_size is None:
+        from boxbox.rolling.layout import block_size_for
+
+        if size is None:
+            try:
+                size = os.fstat(source.fileno()).st_size
+            except (AttributeError, OSError, io.UnsupportedOperation):
+                size = 0
+        block_size = block_size_for(size)
+    enc = FileEncoder(keys, sink, container_id=container_id, name=name, attributes=attributes,
+                      cipher=cipher, hash_name=hash_name)
+    buf = memoryview(bytearray(block_size))
+    while n := _readinto_full(source, buf):
+        enc.add_block(buf[:n])
+    return enc.finish()
+
+
+def encode_blocks(keys: Keys, blocks: Iterable[bytes | memoryview | Reference], sink: Sink, *,
+                  container_id: int, name: bytes, attributes: Attributes,
+                  cipher: str = sealing.DEFAULT_CIPHER, hash_name: str = "sha256") -> EncodedFile:
+    """Encode a diff upload (or any block sequence): clear blocks and references in file order."""
+    enc = FileEncoder(keys, sink, container_id=container_id, name=name, attributes=attributes,
+                      cipher=cipher, hash_name=hash_name)
+    for block in blocks:
+        if isinstance(block, Reference):
+            enc.add_reference(block)
+        else:
+            enc.add_block(block)
+    return enc.finish()
+
+
+def parse_end(payload: bytes) -> tuple[int, int, bytes]:
+    count, rsize = END.unpack_from(payload)
+    if count > MAX_BLOCKS:
+        raise FormatError(f"file object claims {count} blocks, limit {MAX_BLOCKS}")
+    return count, rsize, payload[END.size:]
+
+
+def open_index(keys: Keys, blob: bytes, label: str = "file object") -> Index:
+    """Open an index blob (`FileLayout.index_blob()`): what a client diffs against."""
+    try:
+        header = parse_header(blob)
+        if len(blob) < HEADER.size + END.size + sealing.OVERHEAD:
+            raise FormatError(f"index blob is {len(blob)} bytes, too short")
+        count, rsize, sealed = parse_end(blob[HEADER.size:])
+    except FormatError as e:
+        raise IntegrityError(f"{label}: {e}") from e
+    return _open_sealed_index(keys, header, blob[:HEADER.size + END.size], sealed, count, rsize, label)
+
+
+def _open_sealed_index(keys: Keys, header: Header, aad: bytes, sealed: bytes, count: int, rsize: int,
+                       label: str) -> Index:
+    plain = sealing.unseal(sealing.aead(keys, "index", header.cipher_id), sealed, aad, f"{label} index")
+    expected = INDEX_HEAD.size + count * ENTRY.size
+    if len(plain) != expected:
+        raise IntegrityError(f"{label}: index is {len(plain)} bytes, expected {expected} for {count} blocks")
+    mg, version, hid, reserved, icount, size = INDEX_HEAD.unpack_from(plain)
+    if (mg, version, hid, reserved, icount) != (INDEX_MAGIC, VERSION, header.hash_id, 0, count):
+        raise IntegrityError(f"{label}: index head does not match the object header")
+    entries = [IndexEntry._make(e) for e in ENTRY.iter_unpack(memoryview(plain)[INDEX_HEAD.size:])]
+    if sum(e.clear_size for e in entries) != size or rounded(size) != rsize:
+        raise IntegrityError(f"{label}: index sizes do not add up to the recorded size")
+    return Index(hid, size, entries)
+
+
+def index_to_signature(index: Index) -> Any:
+    """The rolling Signature of an object, for a delta against it."""
+    from boxbox.rolling.signature import BlockSig, Signature
+
+    return Signature(_hashes()[index.hash_id], [BlockSig(e.clear_size, e.weak, e.strong) for e in index.entries])
+
+
+def _inflate(data: bytes, limit: int, what: str) -> bytes:
+    """Decompress at most `limit` bytes: a block can never expand beyond what the index says."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as e:
+        raise IntegrityError(f"{what}: compressed data is corrupt ({e})") from None
+    if len(out) > limit or not d.eof or d.unused_data:
+        raise IntegrityError(f"{what}: compressed data does not decode to one block of at most {limit} bytes")
+    return out
+
+
+def _preread_index(keys: Keys, source: BinaryIO, header: Header, header_bytes: bytes, label: str
+                   ) -> tuple[Index, bytes]:
+    """On a seekable source, read the index from the end first so no block is written unchecked."""
+    here = source.tell()
+    end = source.seek(0, io.SEEK_END)
+    if end - here < RECORD.size + END.size + sealing.OVERHEAD + FOOTER.size:
+        raise FormatError(f"file object is {end} bytes, too short for its end record")
+    source.seek(end - FOOTER.size)
+    ilen, mg = FOOTER.unpack(read_exact(source, FOOTER.size, "file object footer"))
+    if mg != INDEX_MAGIC or ilen > MAX_INDEX or ilen + END.size + RECORD.size + FOOTER.size > end - here:
+        raise FormatError(f"file object footer is invalid (magic {mg!r}, index length {ilen})")
+    source.seek(end - FOOTER.size - ilen - END.size)
+    payload = read_exact(source, END.size + ilen, "file object index")
+    source.seek(here)
+    count, rsize, sealed = parse_end(payload)
+    return _open_sealed_index(keys, header, header_bytes + payload[:END.size], sealed, count, rsize, label), payload
+
+
+def decode_file(keys: Keys, source: BinaryIO, sink: Sink, *, label: str = "file object",
+                container_id: int | None = None, name: bytes | None = None) -> DecodedFile:
+    """Decode and verify a whole file object; anything wrong is an IntegrityError naming `label`.
+
+    With a seekable source the index is read first and every block is checked before it is
+    written. With a stream the checks on position and content complete at the end: the
+    caller must discard what reached `sink` if this raises (restore writes to a temp file).
+    `container_id` and `name`, when given, must be where the object claims to be filed.
+    """
+    try:
+        return _decode(keys, source, sink, label, container_id, name)
+    except FormatError as e:
+        raise IntegrityError(f"{label}: {e}") from e
+
+
+def _decode(keys: Keys, source: BinaryIO, sink: Sink, label: str, want_container: int | None,
+            want_name: bytes | None) -> DecodedFile:
+    from boxbox.rolling.checksum import strong_checksum
+
+    header_bytes = read_exact(source, HEADER.size, "file object header")
+    header = parse_header(header_bytes)
+    _, container, sealed_name, sealed_attrs = read_place(source)
+    attrs_plain = sealing.open_attributes(keys, sealed_attrs, _place_aad(header.uid, container, sealed_name),
+                                          f"{label} attributes")
+    name = sealing.open_entry_name(keys, container, sealed_name, f"{label} name")
+    attributes = Attributes.unpack(attrs_plain)
+    if want_container is not None and container != want_container:
+        raise IntegrityError(f"{label} is filed in directory {container:#x}, expected {want_container:#x}")
+    if want_name is not None and name != want_name:
+        raise IntegrityError(f"{label} is stored under another name than the directory entry's")
+    if attributes.mtime_ns != header.mtime_ns:
+        raise IntegrityError(f"{label}: header mtime does not match the sealed attributes")
+    index, end_payload = (_preread_index(keys, source, header, header_bytes, label) if is_seekable(source)
+                          else (None, b""))
+    expected = index.entries if index is not None else None
+    cipher = sealing.aead(keys, "data", header.cipher_id)
+    hash_name = _hashes()[header.hash_id]
+    seen: list[tuple[int, int, bytes]] = []
+    size = k = 0
+    while True:
+        kind, length = RECORD.unpack(read_exact(source, RECORD.size, f"block record {k}"))
+        if kind == R_END:
+            break
+        what = f"{label} block {k}"
+        if kind == R_REF:
+            if length != REF.size:
+                raise FormatError(f"block {k}: reference record is {length} bytes, expected {REF.size}")
+            obj, blk = REF.unpack(read_exact(source, REF.size, f"block record {k}"))
+            raise IntegrityError(f"{what} still refers to block {blk} of object {obj:#x}; "
+                                 "the store must resolve references before serving an object")
+        if kind not in _BLOCK_AAD or not sealing.OVERHEAD < length <= MAX_RECORD:
+            raise FormatError(f"block {k}: record kind {kind} length {length} is invalid")
+        if k >= MAX_BLOCKS or (expected is not None and k >= len(expected)):
+            raise IntegrityError(f"{label}: more blocks than the index lists")
+        limit = MAX_BLOCK_SIZE
+        if expected is not None:
+            entry = expected[k]
+            if entry.stored_size != length:
+                raise IntegrityError(f"{what}: stored size {length}, index says {entry.stored_size}")
+            limit = entry.clear_size
+        clear = sealing.unseal(cipher, read_exact(source, length, f"block {k}"), _BLOCK_AAD[kind], what)
+        if kind == R_ZLIB:
+            clear = _inflate(clear, limit, what)
+        strong = strong_checksum(clear, hash_name)
+        if expected is not None:
+            if len(clear) != entry.clear_size or strong != entry.strong:
+                raise IntegrityError(f"{what} does not match the index (swapped, moved or from another object)")
+        else:
+            seen.append((len(clear), length, strong))
+        sink.write(clear)
+        size += len(clear)
+        k += 1
+    if not END.size + sealing.OVERHEAD <= length <= END.size + MAX_INDEX:
+        raise FormatError(f"end record is {length} bytes, expected {END.size + sealing.OVERHEAD} to "
+                          f"{END.size + MAX_INDEX}")
+    payload = read_exact(source, length, "file object index")
+    ilen, mg = FOOTER.unpack(read_exact(source, FOOTER.size, "file object footer"))
+    if mg != INDEX_MAGIC or ilen != length - END.size:
+        raise FormatError(f"footer (magic {mg!r}, index length {ilen}) does not match the end record")
+    if source.read(1):
+        raise FormatError("data after the footer")
+    if index is None:
+        count, rsize, sealed = parse_end(payload)
+        index = _open_sealed_index(keys, header, header_bytes + payload[:END.size], sealed, count, rsize, label)
+        if len(seen) != len(index.entries) or any(
+                (c, s, h) != (e.clear_size, e.stored_size, e.strong) for (c, s, h), e in zip(seen, index.entries)):
+            raise IntegrityError(f"{label}: blocks do not match the index (swapped, moved, dropped or added)")
+    elif payload != end_payload:
+        raise IntegrityError(f"{label}: the index changed while it was read")
+    if k != len(index.entries) or size != index.size:
+        raise IntegrityError(f"{label}: {k} blocks / {size} bytes read, index lists {len(index.entries)} / {index.size}")
+    return DecodedFile(name, container, attributes, size, k, header.uid)
