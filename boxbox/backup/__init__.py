@@ -1,0 +1,1 @@
+"""Client internals: exclude rules, the location scanner, directory records and the state file."""
