@@ -101,10 +101,11 @@ def load_keys(path: str | os.PathLike[str]) -> Keys:
                           hint="create one with `boxbox client init`, or restore your copy of it") from None
     except OSError as e:
         raise ConfigError(f"cannot open keys file {path}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ConfigError(f"keys file {path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"keys file {path} is not a regular file")
         if st.st_mode & 0o077:
             raise PermissionDenied(f"keys file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}, "
                                    "expected 0600)", hint=f"chmod 600 {path}")

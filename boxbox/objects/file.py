@@ -234,16 +234,6 @@ def seal_place(keys: Keys, uid: bytes, container_id: int, name: bytes, attribute
     return PLACE.pack(container_id, len(sealed_name), len(sealed_attrs)) + sealed_name + sealed_attrs
 
 
-def replace_place(prefix: bytes, place: bytes) -> bytes:
-    """Keyless: a layout's prefix with its place replaced by a client-made one (after a move)."""
-    parse_header(prefix)
-    stream = io.BytesIO(place)
-    read_place(stream)
-    if stream.read(1):
-        raise FormatError(f"place has {len(place) - stream.tell() + 1} bytes of trailing data")
-    return prefix[:HEADER.size] + place
-
-
 class FileEncoder:
     """Streams a file object into `sink` block by block; memory is one block plus the index."""
 

@@ -136,6 +136,16 @@ def read_file_layout(stream: BinaryIO) -> FileLayout:
                       count, rsize, prefix, tail, bytes(kinds), offsets, lengths, refs, pos + len(tail))
 
 
+def replace_place(prefix: bytes, place: bytes) -> bytes:
+    """Keyless: a layout's prefix with its place replaced by a client-made one (after a move)."""
+    parse_header(prefix)
+    stream = io.BytesIO(place)
+    read_place(stream)
+    if stream.read(1):
+        raise FormatError(f"place has {len(place) - stream.tell() + 1} bytes of trailing data")
+    return prefix[:HEADER.size] + place
+
+
 def read_block_record(stream: BinaryIO, layout: FileLayout, k: int) -> bytes:
     """The whole sealed record of block k (seekable stream of the object), to copy elsewhere."""
     rec = layout.block(k)
