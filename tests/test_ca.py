@@ -11,6 +11,7 @@ import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -63,7 +64,8 @@ def handshake(server_dir: Path, client_dir: Path, *, server_hostname: str = "loc
             conn, _ = listener.accept()
             conn.settimeout(10)
             with server_ctx.wrap_socket(conn, server_side=True) as tls:
-                out.peer_cn = dict(x[0] for x in tls.getpeercert()["subject"])["commonName"]
+                subject = cast("tuple[tuple[tuple[str, str], ...], ...]", (tls.getpeercert() or {})["subject"])
+                out.peer_cn = dict(rdn[0] for rdn in subject)["commonName"]
                 out.version = tls.version()
                 if tls.recv(4) == b"ping":
                     tls.sendall(b"pong")

@@ -50,6 +50,7 @@ DEFAULT_CERT_DAYS = 3653  # 10 years: an expired client certificate silently sto
 # Certificates start a day in the past: a Raspberry Pi has no RTC and may boot with a
 # clock behind the CA's, and a "not yet valid" refusal at first boot is hard to diagnose.
 BACKDATE = dt.timedelta(days=1)
+MAX_DAYS = 36525  # 100 years; far beyond any use, and keeps dates inside X.509's range
 _HOSTNAME = re.compile(r"(?=.{1,253}\Z)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
@@ -69,7 +70,7 @@ def init_ca(cadir: str | os.PathLike[str], days: int = DEFAULT_CA_DAYS, *, now: 
     cadir = Path(cadir)
     _check_days(days)
     now = now or _now()
-    cadir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _mkdir(cadir, 0o700, "CADIR")
     with ca_index.locked(cadir):
         _refuse_existing(cadir / CA_KEY)
         key = ec.generate_private_key(ec.SECP256R1())
@@ -88,7 +89,7 @@ def init_ca(cadir: str | os.PathLike[str], days: int = DEFAULT_CA_DAYS, *, now: 
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
             .sign(key, hashes.SHA256())
         )
-        create_exclusive(cadir / CA_KEY, _key_pem(key), mode=0o600)
+        _create_key(cadir / CA_KEY, key)
         write_atomic(cadir / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
         index = ca_index.Index()
         _write_crl(cadir, key, cert, index, now)
@@ -107,10 +108,11 @@ def sign_server(cadir: str | os.PathLike[str], hostname: str, outdir: str | os.P
     """
     names = [hostname, *alt_names]
     san = x509.SubjectAlternativeName([_general_name(n) for n in dict.fromkeys(names)])
+    ca = _load_ca(Path(cadir))
     outdir = _outdir(outdir)
     _refuse_existing(outdir / SERVER_KEY)
     key = ec.generate_private_key(ec.SECP256R1())
-    return _issue(Path(cadir), "server", hostname, key, key.public_key(), outdir / SERVER_CERT,
+    return _issue(Path(cadir), ca, "server", hostname, key, key.public_key(), outdir / SERVER_CERT,
                   outdir / SERVER_KEY, days, now, [(san, False)], ExtendedKeyUsageOID.SERVER_AUTH)
 
 
@@ -119,14 +121,16 @@ def sign_client(cadir: str | os.PathLike[str], account: int, outdir: str | os.Pa
                 now: dt.datetime | None = None) -> Signed:
     """Make `client.crt` (+ `ca.crt`) in OUTDIR for ACCOUNT: from a CSR, or with a new `client.key`."""
     cn = cn_for_account(account)
+    ca = _load_ca(Path(cadir))
     outdir = _outdir(outdir)
+    key: ec.EllipticCurvePrivateKey | None = None
     if csr is None:
         _refuse_existing(outdir / CLIENT_KEY)
-        key: ec.EllipticCurvePrivateKey | None = ec.generate_private_key(ec.SECP256R1())
-        public = key.public_key()
+        key = ec.generate_private_key(ec.SECP256R1())
+        public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey = key.public_key()
     else:
-        key, public = None, _read_csr(Path(csr), cn)
-    return _issue(Path(cadir), "client", cn, key, public, outdir / CLIENT_CERT,
+        public = _read_csr(Path(csr), cn)
+    return _issue(Path(cadir), ca, "client", cn, key, public, outdir / CLIENT_CERT,
                   outdir / CLIENT_KEY if key else None, days, now, [], ExtendedKeyUsageOID.CLIENT_AUTH)
 
 
@@ -142,7 +146,7 @@ def make_request(account: int, outdir: str | os.PathLike[str]) -> Path:
     req = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
            .sign(key, hashes.SHA256()))
-    create_exclusive(outdir / CLIENT_KEY, _key_pem(key), mode=0o600)
+    _create_key(outdir / CLIENT_KEY, key)
     write_atomic(outdir / CLIENT_CSR, req.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return outdir / CLIENT_CSR
 
@@ -172,13 +176,14 @@ def list_issued(cadir: str | os.PathLike[str]) -> list[Issued]:
     return ca_index.load(cadir).issued
 
 
-def _issue(cadir: Path, kind: str, cn: str, key: ec.EllipticCurvePrivateKey | None,
-           public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey, cert_path: Path, key_path: Path | None,
-           days: int, now: dt.datetime | None, extensions: list[tuple[x509.ExtensionType, bool]],
-           usage: x509.ObjectIdentifier) -> Signed:
+def _issue(cadir: Path, ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], kind: str, cn: str,
+           key: ec.EllipticCurvePrivateKey | None, public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+           cert_path: Path, key_path: Path | None, days: int, now: dt.datetime | None,
+           extensions: list[tuple[x509.ExtensionType, bool]], usage: x509.ObjectIdentifier) -> Signed:
+    """Sign under the CA lock, record the serial, then write key, certificate and ca.crt."""
     _check_days(days)
     now = now or _now()
-    ca_key, ca_cert = _load_ca(cadir)
+    ca_key, ca_cert = ca
     not_after = now + dt.timedelta(days=days)
     if not_after > ca_cert.not_valid_after_utc:
         left = (ca_cert.not_valid_after_utc - now).days
@@ -209,7 +214,7 @@ def _issue(cadir: Path, kind: str, cn: str, key: ec.EllipticCurvePrivateKey | No
         index.issued.append(Issued(serial, kind, cn, not_after))
         ca_index.save(cadir, index)
     if key is not None and key_path is not None:
-        create_exclusive(key_path, _key_pem(key), mode=0o600)
+        _create_key(key_path, key)
     write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     write_atomic(cert_path.parent / CA_CERT, ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     log.info("issued serial %d (%s %s) into %s", serial, kind, cn, cert_path.parent)
@@ -303,6 +308,14 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
+def _create_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    try:
+        create_exclusive(path, _key_pem(key), mode=0o600)
+    except FileExistsError:
+        _refuse_existing(path)
+        raise
+
+
 def _refuse_existing(path: Path) -> None:
     if path.exists():
         raise PermissionDenied(f"refusing to overwrite existing key {path}",
@@ -310,17 +323,20 @@ def _refuse_existing(path: Path) -> None:
 
 
 def _outdir(outdir: str | os.PathLike[str]) -> Path:
-    path = Path(outdir)
+    return _mkdir(Path(outdir), 0o755, "--out")
+
+
+def _mkdir(path: Path, mode: int, what: str) -> Path:
     try:
-        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
     except FileExistsError:
-        raise UsageError(f"--out {path} exists and is not a directory") from None
+        raise UsageError(f"{what} {path} exists and is not a directory") from None
     return path
 
 
 def _check_days(days: int) -> None:
-    if days < 1:
-        raise UsageError(f"--days must be at least 1, got {days}")
+    if not 1 <= days <= MAX_DAYS:
+        raise UsageError(f"--days must be 1..{MAX_DAYS}, got {days}")
 
 
 def _now() -> dt.datetime:

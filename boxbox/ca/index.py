@@ -81,18 +81,20 @@ def load(cadir: Path) -> Index:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"{path}: not a JSON CA index ({e})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise FormatError(f"{path}: expected format {FORMAT!r}, got {raw.get('format') if isinstance(raw, dict) else raw!r}")
+        got = raw.get("format") if isinstance(raw, dict) else raw
+        raise FormatError(f"{path}: expected format {FORMAT!r}, got {got!r}")
     if raw.get("version") not in SUPPORTED_VERSIONS:
-        raise FormatError(f"{path}: index version {raw.get('version')!r} not supported (expected one of {sorted(SUPPORTED_VERSIONS)})")
+        raise FormatError(f"{path}: index version {raw.get('version')!r} not supported "
+                          f"(expected one of {sorted(SUPPORTED_VERSIONS)})")
     try:
         index = Index(next_serial=_int(raw["next_serial"]), crl_number=_int(raw["crl_number"]))
-        for n, e in enumerate(raw["issued"]):
+        for n, entry in enumerate(raw["issued"]):
             where = f"{path}: issued[{n}]"
-            if e["kind"] not in KINDS or not isinstance(e["cn"], str):
-                raise FormatError(f"{where}: bad kind {e['kind']!r} or cn {e['cn']!r}")
-            revoked = parse_time(e["revoked"], where + ".revoked") if e["revoked"] is not None else None
-            index.issued.append(Issued(_int(e["serial"]), e["kind"], e["cn"],
-                                       parse_time(e["not_after"], where + ".not_after"), revoked))
+            if entry["kind"] not in KINDS or not isinstance(entry["cn"], str):
+                raise FormatError(f"{where}: bad kind {entry['kind']!r} or cn {entry['cn']!r}")
+            revoked = None if entry["revoked"] is None else parse_time(entry["revoked"], where + ".revoked")
+            index.issued.append(Issued(_int(entry["serial"]), entry["kind"], entry["cn"],
+                                       parse_time(entry["not_after"], where + ".not_after"), revoked))
     except (KeyError, TypeError) as e:
         raise FormatError(f"{path}: missing or mistyped field {e}") from None
     return index

@@ -8,7 +8,7 @@ import datetime as dt
 from boxbox.ca import authority
 from boxbox.ca.index import format_time
 from boxbox.ca.names import parse_account
-from boxbox.errors import UsageError
+from boxbox.errors import BoxboxError, PermissionDenied, UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +51,16 @@ def _out_days(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        _run(args)
+    except PermissionError as e:
+        raise PermissionDenied(f"{e.filename}: {e.strerror}") from None
+    except OSError as e:  # a full disc, a read-only mount, a path through a plain file
+        raise BoxboxError(f"{e.filename}: {e.strerror}") from None
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.action == "init":
         cert = authority.init_ca(args.cadir, days=args.days)
         print(f"CA certificate: {cert}")
@@ -70,7 +80,6 @@ def main(args: argparse.Namespace) -> int:
     else:
         crl = authority.revoke(args.cadir, _parse_serial(args.serial))
         print(f"revoked serial {args.serial}; CRL: {crl} (copy it to the server)")
-    return 0
 
 
 def _report(s: authority.Signed) -> None:
