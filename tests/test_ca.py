@@ -266,11 +266,15 @@ def test_cli_walkthrough(tmp_path: Path) -> None:
     (["ca", "revoke", "{ca}", "77"], 1, "not found: serial 77"),
     (["ca", "revoke", "{ca}", "0x4"], 2, "serial must be a decimal number"),
     (["ca", "sign-server", "{ca}", "no such host", "--out", "{tmp}/s"], 2, "DNS host name or an IP address"),
+    (["ca", "sign-server", "{ca}", "localhost", "--out", "{tmp}/s", "--days", "0"], 2, "--days must be 1..36525"),
+    (["ca", "init", "{tmp}/plain"], 2, "plain exists and is not a directory"),
+    (["ca", "init", "{tmp}/plain/ca"], 1, "plain/ca: Not a directory"),
 ])
 def test_cli_mistakes_are_one_line(tmp_path: Path, args: list[str], code: int, message: str) -> None:
     ca = tmp_path / "ca"
     authority.init_ca(ca)
     authority.make_request(2, tmp_path / "req")
+    (tmp_path / "plain").write_text("not a directory")
     proc = run_boxbox(*(a.format(ca=ca, tmp=tmp_path) for a in args), exit_code=code)
     lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("hint: ")]
     assert len(lines) == 1 and lines[0].startswith("boxbox: ") and message in lines[0], proc.stderr
