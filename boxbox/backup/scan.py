@@ -5,8 +5,10 @@ follow_symlinks=False)`: ~340k entries/s warm, PERFORMANCE.md), so path length n
 matters, symlinks are never followed, and a directory swapped for a symlink mid-scan is caught
 by comparing (st_dev, st_ino) before and after opening. Another filesystem is never entered.
 
-Per directory it hashes the sorted listing (name, mode, owner, size, mtime, ctime, inode of
-every included entry) into a 16-byte checksum and keeps it in a packed record
+Per directory it hashes its own attributes and its sorted listing (name, mode, owner, size,
+mtime, ctime, inode of every included entry; for a subdirectory only name, mode, owner and
+inode, so that new content in a directory does not make its parent change too) into a 16-byte
+checksum and keeps it in a packed record
 (`records.Records`), never a Python object per file. A directory whose checksum and store id
 match its previous record is not yielded, so a run where nothing changed yields nothing and
 the daemon never connects. A changed directory is yielded as a `Change` carrying its entries;
@@ -229,9 +231,9 @@ class Scanner:
         fsencode = os.fsencode
         is_dir = stat.S_ISDIR
         dev = self._dev
-        # the root's own attributes are in no parent's listing: hash them here
-        packed: list[bytes] = [] if rel else [b"\0" + pack(dst.st_mode, dst.st_uid, dst.st_gid, 0, dst.st_mtime_ns,
-                                                            dst.st_ctime_ns, dst.st_ino)]
+        # the directory's own attributes first (an empty name sorts first); its parent hashes
+        # only its name, type, owner, mode and inode, so new content here is not a change there
+        packed = [b"\0" + pack(dst.st_mode, dst.st_uid, dst.st_gid, 0, dst.st_mtime_ns, dst.st_ctime_ns, dst.st_ino)]
         entries: list[tuple[str, os.stat_result]] = []
         subdirs: list[tuple[str, os.stat_result]] = []
         ancestors = {f.ino for f in stack}
@@ -250,10 +252,12 @@ class Scanner:
             if rules is not None and rules.excluded(base + entry_name, is_dir(mode), (st.st_dev, st.st_ino)):
                 self.excluded += 1
                 continue
-            packed.append(fsencode(entry_name) + b"\0" + pack(mode, st.st_uid, st.st_gid, st.st_size,
-                                                             st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
             entries.append((entry_name, st))
-            if is_dir(mode):
+            if not is_dir(mode):
+                packed.append(fsencode(entry_name) + b"\0" + pack(mode, st.st_uid, st.st_gid, st.st_size,
+                                                                 st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+            else:
+                packed.append(fsencode(entry_name) + b"\0" + pack(mode, st.st_uid, st.st_gid, 0, 0, 0, st.st_ino))
                 sub_rel = f"{rel}/{entry_name}" if rel else entry_name
                 if st.st_dev != dev:
                     self.mount_points.append(fsencode(sub_rel))
