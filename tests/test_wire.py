@@ -66,7 +66,7 @@ def test_wire_codes_are_distinct() -> None:
 def test_unknown_and_truncated_messages() -> None:
     with pytest.raises(ProtocolError, match="unknown message type"):
         m.decode(0x7777, b"")
-    t, payload = m.encode(m.StoreFile(1, 2, 3, 4, b"name"))
+    t, payload = m.encode(m.StoreFile(1, 2, b"hash8byt", 4, b"name", b"attrs"))
     with pytest.raises(ProtocolError, match="only"):
         m.decode(t, payload[:-1])
     with pytest.raises(ProtocolError, match="unexpected bytes"):
@@ -204,7 +204,7 @@ def test_aborted_upload_leaves_connection_usable(pair: Any) -> None:
         raise OSError("disk read error on the client")
 
     with pytest.raises(OSError):
-        client.submit(m.StoreFile(1, 0, 0, 0, b"n"), upload=failing())
+        client.submit(m.StoreFile(1, 0, bytes(8), 0, b"n", b""), upload=failing())
     with pytest.raises(ProtocolError, match="aborted"):
         client._queue[-1].result()
     assert session.stored == {}
@@ -215,7 +215,7 @@ def test_pipelined_requests_are_one_write_and_answered_in_order(pair: Any) -> No
     client, counting, session, _ = pair
     client.login()
     before = counting.sends
-    pendings = [client.submit(m.StoreFile(1, 0, 0, 0, b"n"), upload=[b"%d" % i]) for i in range(50)]
+    pendings = [client.submit(m.StoreFile(1, 0, bytes(8), 0, b"n", b""), upload=[b"%d" % i]) for i in range(50)]
     missing = client.submit(m.GetObject(999))
     results = [p.result().object_id for p in pendings]
     assert counting.sends - before == 1

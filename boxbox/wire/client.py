@@ -163,9 +163,10 @@ class Client:
         return self.call(m.ChangeDirAttributes(dir_id, attributes_mtime, attributes)).object_id
 
     def store_file(self, dir_id: int, name: bytes, source: BinaryIO | Iterable[bytes], mtime: int = 0,
-                   attributes_hash: int = 0, diff_from: int = 0) -> int:
-        """Upload a file object; returns its new id."""
-        return self.call(m.StoreFile(dir_id, mtime, attributes_hash, diff_from, name), upload=source).object_id
+                   attributes_hash: bytes = bytes(8), attributes: bytes = b"", diff_from: int = 0) -> int:
+        """Upload a file object; `name`, `attributes` are the entry's sealed parts. Returns the new id."""
+        return self.call(m.StoreFile(dir_id, mtime, attributes_hash, diff_from, name, attributes),
+                         upload=source).object_id
 
     def get_file(self, dir_id: int, object_id: int) -> InStream:
         return self.submit(m.GetFile(dir_id, object_id), download=True).result()[1]

@@ -36,6 +36,8 @@ class StreamReply(NamedTuple):
 
 
 class Session(Protocol):
+    """What the dispatcher needs of a session; an optional `sync()` runs before each reply flush."""
+
     access: Access
 
 
@@ -107,12 +109,28 @@ class Dispatcher:
                 return False
             self.requests += 1
             if isinstance(msg, messages.Finished):
+                self._sync()
                 conn.send(messages.Finished())
                 conn.flush()
                 return True
             self.dispatch(msg)
             if not conn.has_buffered_frame():
+                self._sync()
                 conn.flush()
+
+    def _sync(self) -> None:
+        """Let the session make queued changes durable before their replies leave.
+
+        If that fails, the queued replies may claim success for lost changes, so the
+        connection is dropped instead: the client sees every unanswered request fail.
+        """
+        sync = getattr(self.session, "sync", None)
+        if sync is None:
+            return
+        try:
+            sync()
+        except BoxboxError as e:
+            raise ProtocolError(f"could not save changes, dropping the connection: {e}") from None
 
     def dispatch(self, msg: Any) -> None:
         cmd = self.commands.get(type(msg))

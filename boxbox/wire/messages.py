@@ -223,15 +223,20 @@ class UndeleteDirectory(NamedTuple):
 # ---------------------------------------------------------------- files and objects
 @request
 class StoreFile(NamedTuple):
-    """Followed by the file object as a stream; diff_from != 0 marks a diff upload."""
+    """Followed by the file object as a stream; diff_from != 0 marks a diff upload.
+
+    `name` and `attributes` are the directory entry's sealed name and sealed attributes,
+    `mtime` (ns) and `attributes_hash` its clear fields (see boxbox.objects.directory).
+    """
 
     dir_id: int
     mtime: int
-    attributes_hash: int
+    attributes_hash: bytes
     diff_from: int
     name: bytes
+    attributes: bytes
     ID = 0x0030
-    FIXED = struct.Struct("<QqQQ")
+    FIXED = struct.Struct("<Qq8sQ")
 
 
 @request
@@ -305,10 +310,10 @@ class ObjectName(NamedTuple):
 
     flags: int
     mtime: int
-    attributes_hash: int
+    attributes_hash: bytes
     names: list[bytes]
     ID = 0x0039
-    FIXED = struct.Struct("<HqQ")
+    FIXED = struct.Struct("<Hq8s")
 
 
 # ---------------------------------------------------------------- encoding

@@ -1,0 +1,249 @@
+"""`boxbox server`: the store daemon (bbstored).
+
+One thread per connection (see docs/PROTOCOL.md "Concurrency" for the measurement behind
+that choice). The TLS handshake runs in the connection's thread, so a client that connects
+and sends nothing ties up only its own thread until the read timeout. SIGHUP re-reads the
+account database and the CRL; SIGTERM stops accepting, shuts every connection's socket so
+in-flight uploads abort (nothing partial is committed), and waits for the threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import selectors
+import signal
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from boxbox import config, logs
+from boxbox.atomic import write_atomic
+from boxbox.errors import BoxboxError, ConfigError, PermissionDenied
+from boxbox.wire import tls
+from boxbox.wire.commands import Dispatcher
+from boxbox.wire.transport import Connection, set_nodelay
+
+log = logging.getLogger(__name__)
+
+#: How long a connection may take to finish the TLS handshake.
+HANDSHAKE_TIMEOUT = 30.0
+#: How long SIGTERM waits for sessions to end after their sockets were shut.
+SHUTDOWN_GRACE = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="/etc/boxbox/server.conf", help="server config file")
+    parser.add_argument("--foreground", action="store_true", help="do not detach; log to stderr")
+    parser.add_argument("--log-level", choices=sorted(logs.LEVELS), default=None, help="override [server] log_level")
+    parser.add_argument("--allow-root", action="store_true",
+                        help="run even as root (containers and tests); the server normally refuses")
+
+
+class Server:
+    """Listening sockets, the TLS context, the store, and the live connections."""
+
+    def __init__(self, cfg: config.Config) -> None:
+        from boxbox.store.account import Store
+        from boxbox.store import session as store_session
+
+        self.cfg = cfg
+        self.settings = cfg["server"]
+        self.store = Store.from_config(cfg)
+        self._session_module = store_session
+        self.context = self._make_context()
+        self.listeners: list[socket.socket] = []
+        self._connections: dict[int, socket.socket] = {}
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._reload = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+
+    def _make_context(self) -> ssl.SSLContext:
+        s = self.settings
+        return tls.server_context(s["certificate"], s["private_key"], s["ca_certificate"], s["crl"])
+
+    def listen(self) -> None:
+        port = self.settings["port"]
+        for address in self.settings["listen"]:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((address, port))
+            except OSError as e:
+                sock.close()
+                raise ConfigError(f"{self.cfg.path}:server.listen: cannot listen on {address} port {port}: "
+                                  f"{e.strerror or e}") from None
+            sock.listen(128)
+            sock.setblocking(False)
+            self.listeners.append(sock)
+            log.info("listening on %s port %d", address, sock.getsockname()[1])
+
+    # ------------------------------------------------------------ signals
+    def request_stop(self, *_: Any) -> None:
+        self._stopping.set()
+        self._wake()
+
+    def request_reload(self, *_: Any) -> None:
+        self._reload.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def reload(self) -> None:
+        """SIGHUP: new TLS context (CRL) and account database for new connections."""
+        self._reload.clear()
+        try:
+            self.context = self._make_context()
+            self.store.database.reload()
+            log.info("reloaded the CRL and the account database (%d accounts)", len(self.store.database.accounts()))
+        except BoxboxError as e:
+            log.error("reload failed, keeping the previous settings: %s", e)
+
+    # ------------------------------------------------------------ main loop
+    def serve_forever(self) -> None:
+        sel = selectors.DefaultSelector()
+        for sock in self.listeners:
+            sel.register(sock, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        while not self._stopping.is_set():
+            for key, _ in sel.select(timeout=60):
+                if key.fileobj == self._wake_r:
+                    os.read(self._wake_r, 4096)
+                    continue
+                self._accept(key.fileobj)  # type: ignore[arg-type]
+            if self._reload.is_set():
+                self.reload()
+        sel.close()
+        self.shutdown()
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            raw, peer = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            log.warning("accept failed: %s", e)
+            return
+        with self._lock:
+            busy = len(self._connections) >= self.settings["max_connections"]
+        if busy:
+            log.warning("refused %s: %d connections already (max_connections)", peer[0], len(self._connections))
+            raw.close()
+            return
+        raw.setblocking(True)
+        set_nodelay(raw)
+        thread = threading.Thread(target=self._run_connection, args=(raw, peer), daemon=True)
+        with self._lock:
+            self._connections[raw.fileno()] = raw
+            self._threads.add(thread)
+        thread.start()
+
+    def _run_connection(self, raw: socket.socket, peer: tuple[Any, ...]) -> None:
+        fileno = raw.fileno()
+        started = time.monotonic()
+        account: int | None = None
+        conn: Connection | None = None
+        session = None
+        result = "dropped"
+        try:
+            raw.settimeout(HANDSHAKE_TIMEOUT)
+            sock = self.context.wrap_socket(raw, server_side=True)
+            account = tls.peer_account(sock)
+            conn = Connection(sock, idle_timeout=self.settings["idle_timeout"],
+                              read_timeout=self.settings["read_timeout"])
+            session = self._session_module.Session(self.store, account)
+            finished = Dispatcher(conn, session).run()
+            result = "finished" if finished else "client closed the connection"
+        except (ssl.SSLError, OSError) as e:
+            result = f"TLS handshake failed: {getattr(e, 'reason', None) or e}"
+        except BoxboxError as e:
+            result = f"error: {e}"
+        except Exception:
+            log.exception("session with %s crashed", peer[0])
+            result = "internal error"
+        finally:
+            if session is not None:
+                try:
+                    session.close()
+                except BoxboxError as e:
+                    result += f"; closing failed: {e}"
+            (conn.close() if conn is not None else raw.close())
+            with self._lock:
+                self._connections.pop(fileno, None)
+                self._threads.discard(threading.current_thread())
+            who = f"account {account:08x}" if account is not None else "no account"
+            log.info("session %s from %s: %.1f s, %d bytes in, %d bytes out, %s", who, peer[0],
+                     time.monotonic() - started, conn.bytes_in if conn else 0, conn.bytes_out if conn else 0,
+                     result)
+
+    def shutdown(self) -> None:
+        """Stop listening; shut every connection so uploads abort cleanly; wait for the threads."""
+        for sock in self.listeners:
+            sock.close()
+        with self._lock:
+            conns = list(self._connections.values())
+            threads = list(self._threads)
+        for sock in conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        log.info("stopped")
+
+
+def _daemonize() -> None:
+    """Classic double fork: no controlling terminal, stdio on /dev/null."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def main(args: argparse.Namespace) -> int:
+    if os.geteuid() == 0 and not args.allow_root:
+        raise PermissionDenied("refusing to run the server as root", hint="run it as an ordinary user "
+                               "(e.g. `boxbox`), or pass --allow-root inside a container")
+    cfg = config.load(args.config, "server")
+    settings = cfg["server"]
+    logs.configure(args.log_level or args.global_log_level or settings["log_level"],
+                   "stderr" if args.foreground else settings["log"])
+    server = Server(cfg)
+    server.listen()
+    if not args.foreground:
+        _daemonize()
+    pid_file: Path | None = settings["pid_file"]
+    if pid_file is not None:
+        write_atomic(pid_file, f"{os.getpid()}\n".encode(), mode=0o644)
+    signal.signal(signal.SIGTERM, server.request_stop)
+    signal.signal(signal.SIGINT, server.request_stop)
+    signal.signal(signal.SIGHUP, server.request_reload)
+    try:
+        server.serve_forever()
+    finally:
+        if pid_file is not None:
+            try:
+                pid_file.unlink()
+            except FileNotFoundError:
+                pass
+    return 0
+

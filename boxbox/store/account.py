@@ -1,0 +1,360 @@
+"""Accounts on disc sets: the store as a whole, and one opened account.
+
+Objects are addressed by 64-bit id under the account, sharded so that no directory holds
+more than 256 objects: `0000002a/o/<id >> 16 hex>/<(id >> 8) & 0xff hex>/<id as 16 hex>`.
+One writer per account at a time (an flock on a local lock file, released by the kernel
+when a client's process or connection dies); read-only sessions need no lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+from pathlib import Path
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
+
+from boxbox.config import Config
+from boxbox.errors import (
+    ConfigError, FormatError, InUse, IntegrityError, LimitExceeded, NotFound, UsageError,
+)
+from boxbox.objects.directory import Directory
+from boxbox.store.accountdb import AccountDatabase
+from boxbox.store.backend import ObjectStore, PutStream, RaidObjectStore
+from boxbox.store.info import AccountInfo, blocks_for_bytes
+
+if TYPE_CHECKING:
+    from boxbox.raidfile import DiscSet
+
+log = logging.getLogger(__name__)
+
+ROOT_DIRECTORY_ID = 1
+MAX_OBJECT_ID = (1 << 64) - 1
+MAX_ACCOUNT = 0xFFFFFFFF
+
+
+def account_prefix(account: int) -> str:
+    return f"{account:08x}"
+
+
+def object_key(account: int, object_id: int) -> str:
+    return f"{account:08x}/o/{object_id >> 16:x}/{(object_id >> 8) & 0xFF:02x}/{object_id:016x}"
+
+
+def info_key(account: int) -> str:
+    return f"{account:08x}/info"
+
+
+class Store:
+    """The account database plus the disc sets it points into."""
+
+    def __init__(self, database: AccountDatabase, discsets: dict[str, "DiscSet"]) -> None:
+        self.database = database
+        self.discsets = discsets
+        self.lock_dir = database.path.parent / (database.path.name + ".locks")
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Store":
+        from boxbox.raidfile import DiscSet
+
+        discsets = {name: DiscSet.from_config(name, values, str(cfg.path))
+                    for name, values in cfg.groups.get("discset", {}).items()}
+        if not discsets:
+            raise ConfigError(f"{cfg.path}: no [discset NAME] section", hint="add [discset 0] with directories = ...")
+        return cls(AccountDatabase(cfg["server"]["account_database"]), discsets)
+
+    # ------------------------------------------------------------ accounts
+    def backend(self, account: int) -> ObjectStore:
+        name = self.database.discset_of(account)
+        try:
+            return RaidObjectStore(self.discsets[name])
+        except KeyError:
+            raise ConfigError(f"account {account:08x} lives on disc set {name!r}, which the config does not "
+                              f"define (known: {', '.join(sorted(self.discsets))})") from None
+
+    def read_info(self, account: int) -> AccountInfo:
+        backend = self.backend(account)
+        try:
+            with backend.get(info_key(account)) as f:
+                data = f.read()
+        except NotFound:
+            raise NotFound(f"info file of account {account:08x}") from None
+        return AccountInfo.decode(data, f"account {account:08x} info")
+
+    def write_info(self, info: AccountInfo) -> None:
+        put = self.backend(info.account).put(info_key(info.account))
+        try:
+            put.write(info.encode())
+        except BaseException:
+            put.abort()
+            raise
+        put.commit()
+
+    def create_account(self, account: int, soft_limit: int, hard_limit: int, discset: str,
+                       name: str = "") -> AccountInfo:
+        """Register ACCOUNT on DISCSET with limits in blocks and an empty root directory."""
+        _check_limits(soft_limit, hard_limit)
+        if not 0 < account <= MAX_ACCOUNT:
+            raise UsageError(f"account number must be 1..ffffffff, got {account:x}")
+        if discset not in self.discsets:
+            raise ConfigError(f"no disc set {discset!r} in the config (known: {', '.join(sorted(self.discsets))})")
+        with self.database.editing() as accounts:
+            if account in accounts:
+                raise UsageError(f"account {account:08x} already exists")
+            backend = RaidObjectStore(self.discsets[discset])
+            if backend.exists(info_key(account)):
+                raise UsageError(f"account {account:08x} has leftover data on disc set {discset!r}",
+                                 hint="remove it or choose another account number")
+            root = Directory(ROOT_DIRECTORY_ID, 0).serialize()
+            put = backend.put(object_key(account, ROOT_DIRECTORY_ID))
+            put.write(root)
+            put.commit()
+            blocks = backend.usage_blocks(object_key(account, ROOT_DIRECTORY_ID))
+            info = AccountInfo(account, True, soft_limit, hard_limit, blocks_used=blocks, blocks_directories=blocks,
+                               count_directories=1, last_object_id=ROOT_DIRECTORY_ID, name=name)
+            put = backend.put(info_key(account))
+            put.write(info.encode())
+            put.commit()
+            accounts[account] = discset
+        return info
+
+    def delete_account(self, account: int) -> int:
+        """Remove ACCOUNT and all its objects; returns the number of objects removed."""
+        with self.write_lock(account):
+            backend = self.backend(account)
+            removed = 0
+            for key in list(backend.list(account_prefix(account))):
+                backend.delete(key)
+                removed += 1
+            with self.database.editing() as accounts:
+                accounts.pop(account, None)
+        return removed
+
+    def update_info(self, account: int, **changes: Any) -> AccountInfo:
+        """Change fields of the info file (limits, name, enabled) safely beside a running server."""
+        if "soft_limit" in changes or "hard_limit" in changes:
+            info = self.read_info(account)
+            _check_limits(changes.get("soft_limit", info.soft_limit), changes.get("hard_limit", info.hard_limit))
+        with self.info_lock(account):
+            info = self.read_info(account)._replace(**changes)
+            self.write_info(info)
+        return info
+
+    # ------------------------------------------------------------ locking
+    def _lock_dir_ready(self) -> Path:
+        self.lock_dir.mkdir(mode=0o700, exist_ok=True)
+        return self.lock_dir
+
+    def write_lock(self, account: int) -> "_Lock":
+        """The one-writer lock: InUse if another session holds it."""
+        return _Lock(self._lock_dir_ready() / f"{account:08x}.write", blocking=False, account=account)
+
+    def info_lock(self, account: int) -> "_Lock":
+        """Held briefly around read-modify-write of the info file (server session or admin)."""
+        return _Lock(self._lock_dir_ready() / f"{account:08x}.info", blocking=True)
+
+    def open(self, account: int, write: bool) -> "Account":
+        """Open ACCOUNT for a session; a writer takes the account's lock first."""
+        backend = self.backend(account)
+        lock = self.write_lock(account).acquire() if write else None
+        try:
+            info = self.read_info(account)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return Account(self, backend, info, lock)
+
+
+class _Lock:
+    """An flock on a local file: held by an open descriptor, so a dead holder frees it."""
+
+    def __init__(self, path: Path, blocking: bool, account: int | None = None) -> None:
+        self.path = path
+        self.blocking = blocking
+        self.account = account
+        self._fd: int | None = None
+
+    def acquire(self) -> "_Lock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                what = f"account {self.account:08x}" if self.account is not None else str(self.path)
+                raise InUse(f"{what} is in use by another client", hint="only one writer per account at a time; "
+                            "read-only sessions are allowed") from None
+            raise
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "_Lock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _check_limits(soft: int, hard: int) -> None:
+    if soft < 0 or hard < 0:
+        raise UsageError(f"limits must not be negative, got soft {soft} and hard {hard} blocks")
+    if soft > hard:
+        raise UsageError(f"soft limit ({soft} blocks) is above the hard limit ({hard} blocks)")
+
+
+class LimitedWriter:
+    """Counts bytes on their way into a new object and stops at the account's remaining room."""
+
+    def __init__(self, put: PutStream, room: int | None, message: Callable[[int], str]) -> None:
+        self._put = put
+        self._room = room
+        self._message = message
+        self.size = 0
+        self.blocks = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.size += len(data)
+        if self._room is not None and blocks_for_bytes(self.size) > self._room:
+            raise LimitExceeded(self._message(blocks_for_bytes(self.size)))
+        self._put.write(data)
+        return len(data)
+
+
+class Account:
+    """One account opened by a session: its objects, its info, its usage arithmetic."""
+
+    def __init__(self, store: Store, backend: ObjectStore, info: AccountInfo, lock: _Lock | None) -> None:
+        self.store = store
+        self.backend = backend
+        self.info = info
+        self._lock = lock
+        self._info_dirty = False
+
+    @property
+    def number(self) -> int:
+        return self.info.account
+
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None
+
+    def key(self, object_id: int) -> str:
+        return object_key(self.info.account, object_id)
+
+    # ------------------------------------------------------------ objects
+    def allocate_id(self) -> int:
+        new = self.info.last_object_id + 1
+        if new > MAX_OBJECT_ID:
+            raise LimitExceeded(f"account {self.number:08x} has used every object id")
+        self.change(last_object_id=new)
+        return new
+
+    def exists(self, object_id: int) -> bool:
+        return 0 < object_id <= MAX_OBJECT_ID and self.backend.exists(self.key(object_id))
+
+    def open_object(self, object_id: int) -> BinaryIO:
+        """A reader for an object of this account; ids of other accounts simply do not exist."""
+        if not 0 < object_id <= MAX_OBJECT_ID:
+            raise NotFound(f"object {object_id:#x}")
+        try:
+            return self.backend.get(self.key(object_id))
+        except NotFound:
+            raise NotFound(f"object {object_id:#x}") from None
+
+    def read_object(self, object_id: int) -> bytes:
+        with self.open_object(object_id) as f:
+            return f.read()
+
+    def usage_of(self, object_id: int) -> int:
+        return self.backend.usage_blocks(self.key(object_id))
+
+    @contextmanager
+    def new_object(self, object_id: int, check_limit: bool = True) -> Iterator["LimitedWriter"]:
+        """Write an object inside the block; an exception or the hard limit leaves nothing behind.
+
+        After the block, the writer's `blocks` holds the object's usage (RAID overhead included).
+        """
+        put = self.backend.put(self.key(object_id))
+        room = self.info.hard_limit - self.info.blocks_used if check_limit else None
+        writer = LimitedWriter(put, room, self._limit_message)
+        try:
+            yield writer
+        except BaseException:
+            put.abort()
+            raise
+        put.commit()
+        writer.blocks = self.usage_of(object_id)
+        if room is not None and writer.blocks > room:
+            self.backend.delete(self.key(object_id))
+            raise LimitExceeded(self._limit_message(writer.blocks))
+
+    def put_object(self, object_id: int, data: bytes, check_limit: bool = True) -> int:
+        """Write a small object whole; returns its blocks."""
+        with self.new_object(object_id, check_limit) as w:
+            w.write(data)
+        return w.blocks
+
+    def replace_object(self, object_id: int, data: bytes) -> int:
+        """Rewrite a small object (a directory) whole; returns the change in blocks."""
+        before = self.usage_of(object_id)
+        put = self.backend.put(self.key(object_id))
+        try:
+            put.write(data)
+        except BaseException:
+            put.abort()
+            raise
+        put.commit()
+        return self.usage_of(object_id) - before
+
+    def delete_object(self, object_id: int) -> int:
+        """Remove an object; returns the blocks freed."""
+        blocks = self.usage_of(object_id)
+        self.backend.delete(self.key(object_id))
+        return blocks
+
+    def _limit_message(self, blocks: int) -> str:
+        i = self.info
+        return (f"account {i.account:08x}: storing {blocks} more blocks would exceed the hard limit "
+                f"({i.blocks_used} of {i.hard_limit} blocks used)")
+
+    # ------------------------------------------------------------ info
+    def change(self, **fields: int) -> None:
+        """Update info fields in memory; written by `commit()`."""
+        self.info = self.info._replace(**fields)
+        self._info_dirty = True
+
+    def add(self, **deltas: int) -> None:
+        """Add to usage counters (blocks_*, count_*) in memory; written by `commit()`."""
+        self.change(**{name: max(0, getattr(self.info, name) + delta) for name, delta in deltas.items()})
+
+    def commit(self) -> None:
+        """Write the info file if it changed, preserving admin edits made meanwhile (limits, name, enabled)."""
+        if not self._info_dirty:
+            return
+        with self.store.info_lock(self.number):
+            try:
+                on_disc = self.store.read_info(self.number)
+                self.info = self.info._replace(soft_limit=on_disc.soft_limit, hard_limit=on_disc.hard_limit,
+                                               enabled=on_disc.enabled, name=on_disc.name)
+            except (NotFound, FormatError, IntegrityError) as e:
+                log.warning("account %08x: rewriting unreadable info file: %s", self.number, e)
+            self.store.write_info(self.info)
+        self._info_dirty = False
+
+    def close(self) -> None:
+        try:
+            if self.writable:
+                self.commit()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+

@@ -1,0 +1,136 @@
+"""The account database: which accounts exist and which disc set each lives on.
+
+Byte layout (little-endian):
+
+    offset  size  field
+    0       4     magic b"BXAD"
+    4       2     version (1)
+    6       2     reserved, zero
+    8       4     number of accounts n
+    12      ...   n entries, sorted by account: u32 account, u16 disc set name length m, name (UTF-8)
+
+Written atomically (Box Backup's was not); changes by `boxbox accounts` take a lock file
+beside it, so two admins cannot lose each other's edits. The server re-reads the file
+when it changes, so accounts can be created while it runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+from boxbox import magic
+from boxbox.atomic import write_atomic
+from boxbox.errors import FormatError, NotFound
+
+MAGIC = magic.ACCOUNT_DB
+VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+HEADER = struct.Struct("<4sHHI")
+ENTRY = struct.Struct("<IH")
+assert HEADER.size == 12 and ENTRY.size == 6
+MAX_ACCOUNTS = 1 << 24
+
+
+class FileStamp(NamedTuple):
+    """Enough of stat() to notice a replaced file cheaply."""
+
+    ino: int
+    mtime_ns: int
+    size: int
+
+
+def _stamp(path: Path) -> FileStamp | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return FileStamp(st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def encode(accounts: dict[int, str]) -> bytes:
+    parts = [HEADER.pack(MAGIC, VERSION, 0, len(accounts))]
+    for account in sorted(accounts):
+        name = accounts[account].encode("utf-8")
+        parts += (ENTRY.pack(account, len(name)), name)
+    return b"".join(parts)
+
+
+def decode(data: bytes, where: str) -> dict[int, str]:
+    if len(data) < HEADER.size:
+        raise FormatError(f"{where}: account database of {len(data)} bytes, expected at least {HEADER.size}")
+    magic_, version, _, count = HEADER.unpack_from(data)
+    if magic_ != MAGIC:
+        raise FormatError(f"{where}: magic {magic_!r}, expected {MAGIC!r}")
+    if version not in SUPPORTED_VERSIONS:
+        raise FormatError(f"{where}: version {version}, expected one of {SUPPORTED_VERSIONS}")
+    if count > min(MAX_ACCOUNTS, (len(data) - HEADER.size) // ENTRY.size):
+        raise FormatError(f"{where}: {count} accounts declared in {len(data)} bytes")
+    pos = HEADER.size
+    accounts: dict[int, str] = {}
+    for _ in range(count):
+        if len(data) - pos < ENTRY.size:
+            raise FormatError(f"{where}: truncated at entry {len(accounts)}")
+        account, n = ENTRY.unpack_from(data, pos)
+        pos += ENTRY.size
+        if len(data) - pos < n:
+            raise FormatError(f"{where}: entry for account {account:08x} truncated")
+        try:
+            accounts[account] = data[pos:pos + n].decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError(f"{where}: disc set name of account {account:08x} is not UTF-8") from None
+        pos += n
+    if pos != len(data):
+        raise FormatError(f"{where}: {len(data) - pos} unexpected bytes after the last entry")
+    return accounts
+
+
+class AccountDatabase:
+    """The database file, cached and re-read when it changes on disc."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._accounts: dict[int, str] = {}
+        self._stamp: FileStamp | None = None
+        self.reload()
+
+    def reload(self) -> None:
+        stamp = _stamp(self.path)
+        if stamp is None:
+            self._accounts, self._stamp = {}, None
+            return
+        self._accounts = decode(self.path.read_bytes(), str(self.path))
+        self._stamp = stamp
+
+    def refresh(self) -> None:
+        """Re-read if the file was replaced since the last read (one stat call)."""
+        if _stamp(self.path) != self._stamp:
+            self.reload()
+
+    def accounts(self) -> dict[int, str]:
+        return dict(self._accounts)
+
+    def discset_of(self, account: int) -> str:
+        try:
+            return self._accounts[account]
+        except KeyError:
+            raise NotFound(f"account {account:08x} is not in the account database {self.path}") from None
+
+    def __contains__(self, account: int) -> bool:
+        return account in self._accounts
+
+    @contextmanager
+    def editing(self) -> Iterator[dict[int, str]]:
+        """Lock, re-read, yield the mapping to change, write it atomically on clean exit."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.reload()
+            accounts = dict(self._accounts)
+            yield accounts
+            write_atomic(self.path, encode(accounts), mode=0o600)
+            self.reload()

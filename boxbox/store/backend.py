@@ -1,0 +1,86 @@
+"""The object store interface, and its first backend: RAID files on a disc set.
+
+Everything above this module (accounts, protocol handlers, housekeeping, check) names
+objects by key — `"0000002a/info"`, `"0000002a/o/0/01/0000000000000123"` — and never by
+path, so an S3-compatible backend can be added by implementing `ObjectStore` alone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, BinaryIO, Iterator, Protocol
+
+from boxbox.errors import NotFound, ProgrammingError
+
+if TYPE_CHECKING:
+    from boxbox.raidfile import DiscSet
+
+#: The prefix under which accounts live on a disc set (Box Backup used `backup/`).
+ROOT = "backup"
+
+
+class PutStream(Protocol):
+    """An object being written: invisible until `commit`, gone after `abort`."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> int: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class ObjectStore(Protocol):
+    def put(self, key: str) -> PutStream:
+        """Start writing `key`; commit atomically replaces any previous object."""
+    def get(self, key: str) -> BinaryIO:
+        """A readable, seekable stream of `key`; NotFound if absent."""
+    def delete(self, key: str) -> None:
+        """Remove `key`; NotFound if absent."""
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str) -> Iterator[str]:
+        """Every key under `prefix/` (recursively), in no particular order."""
+    def usage_blocks(self, key: str) -> int:
+        """4 KiB blocks `key` occupies, including redundancy overhead."""
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") for p in parts):
+        raise ProgrammingError(f"object key {key!r} is not a clean relative name")
+    return key
+
+
+class RaidObjectStore:
+    """`ObjectStore` over a raidfile `DiscSet`: keys are paths under `backup/`."""
+
+    def __init__(self, discset: "DiscSet") -> None:
+        self.discset = discset
+
+    def _path(self, key: str) -> str:
+        return f"{ROOT}/{_check_key(key)}"
+
+    def put(self, key: str) -> PutStream:
+        return self.discset.create(self._path(key))
+
+    def get(self, key: str) -> BinaryIO:
+        return self.discset.open(self._path(key))  # type: ignore[return-value]
+
+    def delete(self, key: str) -> None:
+        self.discset.delete(self._path(key))
+
+    def exists(self, key: str) -> bool:
+        return self.discset.exists(self._path(key))
+
+    def list(self, prefix: str) -> Iterator[str]:
+        stack = [_check_key(prefix)]
+        while stack:
+            here = stack.pop()
+            try:
+                names = self.discset.listdir(f"{ROOT}/{here}")
+            except NotFound:
+                continue
+            for name in names:
+                if name.endswith("/"):
+                    stack.append(f"{here}/{name.rstrip('/')}")
+                else:
+                    yield f"{here}/{name}"
+
+    def usage_blocks(self, key: str) -> int:
+        return self.discset.usage_blocks(self._path(key))

@@ -1,0 +1,444 @@
+"""The store's protocol commands: one server session per connection, handlers registered by type.
+
+The account is the one in the client certificate (given to `Session` by the server), never a
+request field. Every id in a request is looked up in that account only, so an id of
+another account is simply "not found". Directory changes are kept in memory and written,
+with the account info, by `sync()` — which the dispatcher calls before it sends replies,
+so a pipelined batch of a hundred operations costs one write per touched directory, and
+no reply ever reports a change that is not on disc.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from typing import Any, BinaryIO, Iterator
+
+from boxbox.errors import FormatError, NotFound, PermissionDenied, UsageError
+from boxbox.crypto.seal import MAX_SEALED_NAME, OVERHEAD, SIV_SIZE
+from boxbox.objects.directory import (
+    DELETED, DIR, FILE, MAGIC as DIRECTORY_MAGIC, MAX_SEALED_ATTRIBUTES, OLD, Directory, Entry,
+)
+from boxbox.objects.layout import read_file_layout
+from boxbox.store.account import ROOT_DIRECTORY_ID, Account, LimitedWriter, Store
+from boxbox.wire import messages as m
+from boxbox.wire.commands import NONE, READ, WRITE, Access, StreamReply, command
+from boxbox.wire.transport import InStream
+
+log = logging.getLogger(__name__)
+
+#: Clean directories kept in memory between requests (writers only; readers re-read).
+DIRECTORY_CACHE = 256
+
+
+class Session:
+    """Server-side state of one connection."""
+
+    def __init__(self, store: Store, account: int) -> None:
+        self.store = store
+        self.account_number = account
+        self.access: Access = NONE
+        self.account: Account | None = None
+        self._dirs: dict[int, Directory] = {}
+        self._dirty: set[int] = set()
+
+    @property
+    def acct(self) -> Account:
+        if self.account is None:
+            raise PermissionDenied("log in first")
+        return self.account
+
+    # ------------------------------------------------------------ directories
+    def directory(self, dir_id: int) -> Directory:
+        """A directory of this account (cached); NotFound for anything else, including file ids."""
+        d = self._dirs.get(dir_id)
+        if d is not None:
+            return d
+        data = self.acct.read_object(dir_id)
+        if data[:4] != DIRECTORY_MAGIC:
+            raise NotFound(f"directory {dir_id:#x} (that id is not a directory)")
+        try:
+            d = Directory.parse(data)
+        except FormatError as e:
+            raise FormatError(f"directory {dir_id:#x}: {e.args[0]}") from None
+        self._dirs[dir_id] = d
+        return d
+
+    def mark(self, d: Directory) -> None:
+        self._dirty.add(d.object_id)
+
+    def sync(self) -> None:
+        """Write changed directories and the account info (called before replies are flushed)."""
+        acct = self.account
+        if acct is None:
+            return
+        for dir_id in sorted(self._dirty):
+            delta = acct.replace_object(dir_id, self._dirs[dir_id].serialize())
+            if delta:
+                acct.add(blocks_used=delta, blocks_directories=delta)
+                self._update_size_in_parent(self._dirs[dir_id], delta)
+        self._dirty.clear()
+        acct.commit()
+        if not acct.writable or len(self._dirs) > DIRECTORY_CACHE:
+            self._dirs.clear()
+
+    def _update_size_in_parent(self, d: Directory, delta: int) -> None:
+        """Keep a directory's entry size in its parent roughly right (written at the next sync)."""
+        if d.container_id and d.container_id in self._dirs:
+            parent = self._dirs[d.container_id]
+            entry = parent.entry(d.object_id)
+            if entry is not None:
+                entry.size_blocks = max(0, entry.size_blocks + delta)
+
+    def close(self) -> None:
+        if self.account is not None:
+            try:
+                if self.account.writable:
+                    self.sync()
+            finally:
+                self.account.close()
+                self.account = None
+
+
+def _add(d: Directory, entry: Entry) -> None:
+    d.entries.append(entry)
+
+
+def _check_name(what: str, sealed: bytes) -> None:
+    """Sealed names must be what the directory format accepts, or the directory would not parse."""
+    if not SIV_SIZE < len(sealed) <= MAX_SEALED_NAME:
+        raise UsageError(f"{what}: sealed name of {len(sealed)} bytes, expected {SIV_SIZE + 1} to {MAX_SEALED_NAME}")
+
+
+def _check_attributes(what: str, sealed: bytes) -> None:
+    if sealed and not OVERHEAD <= len(sealed) <= MAX_SEALED_ATTRIBUTES:
+        raise UsageError(f"{what}: sealed attributes of {len(sealed)} bytes, expected 0 or "
+                         f"{OVERHEAD} to {MAX_SEALED_ATTRIBUTES}")
+
+
+def _usage_kind(flags: int) -> str:
+    if flags & DELETED:
+        return "deleted"
+    if flags & OLD:
+        return "old"
+    return "current"
+
+
+def _move_usage(acct: Account, entry: Entry, new_flags: int) -> None:
+    """Shift a file entry's blocks and count between current/old/deleted when its flags change."""
+    if entry.flags & DIR:
+        entry.flags = new_flags
+        return
+    before, after = _usage_kind(entry.flags), _usage_kind(new_flags)
+    if before != after:
+        acct.add(**{f"blocks_{before}": -entry.size_blocks, f"count_{before}": -1,
+                    f"blocks_{after}": entry.size_blocks, f"count_{after}": 1})
+    entry.flags = new_flags
+
+
+# ---------------------------------------------------------------- session
+@command(m.Login, access=NONE)
+def login(session: Session, req: m.Login, stream: InStream | None) -> m.LoginReply:
+    if session.account is not None:
+        raise UsageError("already logged in")
+    store = session.store
+    store.database.refresh()
+    number = session.account_number
+    if number not in store.database:
+        raise PermissionDenied(f"account {number:08x} does not exist on this server")
+    info = store.read_info(number)
+    if not info.enabled:
+        raise PermissionDenied(f"account {number:08x} is disabled", hint="ask the store administrator")
+    read_only = bool(req.flags & m.LOGIN_READ_ONLY)
+    session.account = store.open(number, write=not read_only)
+    session.access = READ if read_only else WRITE
+    i = session.account.info
+    return m.LoginReply(number, req.flags, i.client_store_marker, i.blocks_used, i.soft_limit, i.hard_limit, 4096)
+
+
+@command(m.GetAccountUsage, access=READ)
+def usage(session: Session, req: m.GetAccountUsage, stream: InStream | None) -> m.AccountUsage:
+    i = session.acct.info
+    return m.AccountUsage(i.blocks_used, i.blocks_current, i.blocks_old, i.blocks_deleted, i.blocks_directories,
+                          i.soft_limit, i.hard_limit, 4096, i.name)
+
+
+@command(m.KeepAlive, access=NONE)
+def keep_alive(session: Session, req: m.KeepAlive, stream: InStream | None) -> m.Success:
+    return m.Success(0)
+
+
+@command(m.SetClientStoreMarker)
+def set_marker(session: Session, req: m.SetClientStoreMarker, stream: InStream | None) -> m.Success:
+    session.acct.change(client_store_marker=req.marker)
+    return m.Success(0)
+
+
+# ---------------------------------------------------------------- directories
+@command(m.ListDirectory, access=READ)
+def list_directory(session: Session, req: m.ListDirectory, stream: InStream | None) -> StreamReply:
+    d = session.directory(req.dir_id)
+    entries = [e for e in d.entries
+               if e.flags & req.flags_must_be_set == req.flags_must_be_set and not e.flags & req.flags_not_set]
+    if not req.send_attributes:
+        entries = [dataclasses.replace(e, sealed_attributes=b"") for e in entries]
+    data = Directory(d.object_id, d.container_id, d.sealed_attributes, entries).serialize()
+    return StreamReply(m.Success(req.dir_id), io.BytesIO(data))
+
+
+@command(m.CreateDirectory)
+def create_directory(session: Session, req: m.CreateDirectory, stream: InStream | None) -> m.Success:
+    _check_name("CreateDirectory", req.name)
+    _check_attributes("CreateDirectory", req.attributes)
+    acct = session.acct
+    parent = session.directory(req.parent_id)
+    existing = parent.find(req.name)
+    if existing is not None:
+        if existing.flags & DIR:
+            return m.Success(existing.object_id)  # idempotent: pipelined retries are harmless
+        raise UsageError(f"a file with that name already exists in directory {req.parent_id:#x}")
+    new_id = acct.allocate_id()
+    d = Directory(new_id, req.parent_id, req.attributes)
+    blocks = acct.put_object(new_id, d.serialize(), check_limit=False)
+    session._dirs[new_id] = d
+    acct.add(blocks_used=blocks, blocks_directories=blocks, count_directories=1)
+    _add(parent, Entry(new_id, DIR, req.name, req.attributes_mtime, blocks))
+    session.mark(parent)
+    return m.Success(new_id)
+
+
+@command(m.ChangeDirAttributes)
+def change_dir_attributes(session: Session, req: m.ChangeDirAttributes, stream: InStream | None) -> m.Success:
+    _check_attributes("ChangeDirAttributes", req.attributes)
+    d = session.directory(req.dir_id)
+    d.sealed_attributes = req.attributes
+    session.mark(d)
+    return m.Success(req.dir_id)
+
+
+def _set_tree_deleted(session: Session, d: Directory, deleted: bool) -> None:
+    """Mark every entry below `d` deleted (or not), recursing into subdirectories."""
+    stack = [d]
+    while stack:
+        here = stack.pop()
+        for entry in here.entries:
+            if entry.flags & DIR:
+                try:
+                    stack.append(session.directory(entry.object_id))
+                except NotFound:
+                    log.warning("directory %#x listed in %#x is missing", entry.object_id, here.object_id)
+            new = entry.flags | DELETED if deleted else entry.flags & ~DELETED
+            if new != entry.flags:
+                _move_usage(session.acct, entry, new)
+        session.mark(here)
+
+
+def _entry_in_parent(session: Session, d: Directory) -> tuple[Directory, Entry]:
+    parent = session.directory(d.container_id)
+    entry = parent.entry(d.object_id)
+    if entry is None:
+        raise NotFound(f"directory {d.object_id:#x} in its parent {d.container_id:#x}")
+    return parent, entry
+
+
+@command(m.DeleteDirectory)
+def delete_directory(session: Session, req: m.DeleteDirectory, stream: InStream | None) -> m.Success:
+    if req.dir_id == ROOT_DIRECTORY_ID:
+        raise UsageError("the root directory cannot be deleted")
+    d = session.directory(req.dir_id)
+    parent, entry = _entry_in_parent(session, d)
+    _set_tree_deleted(session, d, True)
+    entry.flags |= DELETED
+    session.mark(parent)
+    return m.Success(req.dir_id)
+
+
+@command(m.UndeleteDirectory)
+def undelete_directory(session: Session, req: m.UndeleteDirectory, stream: InStream | None) -> m.Success:
+    d = session.directory(req.dir_id)
+    if req.dir_id != ROOT_DIRECTORY_ID:
+        parent, entry = _entry_in_parent(session, d)
+        entry.flags &= ~DELETED
+        session.mark(parent)
+    _set_tree_deleted(session, d, False)
+    return m.Success(req.dir_id)
+
+
+# ---------------------------------------------------------------- files
+class _Tee:
+    """The upload stream as the layout parser reads it, every byte also written to the new object."""
+
+    def __init__(self, source: InStream, sink: LimitedWriter) -> None:
+        self._source = source
+        self._sink = sink
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._source.read(n)
+        if data:
+            self._sink.write(data)
+        return data
+
+    def seekable(self) -> bool:
+        return False
+
+
+@command(m.StoreFile, stream_in=True)
+def store_file(session: Session, req: m.StoreFile, stream: InStream | None) -> m.Success:
+    if stream is None:
+        raise UsageError("StoreFile needs an upload stream")
+    if req.diff_from:
+        raise UsageError("diff uploads are not supported by this server yet; upload the whole file")
+    _check_name("StoreFile", req.name)
+    _check_attributes("StoreFile", req.attributes)
+    acct = session.acct
+    d = session.directory(req.dir_id)
+    new_id = acct.allocate_id()
+    with acct.new_object(new_id) as writer:
+        # One pass: the keyless parser checks the object while it streams to disc.
+        layout = read_file_layout(_Tee(stream, writer))
+        if layout.container_id != req.dir_id:
+            raise FormatError(f"uploaded object names container {layout.container_id:#x}, "
+                              f"the request directory {req.dir_id:#x}")
+        if layout.refs:
+            raise UsageError("the uploaded object refers to blocks of other objects (a diff); "
+                             "this server accepts whole files only")
+        if layout.sealed_name != req.name:
+            raise FormatError("the sealed name in the uploaded object differs from the request's name")
+    blocks = writer.blocks
+    for e in d.entries:
+        if e.sealed_name == req.name and e.flags & FILE and not e.flags & (OLD | DELETED):
+            _move_usage(acct, e, e.flags | OLD)
+    _add(d, Entry(new_id, FILE, req.name, req.mtime, blocks, req.attributes_hash, req.attributes))
+    acct.add(blocks_used=blocks, blocks_current=blocks, count_current=1)
+    session.mark(d)
+    return m.Success(new_id)
+
+
+def _file_entry(session: Session, dir_id: int, object_id: int) -> Entry:
+    entry = session.directory(dir_id).entry(object_id)
+    if entry is None or not entry.flags & FILE:
+        raise NotFound(f"file {object_id:#x} in directory {dir_id:#x}")
+    return entry
+
+
+def _object_reader(session: Session, object_id: int) -> BinaryIO:
+    return session.acct.open_object(object_id)
+
+
+@command(m.GetFile, access=READ)
+def get_file(session: Session, req: m.GetFile, stream: InStream | None) -> StreamReply:
+    _file_entry(session, req.dir_id, req.object_id)
+    return StreamReply(m.Success(req.object_id), _object_reader(session, req.object_id))
+
+
+@command(m.GetObject, access=READ)
+def get_object(session: Session, req: m.GetObject, stream: InStream | None) -> StreamReply:
+    return StreamReply(m.Success(req.object_id), _object_reader(session, req.object_id))
+
+
+def _index_reply(session: Session, object_id: int) -> StreamReply:
+    with _object_reader(session, object_id) as f:
+        try:
+            layout = read_file_layout(f)
+        except FormatError:
+            raise NotFound(f"file {object_id:#x} (that object is not a file)") from None
+    return StreamReply(m.Success(object_id), io.BytesIO(layout.index_blob()))
+
+
+@command(m.GetBlockIndexByID, access=READ)
+def get_block_index(session: Session, req: m.GetBlockIndexByID, stream: InStream | None) -> StreamReply:
+    return _index_reply(session, req.object_id)
+
+
+@command(m.GetBlockIndexByName, access=READ)
+def get_block_index_by_name(session: Session, req: m.GetBlockIndexByName, stream: InStream | None) -> StreamReply:
+    entry = session.directory(req.dir_id).find(req.name)
+    if entry is None or not entry.flags & FILE:
+        raise NotFound(f"a current file of that name in directory {req.dir_id:#x}")
+    return _index_reply(session, entry.object_id)
+
+
+@command(m.DeleteFile)
+def delete_file(session: Session, req: m.DeleteFile, stream: InStream | None) -> m.Success:
+    d = session.directory(req.dir_id)
+    found = 0
+    for e in d.entries:
+        if e.sealed_name == req.name and e.flags & FILE and not e.flags & DELETED:
+            _move_usage(session.acct, e, e.flags | DELETED)
+            if not e.flags & OLD:
+                found = e.object_id
+    if not found:
+        raise NotFound(f"a current file of that name in directory {req.dir_id:#x}")
+    session.mark(d)
+    return m.Success(found)
+
+
+@command(m.UndeleteFile)
+def undelete_file(session: Session, req: m.UndeleteFile, stream: InStream | None) -> m.Success:
+    d = session.directory(req.dir_id)
+    entry = _file_entry(session, req.dir_id, req.object_id)
+    if entry.flags & DELETED:
+        _move_usage(session.acct, entry, entry.flags & ~DELETED)
+        session.mark(d)
+    return m.Success(req.object_id)
+
+
+@command(m.MoveObject)
+def move_object(session: Session, req: m.MoveObject, stream: InStream | None) -> m.Success:
+    _check_name("MoveObject", req.new_name)
+    source = session.directory(req.from_dir)
+    target = session.directory(req.to_dir)
+    entry = source.entry(req.object_id)
+    if entry is None:
+        raise NotFound(f"object {req.object_id:#x} in directory {req.from_dir:#x}")
+    if entry.flags & DIR:
+        if req.object_id == ROOT_DIRECTORY_ID:
+            raise UsageError("the root directory cannot be moved")
+        ancestor = target
+        while True:  # refuse to move a directory into itself or below itself
+            if ancestor.object_id == req.object_id:
+                raise UsageError(f"directory {req.object_id:#x} cannot be moved into its own subtree")
+            if ancestor.object_id == ROOT_DIRECTORY_ID or not ancestor.container_id:
+                break
+            ancestor = session.directory(ancestor.container_id)
+    clash = target.find(req.new_name, exclude=0)
+    if clash is not None and clash.object_id != req.object_id:
+        live = [e for e in target.entries if e.sealed_name == req.new_name and not e.flags & DELETED
+                and not e.flags & OLD]
+        if live or not req.flags & m.MOVE_ALLOW_OVER_DELETED:
+            raise UsageError(f"the name is already taken in directory {req.to_dir:#x}")
+    moving = [entry]
+    if req.flags & m.MOVE_ALL_WITH_SAME_NAME:
+        moving += [e for e in source.entries if e.sealed_name == entry.sealed_name and e is not entry]
+    for e in moving:
+        source.entries.remove(e)
+        e.sealed_name = req.new_name
+        _add(target, e)
+        if e.flags & DIR:
+            child = session.directory(e.object_id)
+            child.container_id = req.to_dir
+            session.mark(child)
+    session.mark(source)
+    session.mark(target)
+    return m.Success(req.object_id)
+
+
+@command(m.GetObjectName, access=READ)
+def get_object_name(session: Session, req: m.GetObjectName, stream: InStream | None) -> m.ObjectName:
+    d = session.directory(req.containing_dir)
+    entry = d.entry(req.object_id)
+    if entry is None:
+        raise NotFound(f"object {req.object_id:#x} in directory {req.containing_dir:#x}")
+    names = [entry.sealed_name]
+    seen = {d.object_id}
+    while d.object_id != ROOT_DIRECTORY_ID:
+        parent = session.directory(d.container_id)
+        here = parent.entry(d.object_id)
+        if here is None or parent.object_id in seen:
+            raise NotFound(f"path of directory {d.object_id:#x} (its parent does not list it)")
+        seen.add(parent.object_id)
+        names.append(here.sealed_name)
+        d = parent
+    names.reverse()
+    return m.ObjectName(entry.flags, entry.mtime_ns, entry.attr_hash, names)
