@@ -18,7 +18,7 @@ from boxbox.store.accountdb import AccountDatabase
 from boxbox.store.info import AccountInfo
 from boxbox.wire import messages as m
 
-from tests.store_helpers import PlainDiscSet, file_object, make_keys, sealed_dir_name, session_client
+from tests.test_store_support import PlainDiscSet, file_object, make_keys, sealed_dir_name, session_client
 
 A, B = 0x1A, 0x2B
 
