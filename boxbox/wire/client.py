@@ -75,6 +75,12 @@ class Client:
         client = cls(Connection(sock, idle_timeout=timeout, read_timeout=timeout))
         try:
             client.hello()
+        except ProtocolError as e:
+            client.close()
+            # In TLS 1.3 the server checks our certificate after the client's handshake is
+            # done; a refusal shows up as a dropped connection on the first exchange.
+            raise PermissionDenied(f"server {server_hostname or host} ended the session during hello "
+                                   f"(it probably refused this client's certificate): {e.args[0]}") from None
         except BoxboxError:
             client.close()
             raise

@@ -120,7 +120,10 @@ class Connection:
                 limit = self.idle_timeout if idle else self.read_timeout
                 raise ProtocolError(f"peer {what} for more than {limit:.0f} s") from None
             except ssl.SSLError as e:  # e.g. the server's alert for a revoked certificate
-                raise PermissionDenied(f"TLS session ended by the peer: {e.reason or e}") from None
+                reason = str(e.reason or e)
+                if "ALERT_" in reason:  # SSLV3_ALERT_CERTIFICATE_REVOKED -> "certificate revoked"
+                    reason = reason.split("ALERT_", 1)[1].lower().replace("_", " ")
+                raise PermissionDenied(f"the peer refused the TLS session: {reason}") from None
             except OSError as e:
                 raise ProtocolError(f"connection lost while receiving: {e}") from None
             if n == 0:
