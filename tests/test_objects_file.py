@@ -220,9 +220,12 @@ def test_index_blob_opens_to_signature():
     assert [e.stored_size for e in index.entries] == list(layout.lengths)
     from boxbox.rolling.checksum import strong_checksum, weak_checksum
 
-    sig = fo.index_to_signature(index)
+    sig = index.signature()
     assert sig.hash_name == "sha256"
     assert sig.blocks[1] == (4096, weak_checksum(DATA[4096:8192]), strong_checksum(DATA[4096:8192], "sha256"))
+    from boxbox.rolling.signature import signature_of
+
+    assert sig == signature_of(io.BytesIO(DATA), 4096, "sha256")  # anchors included, same as rolling's own
     with pytest.raises(IntegrityError, match="object 0x42"):
         fo.open_index(OTHER_KEYS, layout.index_blob(), "object 0x42")
     with pytest.raises(IntegrityError):
@@ -232,7 +235,7 @@ def test_index_blob_opens_to_signature():
 def _diff_upload(old_obj: bytes, old_id: int, new: list[bytes | tuple[int]]) -> bytes:
     """A client diff upload: clear blocks, and (k,) meaning old block k."""
     index = fo.open_index(KEYS, lo.read_file_layout(io.BytesIO(old_obj)).index_blob())
-    blocks = [fo.Reference(old_id, b[0], index.entries[b[0]]) if isinstance(b, tuple) else b for b in new]
+    blocks = [index.reference(old_id, b[0]) if isinstance(b, tuple) else b for b in new]
     out = io.BytesIO()
     fo.encode_blocks(KEYS, blocks, out, container_id=DIR_ID, name=NAME, attributes=ATTRS)
     return out.getvalue()
@@ -360,3 +363,34 @@ def test_encode_memory_does_not_grow_with_file_size():
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < peaks[0] + (512 << 10), peaks
+
+
+def test_rolling_delta_end_to_end_through_the_store():
+    """Client: index -> signature -> delta -> diff upload; store: resolve; client: decode the new file."""
+    from boxbox.rolling.delta import delta
+
+    old_data = mixed(300_000)
+    new_data = old_data[:1000] + b"INSERTED" + old_data[1000:150_000] + os.urandom(9000) + old_data[200_000:]
+    old = encode(old_data, block_size=8192)
+    olayout = lo.read_file_layout(io.BytesIO(old))
+    index = fo.open_index(KEYS, olayout.index_blob())
+    ops = delta(index.signature(), io.BytesIO(new_data))
+    out = io.BytesIO()
+    fo.encode_blocks(KEYS, fo.delta_blocks(index, 0x30, ops, 8192), out, container_id=DIR_ID, name=NAME,
+                     attributes=ATTRS, hash_name=index.hash_name)
+    diff = out.getvalue()
+    dlayout = lo.read_file_layout(io.BytesIO(diff))
+    assert len(dlayout.refs) >= 20 and len(diff) < len(old) // 2
+    full = io.BytesIO()
+    lo.resolve_references(dlayout, io.BytesIO(diff), full,
+                          lambda obj, blk: lo.read_block_record(io.BytesIO(old), olayout, blk))
+    assert decode(full.getvalue(), name=NAME) == new_data
+    new_index = fo.open_index(KEYS, lo.read_file_layout(io.BytesIO(full.getvalue())).index_blob())
+    assert new_index.anchors is not None and len(new_index.anchors) == 80 * len(new_index.entries)
+
+
+def test_delta_blocks_cuts_literals():
+    index = fo.Index(1, 10, [fo.IndexEntry(10, 40, 1, bytes(16))], None)
+    out = list(fo.delta_blocks(index, 5, [b"a" * 5, b"b" * 10, 0, b"c" * 3], 4))
+    assert out[:4] == [b"aaaa", b"abbb", b"bbbb", b"bbb"]
+    assert out[4] == fo.Reference(5, 0, index.entries[0]) and out[5] == b"ccc"

@@ -94,8 +94,9 @@ class Attributes(NamedTuple):
                              len(self.symlink_target), len(self.xattrs)),
                  user, group, self.symlink_target]
         for name, value in self.xattrs:
-            if len(name) > 0xFFFF or len(value) > 0xFFFFFFFF:
-                raise FormatError(f"attributes: extended attribute {name[:40]!r} too large")
+            if not name or len(name) > 0xFFFF or len(value) > 0xFFFFFFFF:
+                raise FormatError(f"attributes: extended attribute {name[:40]!r} has an empty or too large name "
+                                  "or value")
             parts += [XATTR.pack(len(name), len(value)), name, value]
         record = b"".join(parts)
         record += bytes(-len(record) % PAD)
@@ -135,8 +136,9 @@ class Attributes(NamedTuple):
                 raise FormatError(f"attributes: xattr header at {pos} runs past the end ({len(data)} bytes)")
             nlen, vlen = XATTR.unpack_from(data, pos)
             pos += XATTR.size
-            if pos + nlen + vlen > len(data):
-                raise FormatError(f"attributes: xattr at {pos} needs {nlen + vlen} bytes, {len(data) - pos} left")
+            if not nlen or pos + nlen + vlen > len(data):
+                raise FormatError(f"attributes: xattr at {pos} has an empty name or needs {nlen + vlen} bytes, "
+                                  f"{len(data) - pos} left")
             xattrs.append((bytes(data[pos:pos + nlen]), bytes(data[pos + nlen:pos + nlen + vlen])))
             pos += nlen + vlen
         if len(data) - pos >= PAD or any(data[pos:]):

@@ -102,7 +102,7 @@ class Directory:
         for i in range(count):
             if pos + ENTRY.size > len(data):
                 raise FormatError(f"directory entry {i} at offset {pos} runs past the end ({len(data)} bytes)")
-            object_id, flags, nlen, elen, mtime, blocks, ahash, newer, older = unpack(data, pos)
+            eid, flags, nlen, elen, mtime, blocks, ahash, newer, older = unpack(data, pos)
             pos += ENTRY.size
             if flags & ~KNOWN_FLAGS or (flags & (FILE | DIR)) not in (FILE, DIR):
                 raise FormatError(f"directory entry {i}: invalid flags {flags:#x}")
@@ -113,7 +113,7 @@ class Directory:
             if pos + nlen + elen > len(data):
                 raise FormatError(f"directory entry {i} needs {nlen + elen} bytes at offset {pos}, "
                                   f"{len(data) - pos} left")
-            entries.append(Entry(object_id, flags, bytes(data[pos:pos + nlen]), mtime, blocks, ahash,
+            entries.append(Entry(eid, flags, bytes(data[pos:pos + nlen]), mtime, blocks, ahash,
                                  bytes(data[pos + nlen:pos + nlen + elen]), newer, older))
             pos += nlen + elen
         if pos != len(data):
