@@ -34,8 +34,7 @@ from boxbox.errors import NotFound, PermissionDenied
 
 log = logging.getLogger(__name__)
 
-# Per entry, hashed after its name and a NUL (names cannot hold NUL, so sorting the packed
-# entries sorts by name): mode, uid, gid, size, mtime ns, ctime ns, inode.
+# Per entry, hashed in name order: mode, uid, gid, size, mtime ns, ctime ns, inode.
 ENTRY = struct.Struct("<IIIQqqQ")
 assert ENTRY.size == 44
 
@@ -231,13 +230,17 @@ class Scanner:
         fsencode = os.fsencode
         is_dir = stat.S_ISDIR
         dev = self._dev
-        # the directory's own attributes first (an empty name sorts first); its parent hashes
-        # only its name, type, owner, mode and inode, so new content here is not a change there
-        packed = [b"\0" + pack(dst.st_mode, dst.st_uid, dst.st_gid, 0, dst.st_mtime_ns, dst.st_ctime_ns, dst.st_ino)]
-        entries: list[tuple[str, os.stat_result]] = []
+        # The directory's own attributes, then for each included entry in name order its packed
+        # stat, then the NUL-joined names (NUL cannot occur in a name; each stat is 44 bytes).
+        # Its parent hashes only a subdirectory's name, mode, owner and inode, so new content
+        # here is not a change there.
+        packed = [pack(dst.st_mode, dst.st_uid, dst.st_gid, 0, dst.st_mtime_ns, dst.st_ctime_ns, dst.st_ino)]
+        kept: list[str] = []
+        stats: list[os.stat_result] = []
         subdirs: list[tuple[str, os.stat_result]] = []
         ancestors = {f.ino for f in stack}
         ancestors.add(dst.st_ino)
+        names.sort()
         for entry_name in names:
             try:
                 st = lstat(entry_name, dir_fd=fd, follow_symlinks=False)
@@ -252,12 +255,12 @@ class Scanner:
             if rules is not None and rules.excluded(base + entry_name, is_dir(mode), (st.st_dev, st.st_ino)):
                 self.excluded += 1
                 continue
-            entries.append((entry_name, st))
+            kept.append(entry_name)
+            stats.append(st)
             if not is_dir(mode):
-                packed.append(fsencode(entry_name) + b"\0" + pack(mode, st.st_uid, st.st_gid, st.st_size,
-                                                                 st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+                packed.append(pack(mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
             else:
-                packed.append(fsencode(entry_name) + b"\0" + pack(mode, st.st_uid, st.st_gid, 0, 0, 0, st.st_ino))
+                packed.append(pack(mode, st.st_uid, st.st_gid, 0, 0, 0, st.st_ino))
                 sub_rel = f"{rel}/{entry_name}" if rel else entry_name
                 if st.st_dev != dev:
                     self.mount_points.append(fsencode(sub_rel))
@@ -266,16 +269,15 @@ class Scanner:
                     self._error(sub_rel, "directory loop (a bind mount?), not entered")
                 else:
                     subdirs.append((entry_name, st))
-        packed.sort()
+        packed.append(fsencode("\0".join(kept)))
         checksum = hashlib.blake2b(b"".join(packed), digest_size=16).digest()
-        self.files += len(entries) - len(subdirs)
+        self.files += len(kept) - len(subdirs)
         self.directories += 1
         if self.on_progress is not None:
             self._ticks -= len(names)
             if self._ticks <= 0:
                 self._ticks = PROGRESS_EVERY
                 self.on_progress()
-        subdirs.sort()
         depth = len(stack)
         keep = depth < KEEP_ALL_DEPTH or depth % KEEP_EVERY == 0
         if not keep or not subdirs:
@@ -288,7 +290,7 @@ class Scanner:
         if unchanged:
             return frame, None
         self.changed += 1
-        change = Change(fsencode(rel), [Entry(fsencode(n), s) for n, s in entries], store_id, parent_store_id,
+        change = Change(fsencode(rel), [Entry(fsencode(n), s) for n, s in zip(kept, stats)], store_id, parent_store_id,
                         dst.st_ino, old is None)
         frame.checksum = checksum
         return frame, change
