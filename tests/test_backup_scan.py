@@ -16,7 +16,7 @@ import pytest
 from boxbox.backup.records import NO_CHECKSUM, InodeMap, Records
 from boxbox.backup.rules import Rules
 from boxbox.backup.scan import KEEP_ALL_DEPTH, Change, Scanner, upload_due
-from boxbox.errors import NotFound
+from boxbox.errors import NotFound, ProgrammingError
 
 _ids = itertools.count(100)
 
@@ -419,7 +419,19 @@ def test_progress_callback_and_early_stop_close_fds(tmp_path: Path) -> None:
         if change.path == b"b":
             break
     it.close()  # type: ignore[attr-defined]
-    assert ticks and len(os.listdir("/proc/self/fd")) == before
+    assert ticks and len(os.listdir("/proc/self/fd")) == before and not scanner.complete
+    for stop_at in (b"", b"a", b"c/d"):  # directories whose fds are still open while yielded
+        it = iter(Scanner(tmp_path))
+        next(c for c in it if c.path == stop_at)
+        it.close()  # type: ignore[attr-defined]
+        assert len(os.listdir("/proc/self/fd")) == before, stop_at
+
+
+def test_a_scanner_runs_once(tmp_path: Path) -> None:
+    scanner, _ = sync(tmp_path)
+    assert scanner.complete
+    with pytest.raises(ProgrammingError):
+        list(scanner)
 
 
 @pytest.mark.parametrize("mtime, pending_since, due", [

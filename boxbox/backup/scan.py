@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from boxbox.backup.records import NO_CHECKSUM, Records
 from boxbox.backup.rules import Rules
-from boxbox.errors import NotFound, PermissionDenied
+from boxbox.errors import NotFound, PermissionDenied, ProgrammingError
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class _Frame:
 class Scanner:
     """One pass over one location: iterate it for the `Change`s, then read the results.
 
-    After the iteration: `records` (the new directory records), `files`, `directories`,
+    After the iteration: `complete`, `records` (the new directory records), `files`, `directories`,
     `changed`, `excluded`, `vanished` counts, `errors` (unreadable entries, skipped) and
     `mount_points` (directories on another filesystem: kept as entries, not entered).
     """
@@ -119,10 +119,16 @@ class Scanner:
         self.vanished = 0
         self.errors: list[ScanError] = []
         self.mount_points: list[bytes] = []
+        #: True once the walk reached its end: only then may `records` replace the previous ones
+        self.complete = False
+        self._started = False
         self._dev = 0
         self._ticks = PROGRESS_EVERY
 
     def __iter__(self) -> Iterator[Change]:
+        if self._started:
+            raise ProgrammingError("a Scanner walks its location once; make a new one for the next run")
+        self._started = True
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -141,10 +147,10 @@ class Scanner:
             frame, change = self._enter(fd, "", "", st, store_id, 0, old, stack)
             if frame is None:
                 raise PermissionDenied(f"location {self.root}: {self.errors[-1].message}")
+            stack.append(frame)  # before yielding, so that closing the generator closes its fd
             if change is not None:
                 yield change
                 self._settle(frame, change)
-            stack.append(frame)
             while stack:
                 top = stack[-1]
                 if top.next == len(top.subdirs):
@@ -157,7 +163,7 @@ class Scanner:
                 top.next += 1
                 bname = os.fsencode(name)
                 rel = f"{top.rel}/{name}" if top.rel else name
-                old_index = self._old_child(top, bname, cst.st_ino)
+                old_index = self._old_child(top, bname)
                 store_id = top.subdir_ids.get(bname) or (prev.store_id(old_index) if old_index is not None else 0)
                 if old_index is None and store_id and prev is not None:
                     # the daemon moved an old directory here: keep its records if the ids agree
@@ -170,16 +176,18 @@ class Scanner:
                 if frame is None:
                     self._keep_unreadable(bname, cst, store_id, old_index)
                     continue
+                stack.append(frame)
                 if change is not None:
                     yield change
                     self._settle(frame, change)
-                stack.append(frame)
+            self.complete = True
         finally:
             for frame in stack:
                 if frame.fd is not None:
                     os.close(frame.fd)
 
-    def _old_child(self, top: _Frame, bname: bytes, ino: int) -> int | None:
+    def _old_child(self, top: _Frame, bname: bytes) -> int | None:
+        """The previous record of subdirectory `bname` of `top`, matched by name."""
         prev = self.previous
         if top.old is None or prev is None:
             return None
