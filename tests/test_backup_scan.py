@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,8 @@ def test_nothing_changed_yields_nothing(tmp_path: Path) -> None:
     (lambda r: os.chmod(r, 0o711), [b""]),
     (lambda r: (r / "c/d/new").mkdir(), [b"c/d", b"c/d/new"]),
 ])
-def test_change_is_found_only_where_it_happened(tmp_path: Path, mutate, expected) -> None:  # type: ignore[no-untyped-def]
+def test_change_is_found_only_where_it_happened(tmp_path: Path, mutate: Callable[[Path], object],
+                                                expected: list[bytes]) -> None:
     make_tree(tmp_path)
     first, _ = sync(tmp_path)
     mutate(tmp_path)
@@ -394,7 +396,8 @@ def test_keys_file_and_data_directory_are_excluded(tmp_path: Path) -> None:
     (tmp_path / "a/keys.dat").write_bytes(b"k" * 1024)
     text = example("client").replace("keys_file = keys.dat", f"keys_file = {tmp_path}/a/keys.dat")
     text = text.replace("data_directory = state", f"data_directory = {tmp_path}/b/state")
-    text = text.replace("path = /home", f"path = {tmp_path}\nalways_include_files_regex = .*\nalways_include_dirs_regex = .*")
+    text = text.replace("path = /home",
+                        f"path = {tmp_path}\nalways_include_files_regex = .*\nalways_include_dirs_regex = .*")
     rules = Rules.from_config(parse_text(text, "client", "c.conf"), "home")
     scanner, changes = sync(tmp_path, rules=rules)
     names = {c.path: sorted(e.name for e in c.entries) for c in changes}
