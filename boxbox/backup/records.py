@@ -138,7 +138,7 @@ class Records:
             stack.append((index + rec.subtree, path))
 
     def by_inode(self, inode: int) -> int | None:
-        """Index of a directory with this inode (built once, on the first call)."""
+        """Index of a directory with this inode, in finished records (the index is built on first use)."""
         if self._by_inode is None:
             self._by_inode = {self.get(i).inode: i for i in range(len(self))}
         return self._by_inode.get(inode)

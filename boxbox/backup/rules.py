@@ -25,8 +25,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
-
+from boxbox.config import Config
 from boxbox.errors import ConfigError
 
 #: the location keys, in the order the README documents them
@@ -105,7 +104,7 @@ class Rules:
         self.active = bool(self.exclude_files or self.exclude_dirs or self.forced_paths)
 
     @classmethod
-    def from_config(cls, cfg: Any, location: str) -> Rules:
+    def from_config(cls, cfg: Config, location: str) -> Rules:
         """Rules of `[location NAME]` in a loaded client config, with the automatic excludes."""
         loc = cfg.groups["location"][location]
         client = cfg.sections.get("client", {})
