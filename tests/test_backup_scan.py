@@ -25,7 +25,7 @@ _ids = itertools.count(100)
 def sync(root: Path | bytes, previous: Records | None = None, rules: Rules | None = None,
          inodes: InodeMap | None = None, done: bool = True) -> tuple[Scanner, list[Change]]:
     """Act as the daemon: give every yielded directory a store id, follow moves through `inodes`."""
-    scanner = Scanner(root, rules, previous)
+    scanner = Scanner(root, rules, previous, racy_window=0)  # trees made a moment ago are not racy here
     changes = []
     for change in scanner:
         if not change.store_id:
@@ -121,6 +121,22 @@ def test_directory_not_done_is_yielded_again(tmp_path: Path) -> None:
     assert paths(changes) == [b"b"]
     assert changes[0].store_id == first.records.store_id(first.records.find(b"b"))  # kept, not re-created
     _, changes = sync(tmp_path, third.records)
+    assert changes == []
+
+
+def test_just_changed_directories_are_racy_and_looked_at_again(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    scanner = Scanner(tmp_path)  # the default window: everything here changed a moment ago
+    changes = []
+    for c in scanner:
+        c.store_id, c.done = next(_ids), True
+        changes.append(c)
+    assert changes and all(c.racy for c in changes)
+    assert all(scanner.records.get(i).checksum == NO_CHECKSUM for i in range(len(scanner.records)))
+    assert all(scanner.records.get(i).store_id for i in range(len(scanner.records)))
+    later, changes = sync(tmp_path, scanner.records)  # as if the window had passed
+    assert len(changes) == 8 and not any(c.racy or c.new for c in changes)
+    _, changes = sync(tmp_path, later.records)
     assert changes == []
 
 

@@ -13,7 +13,9 @@ checksum and keeps it in a packed record
 match its previous record is not yielded, so a run where nothing changed yields nothing and
 the daemon never connects. A changed directory is yielded as a `Change` carrying its entries;
 the daemon syncs it with the store, fills in store ids, and sets `done` — only then is the
-new checksum recorded, so a directory that failed to sync is retried next run.
+new checksum recorded, so a directory that failed to sync is retried next run. Nor is it
+recorded when something in the directory changed within `RACY_WINDOW` of the scan
+(timestamps are coarse: a second edit in the same tick would look unchanged).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import os
 import stat
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -43,6 +46,9 @@ assert ENTRY.size == 44
 KEEP_ALL_DEPTH = 64
 KEEP_EVERY = 8
 PROGRESS_EVERY = 4096  # entries between `on_progress` calls
+#: timestamps are coarse (a kernel tick on ext4, 2 s on FAT): an entry whose ctime is this close
+#: to the scan could change again unseen, so its directory is not recorded as in sync yet
+RACY_WINDOW = 2.0
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -64,6 +70,9 @@ class Change:
     parent_store_id: int
     inode: int
     new: bool  # no previous record (a new directory, or one moved here)
+    #: something here changed within `racy_window` of the scan: a second change in the same
+    #: timestamp tick would look identical, so the directory is yielded again next run
+    racy: bool = False
     #: set by the daemon: store ids of subdirectories it created or moved (by name)
     subdir_ids: dict[bytes, int] = field(default_factory=dict)
     #: set by the daemon once the store matches `entries`; only then is the checksum recorded
@@ -106,8 +115,9 @@ class Scanner:
     """
 
     def __init__(self, root: str | os.PathLike[str], rules: Rules | None = None, previous: Records | None = None,
-                 on_progress: Callable[[], None] | None = None) -> None:
+                 on_progress: Callable[[], None] | None = None, racy_window: float = RACY_WINDOW) -> None:
         self.root = os.fspath(root)
+        self.racy_window = racy_window
         self.rules = rules
         self.previous = previous if previous is not None and len(previous) else None
         self.on_progress = on_progress
@@ -124,11 +134,15 @@ class Scanner:
         self._started = False
         self._dev = 0
         self._ticks = PROGRESS_EVERY
+        self._racy_after = self._racy_before = 0
 
     def __iter__(self) -> Iterator[Change]:
         if self._started:
             raise ProgrammingError("a Scanner walks its location once; make a new one for the next run")
         self._started = True
+        now, window = time.time_ns(), int(self.racy_window * 1e9)
+        # a ctime far in the future is a wrong clock, not a race: it would make its directory racy forever
+        self._racy_after, self._racy_before = now - window, now + window
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -248,6 +262,8 @@ class Scanner:
         subdirs: list[tuple[str, os.stat_result]] = []
         ancestors = {f.ino for f in stack}
         ancestors.add(dst.st_ino)
+        racy_after, racy_before = self._racy_after, self._racy_before
+        racy = racy_after <= dst.st_ctime_ns <= racy_before
         names.sort()
         for entry_name in names:
             try:
@@ -265,6 +281,8 @@ class Scanner:
                 continue
             kept.append(entry_name)
             stats.append(st)
+            if racy_after <= st.st_ctime_ns <= racy_before:
+                racy = True
             if not is_dir(mode):
                 packed.append(pack(mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
             else:
@@ -299,7 +317,7 @@ class Scanner:
             return frame, None
         self.changed += 1
         change = Change(fsencode(rel), [Entry(fsencode(n), s) for n, s in zip(kept, stats)], store_id, parent_store_id,
-                        dst.st_ino, old is None)
+                        dst.st_ino, old is None, racy)
         frame.checksum = checksum
         return frame, change
 
@@ -308,7 +326,7 @@ class Scanner:
         frame.store_id = change.store_id
         frame.subdir_ids = change.subdir_ids
         self.records.set_store_id(frame.index, change.store_id)
-        if change.done and change.store_id:
+        if change.done and change.store_id and not change.racy:
             self.records.set_checksum(frame.index, frame.checksum)
 
     def _keep_unreadable(self, bname: bytes, cst: os.stat_result, store_id: int, old: int | None) -> None:

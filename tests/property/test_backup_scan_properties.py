@@ -62,7 +62,7 @@ def signatures(root: Path) -> dict[bytes, object]:
 
 
 def sync(root: Path, previous: Records | None) -> tuple[Records, set[bytes]]:
-    scanner = Scanner(root, previous=previous)
+    scanner = Scanner(root, previous=previous, racy_window=0)
     changed = set()
     for n, change in enumerate(scanner, 1):
         change.store_id = change.store_id or n + 1000
