@@ -1,23 +1,24 @@
 """Walk one location and yield only the directories whose listing changed since the last run.
 
 The walk uses directory file descriptors (`os.listdir(fd)` + `os.stat(name, dir_fd=fd,
-follow_symlinks=False)`: ~340k entries/s warm, PERFORMANCE.md), so path length never
-matters, symlinks are never followed, and a directory swapped for a symlink mid-scan is caught
-by comparing (st_dev, st_ino) before and after opening. Another filesystem is never entered.
+follow_symlinks=False)`: ~340k entries/s warm, PERFORMANCE.md; listdir rather than scandir
+because every entry is lstat'ed anyway), so path length never matters, symlinks are never
+followed (only the configured location path itself may be one), and a directory swapped for
+a symlink mid-scan is caught by comparing (st_dev, st_ino) before and after opening it.
+Another filesystem is never entered: a mount point stays an (empty) entry of its parent.
 
 Per directory it hashes its own attributes and its sorted listing (name, mode, owner, size,
 mtime, ctime, inode of every included entry; for a subdirectory only name, mode, owner and
-inode, so that new content in a directory does not make its parent change too) into a 16-byte
-checksum and keeps it in a packed record
-(`records.Records`), never a Python object per file. A directory whose checksum and store id
-match its previous record is not yielded, so a run where nothing changed yields nothing and
-the daemon never connects. A changed directory is yielded as a `Change` carrying its entries;
-the daemon syncs it with the store, fills in store ids, and sets `done` — only then is the
-new checksum recorded, so a directory that failed to sync is retried next run. Nor is it
-recorded when something in the directory changed within `RACY_WINDOW` of the scan
-(timestamps are coarse: a second edit in the same tick would look unchanged).
+inode, so that new content in a directory does not make its parent change too) into a
+16-byte checksum kept in a packed record (`records.Records`), never a Python object per file.
+A directory whose checksum and store id match its previous record is not yielded, so a run
+where nothing changed yields nothing and the daemon never connects. A changed directory is
+yielded as a `Change` carrying its entries; the daemon syncs it with the store, fills in
+store ids, and sets `done` — only then is the new checksum recorded, so a directory that
+failed to sync is retried next run. Nor is it recorded when something in the directory
+changed within `RACY_WINDOW` of the scan (timestamps are coarse: a second edit in the same
+tick would look unchanged).
 """
-
 from __future__ import annotations
 
 import errno
