@@ -1,0 +1,173 @@
+"""Encode and decode a big file object against raw zlib-1 + raw AEAD over the same bytes, same run.
+
+    python3 benchmarks/objects.py            # 256 MiB: half random, half real text
+    python3 benchmarks/objects.py --quick    # 64 MiB, under a minute
+
+The test file is written to a temporary directory in 1 MiB pieces and never held in memory.
+The baseline cuts the same bytes into the same blocks boxbox uses and times, per block,
+zlib.compress(level 1) + AES-256-GCM seal (encode) and AES-256-GCM open + zlib.decompress
+(decode). boxbox runs in a child process so its peak RSS is its own; it reads the file,
+writes the object to a file (encode), and reads that object back into a null sink (decode).
+Ratio = boxbox time / baseline time (medians of --repeat runs). The last line is
+    RESULT encode_ratio=X decode_ratio=X peak_rss_mib=X
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MIB = 1 << 20
+TEXT_ROOTS = ("/usr/share/doc", "/usr/lib/python3", "/usr/lib/python3.11", "/usr/share")
+
+
+def text_files():
+    """Real text: documentation and Python sources (compresses ~3:1 like typical user data)."""
+    for root in TEXT_ROOTS:
+        for dirpath, _, files in os.walk(root):
+            for f in sorted(files):
+                if f.endswith((".py", ".txt", ".html", ".md", ".rst", "copyright", ".css", ".js", ".xml", ".conf")):
+                    yield os.path.join(dirpath, f)
+
+
+def make_file(path: Path, size: int) -> None:
+    """First half os.urandom, second half text, written in 1 MiB pieces."""
+    half = size // 2
+    with open(path, "wb") as out:
+        left = half
+        while left:
+            n = min(MIB, left)
+            out.write(os.urandom(n))
+            left -= n
+        left = size - half
+        while left:
+            for name in text_files():
+                try:
+                    data = Path(name).read_bytes()[:left]
+                except OSError:
+                    continue
+                out.write(data)
+                left -= len(data)
+                if not left:
+                    break
+            else:
+                if left == size - half:
+                    raise SystemExit("no text files found under " + ", ".join(TEXT_ROOTS))
+
+
+def baseline(path: Path, block: int) -> tuple[float, float]:
+    """Seconds for raw zlib-1 + AES-256-GCM over the same blocks: (encode, decode)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aead = AESGCM(os.urandom(32))
+    nonce = os.urandom(12)
+    enc = dec = 0.0
+    clock = time.perf_counter
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            t0 = clock()
+            packed = zlib.compress(chunk, 1)
+            sealed = aead.encrypt(nonce, packed, b"ad")
+            t1 = clock()
+            opened = aead.decrypt(nonce, sealed, b"ad")
+            zlib.decompress(opened)
+            t2 = clock()
+            enc += t1 - t0
+            dec += t2 - t1
+    return enc, dec
+
+
+def child(path: Path, obj: Path) -> None:
+    """Runs in its own process: time boxbox encode and decode, report with peak RSS."""
+    import io
+
+    from boxbox.crypto.keys import Keys
+    from boxbox.objects import file as fo
+    from boxbox.objects.attributes import Attributes, FileType
+
+    class Null(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:  # type: ignore[override]
+            return len(b)
+
+    keys = Keys.from_master(os.urandom(1024))
+    attrs = Attributes(FileType.REGULAR, 0o644, 0, 0, 1)
+    t0 = time.perf_counter()
+    with open(path, "rb") as src, open(obj, "wb") as sink:
+        result = fo.encode_file(keys, src, sink, container_id=1, name=b"bench", attributes=attrs)
+    t1 = time.perf_counter()
+    with open(obj, "rb") as src:
+        fo.decode_file(keys, src, Null(), label="bench")
+    t2 = time.perf_counter()
+    print(json.dumps({"encode": t1 - t0, "decode": t2 - t1, "stored": result.stored_size,
+                      "blocks": result.block_count,
+                      "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run_child(path: Path, obj: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", str(path), str(obj)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="64 MiB instead of 256 MiB")
+    parser.add_argument("--size-mib", type=int, help="file size in MiB")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
+    parser.add_argument("--child", nargs=2, metavar=("FILE", "OBJECT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(Path(args.child[0]), Path(args.child[1]))
+        return 0
+    from boxbox.rolling.layout import block_size_for
+
+    size = (args.size_mib or (64 if args.quick else 256)) * MIB
+    small = 16 * MIB
+    block = block_size_for(size)
+    with tempfile.TemporaryDirectory(prefix="boxbox-bench-") as tmp:
+        data, obj = Path(tmp) / "data", Path(tmp) / "object"
+        make_file(data, size)
+        base_e, base_d, box = [], [], []
+        for _ in range(args.repeat):  # interleaved, so machine noise hits both alike
+            e, d = baseline(data, block)
+            base_e.append(e)
+            base_d.append(d)
+            box.append(run_child(data, obj))
+        make_file(Path(tmp) / "small", small)
+        small_rss = run_child(Path(tmp) / "small", obj)["rss_mib"]
+    be, bd = statistics.median(base_e), statistics.median(base_d)
+    xe = statistics.median(r["encode"] for r in box)
+    xd = statistics.median(r["decode"] for r in box)
+    rss = max(r["rss_mib"] for r in box)
+    mb = size / 1e6
+    print(f"file: {size // MIB} MiB (half os.urandom, half text), blocks of {block // 1024} KiB "
+          f"({box[0]['blocks']} blocks), stored {box[0]['stored'] / size:.3f} of clear size; "
+          f"median of {args.repeat}")
+    print(f"{'':28} {'seconds':>8} {'MB/s':>8} {'ratio':>6}")
+    rows = [("baseline encode (zlib-1+GCM)", be, 1.0), ("boxbox encode", xe, xe / be),
+            ("baseline decode (GCM+inflate)", bd, 1.0), ("boxbox decode (verified)", xd, xd / bd)]
+    for label, t, ratio in rows:
+        print(f"{label:28} {t:8.3f} {mb / t:8.1f} {ratio:6.2f}")
+    print(f"peak RSS of the boxbox process: {rss:.1f} MiB at {size // MIB} MiB, {small_rss:.1f} MiB at "
+          f"{small // MIB} MiB")
+    print(f"RESULT encode_ratio={xe / be:.3f} decode_ratio={xd / bd:.3f} peak_rss_mib={rss:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
