@@ -23,25 +23,20 @@ _ids = itertools.count(100)
 
 
 def sync(root: Path | bytes, previous: Records | None = None, rules: Rules | None = None,
-         inodes: InodeMap | None = None, done: bool = True) -> tuple[Scanner, list[Change]]:
-    """Act as the daemon: give every yielded directory a store id, follow moves through `inodes`."""
+         moves: bool = False, done: bool = True) -> tuple[Scanner, list[Change]]:
+    """Act as the daemon: give every yielded directory a store id; with `moves`, move directories."""
     scanner = Scanner(root, rules, previous, racy_window=0)  # trees made a moment ago are not racy here
     changes = []
     for change in scanner:
         if not change.store_id:
             change.store_id = next(_ids)
-        if inodes is not None:
+        if moves and previous is not None:
             for e in change.entries:
-                if stat.S_ISDIR(e.st.st_mode):
-                    moved = inodes.get(e.st.st_ino)
-                    if moved:
-                        change.subdir_ids[e.name] = moved
+                moved = previous.store_id_by_inode(e.st.st_ino) if stat.S_ISDIR(e.st.st_mode) else None
+                if moved:
+                    change.subdir_ids[e.name] = moved
         change.done = done
         changes.append(change)
-    if inodes is not None:
-        for i in range(len(scanner.records)):
-            rec = scanner.records.get(i)
-            inodes.set(rec.inode, rec.store_id)
     return scanner, changes
 
 
@@ -148,16 +143,15 @@ def test_store_ids_survive_and_new_ids_are_recorded(tmp_path: Path) -> None:
     assert {p: recs.store_id(i) for i, p in recs.paths()} == ids
 
 
-def test_rename_of_a_directory_is_a_move_found_through_the_inode_map(tmp_path: Path) -> None:
+def test_rename_of_a_directory_is_a_move_found_by_inode(tmp_path: Path) -> None:
     make_tree(tmp_path)
     (tmp_path / "a/x/deep").mkdir()
     (tmp_path / "a/x/deep/file").write_bytes(b"d")
-    inodes = InodeMap()
-    first, _ = sync(tmp_path, inodes=inodes)
+    first, _ = sync(tmp_path)
     old_id = first.records.store_id(first.records.find(b"a/x"))
     deep_id = first.records.store_id(first.records.find(b"a/x/deep"))
     os.rename(tmp_path / "a/x", tmp_path / "b/moved")
-    second, changes = sync(tmp_path, first.records, inodes=inodes)
+    second, changes = sync(tmp_path, first.records, moves=True)
     # the moved directory's own ctime changed, so it is listed once; nothing below it is
     assert paths(changes) == [b"a", b"b", b"b/moved"]
     assert changes[1].subdir_ids == {b"moved": old_id}
@@ -165,8 +159,23 @@ def test_rename_of_a_directory_is_a_move_found_through_the_inode_map(tmp_path: P
     assert recs.store_id(recs.find(b"b/moved")) == old_id
     assert recs.store_id(recs.find(b"b/moved/deep")) == deep_id
     assert recs.find(b"a/x") is None
-    _, changes = sync(tmp_path, second.records, inodes=inodes)
+    _, changes = sync(tmp_path, second.records, moves=True)
     assert changes == []
+
+
+def test_rename_of_a_tracked_file_is_found_through_the_inode_map(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    big = tmp_path / "a/x/big"
+    big.write_bytes(b"b" * 70000)
+    inodes = InodeMap()  # the daemon tracks files above file_tracking_size_threshold
+    first, changes = sync(tmp_path)
+    entry = next(e for c in changes for e in c.entries if e.name == b"big")
+    inodes.set(entry.st.st_ino, 4242)
+    os.rename(big, tmp_path / "c/d/renamed")
+    _, changes = sync(tmp_path, first.records)
+    assert paths(changes) == [b"a/x", b"c/d"]
+    found = [(c.path, e.name) for c in changes for e in c.entries if inodes.get(e.st.st_ino) == 4242]
+    assert found == [(b"c/d", b"renamed")]
 
 
 def test_rename_without_the_daemon_moving_it_is_a_new_directory(tmp_path: Path) -> None:

@@ -143,6 +143,11 @@ class Records:
             self._by_inode = {self.get(i).inode: i for i in range(len(self))}
         return self._by_inode.get(inode)
 
+    def store_id_by_inode(self, inode: int) -> int | None:
+        """The store id of the directory that had this inode: finds a moved directory."""
+        index = self.by_inode(inode)
+        return (self.store_id(index) or None) if index is not None else None
+
     def forget_store(self) -> None:
         """Zero every store id and checksum: the store no longer matches (other store, lost marker)."""
         for off in self.offsets:

@@ -1,8 +1,9 @@
 """The client state file: what the last run knew, so a restart does not re-list the whole store.
 
-Holds, per location, the directory records, the inode -> store id map (moved directories and
-files above `file_tracking_size_threshold`) and the files waiting to be old enough to upload
-(lazy mode); plus the client store marker. Written whole with the one atomic writer at the end
+Holds, per location, the directory records (which are also the inode -> store id map of
+directories: `Records.store_id_by_inode`), the inode -> store id map of files above
+`file_tracking_size_threshold`, and the files waiting to be old enough to upload (lazy
+mode); plus the client store marker. Written whole with the one atomic writer at the end
 of each run. Anything wrong with it — truncated, corrupt, another version, another account — is
 a FormatError; `load_or_rebuild` turns that into one log line and an empty state, and the next
 run rebuilds from the store.
