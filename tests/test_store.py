@@ -12,22 +12,19 @@ import pytest
 from boxbox.errors import FormatError, InUse, LimitExceeded, NotFound, PermissionDenied, UsageError
 from boxbox.objects.directory import DELETED, DIR, FILE, OLD, Directory
 from boxbox.objects.layout import read_file_layout
+from boxbox.raidfile import DiscSet
 from boxbox.store import accountdb
 from boxbox.store.account import ROOT_DIRECTORY_ID, Store, object_key
 from boxbox.store.accountdb import AccountDatabase
 from boxbox.store.info import AccountInfo
 from boxbox.wire import messages as m
 
-from tests.test_store_support import PlainDiscSet, file_object, make_keys, sealed_dir_name, session_client
+from tests.test_store_support import file_object, make_keys, sealed_dir_name, session_client
 
 A, B = 0x1A, 0x2B
 
 
-def discset(root: Path) -> Any:
-    try:
-        from boxbox.raidfile import DiscSet
-    except ImportError:
-        return PlainDiscSet("0", [root / "d0"])
+def discset(root: Path) -> DiscSet:
     dirs = [root / f"d{i}" for i in range(3)]
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)

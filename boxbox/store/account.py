@@ -23,7 +23,7 @@ from boxbox.errors import (
 from boxbox.objects.directory import Directory
 from boxbox.store.accountdb import AccountDatabase
 from boxbox.store.backend import ObjectStore, PutStream, RaidObjectStore
-from boxbox.store.info import AccountInfo, blocks_for_bytes
+from boxbox.store.info import AccountInfo
 
 if TYPE_CHECKING:
     from boxbox.raidfile import DiscSet
@@ -213,17 +213,19 @@ def _check_limits(soft: int, hard: int) -> None:
 class LimitedWriter:
     """Counts bytes on their way into a new object and stops at the account's remaining room."""
 
-    def __init__(self, put: PutStream, room: int | None, message: Callable[[int], str]) -> None:
+    def __init__(self, put: PutStream, room: int | None, blocks_for: Callable[[int], int],
+                 message: Callable[[int], str]) -> None:
         self._put = put
         self._room = room
+        self._blocks_for = blocks_for
         self._message = message
         self.size = 0
         self.blocks = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self.size += len(data)
-        if self._room is not None and blocks_for_bytes(self.size) > self._room:
-            raise LimitExceeded(self._message(blocks_for_bytes(self.size)))
+        if self._room is not None and self._blocks_for(self.size) > self._room:
+            raise LimitExceeded(self._message(self._blocks_for(self.size)))
         self._put.write(data)
         return len(data)
 
@@ -284,7 +286,7 @@ class Account:
         """
         put = self.backend.put(self.key(object_id))
         room = self.info.hard_limit - self.info.blocks_used if check_limit else None
-        writer = LimitedWriter(put, room, self._limit_message)
+        writer = LimitedWriter(put, room, self.backend.blocks_for_length, self._limit_message)
         try:
             yield writer
         except BaseException:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, BinaryIO, Iterator, Protocol
 
-from boxbox.errors import NotFound, ProgrammingError
+from boxbox.errors import ProgrammingError
+from boxbox.store.info import BLOCK_SIZE
 
 if TYPE_CHECKING:
     from boxbox.raidfile import DiscSet
@@ -29,15 +30,24 @@ class PutStream(Protocol):
 class ObjectStore(Protocol):
     def put(self, key: str) -> PutStream:
         """Start writing `key`; commit atomically replaces any previous object."""
+
     def get(self, key: str) -> BinaryIO:
         """A readable, seekable stream of `key`; NotFound if absent."""
+
     def delete(self, key: str) -> None:
         """Remove `key`; NotFound if absent."""
-    def exists(self, key: str) -> bool: ...
+
+    def exists(self, key: str) -> bool:
+        """True if `key` is committed."""
+
     def list(self, prefix: str) -> Iterator[str]:
         """Every key under `prefix/` (recursively), in no particular order."""
+
     def usage_blocks(self, key: str) -> int:
         """4 KiB blocks `key` occupies, including redundancy overhead."""
+
+    def blocks_for_length(self, length: int) -> int:
+        """4 KiB blocks an object of `length` bytes will occupy (to refuse an upload early)."""
 
 
 def _check_key(key: str) -> str:
@@ -72,15 +82,13 @@ class RaidObjectStore:
         stack = [_check_key(prefix)]
         while stack:
             here = stack.pop()
-            try:
-                names = self.discset.listdir(f"{ROOT}/{here}")
-            except NotFound:
-                continue
-            for name in names:
-                if name.endswith("/"):
-                    stack.append(f"{here}/{name.rstrip('/')}")
-                else:
-                    yield f"{here}/{name}"
+            path = f"{ROOT}/{here}"
+            for name in self.discset.listdir(path):
+                yield f"{here}/{name}"
+            stack.extend(f"{here}/{sub}" for sub in self.discset.listdirs(path))
 
     def usage_blocks(self, key: str) -> int:
-        return self.discset.usage_blocks(self._path(key))
+        return self.discset.usage_blocks(self._path(key)) * self.discset.block_size // BLOCK_SIZE
+
+    def blocks_for_length(self, length: int) -> int:
+        return self.discset.blocks_for_length(length) * self.discset.block_size // BLOCK_SIZE
