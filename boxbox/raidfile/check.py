@@ -115,8 +115,8 @@ def check_finals(relpath: str, f: Finals) -> StripeReport:
             stale = (f.problems[i] or "").startswith("stale")
             if f.raid or fd is not None:
                 name = ROLE_NAMES[absent.pop(0)] if absent else None
-                states.append(StripeState(i, name, MISSING if missing else STALE if stale else DAMAGED,
-                                          "" if missing else f.problems[i] or ""))
+                detail = "" if missing else (f.problems[i] or "").removeprefix("stale: ")
+                states.append(StripeState(i, name, MISSING if missing else STALE if stale else DAMAGED, detail))
             continue
         bad, why = verify_stripe(fd, geo, role, h.write_id)
         bad_rows[role] = bad

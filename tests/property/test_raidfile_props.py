@@ -1,0 +1,174 @@
+"""raidfile properties for random contents and block sizes: (a) read back, (b) lose any one stripe,
+(c) corrupt any one stripe, (d) damage two stripes -> IntegrityError never wrong bytes,
+(e) repair restores the stripes byte for byte; plus the fast XOR and writer against references."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from boxbox.errors import IntegrityError
+from boxbox.raidfile import DiscSet
+from boxbox.raidfile.layout import HEADER, PARITY, STRIPE1, STRIPE2, Geometry, parse_header, stripe_reference, \
+    xor_bytes, xor_bytes_reference
+
+BLOCK_SIZES = st.sampled_from([16, 32, 64, 256, 4096])
+
+
+@st.composite
+def contents(draw: st.DrawFn) -> tuple[int, bytes]:
+    """A block size and data whose length sits on the interesting edges of it."""
+    bs = draw(BLOCK_SIZES)
+    length = draw(st.one_of(
+        st.sampled_from([0, 1, bs - 1, bs, bs + 1, 2 * bs - 1, 2 * bs, 2 * bs + 1, 3 * bs, 7 * bs + 3]),
+        st.integers(0, 40 * bs),
+        st.sampled_from([3 * 2**20 + 7, 2 * 2**20]),
+    ))
+    return bs, random.Random(draw(st.integers(0, 2**32))).randbytes(length)
+
+
+@contextmanager
+def disc_set(bs: int, raid: bool = True) -> Iterator[DiscSet]:
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = [Path(tmp) / f"d{i}" for i in range(3 if raid else 1)]
+        for d in dirs:
+            d.mkdir()
+        yield DiscSet("p", dirs, bs)
+
+
+def put(ds: DiscSet, data: bytes, piece: int) -> dict[int, Path]:
+    with ds.create("x/f") as w:
+        for o in range(0, len(data), piece):
+            w.write(data[o : o + piece])
+    return {parse_header(p.read_bytes()[: HEADER.size]).role: p
+            for d in ds.directories if (p := d / "x/f.rf").exists()}
+
+
+def read_all(ds: DiscSet) -> bytes:
+    with ds.open("x/f") as r:
+        return r.read()
+
+
+def corrupt(path: Path, rng: random.Random, at: list[int] | None = None) -> None:
+    b = bytearray(path.read_bytes())
+    for pos in at if at is not None else [rng.randrange(len(b)) for _ in range(rng.randint(1, 4))]:
+        b[pos] ^= rng.randint(1, 255)
+    path.write_bytes(b)
+
+
+@given(contents(), st.integers(1, 70_000), st.booleans())
+@example((16, b""), 1, True)
+@example((4096, bytes(4097)), 4096, False)
+def test_a_read_back_identical(case: tuple[int, bytes], piece: int, raid: bool) -> None:
+    bs, data = case
+    with disc_set(bs, raid) as ds:
+        files = put(ds, data, piece)
+        assert read_all(ds) == data
+        wid = parse_header(next(iter(files.values())).read_bytes()[: HEADER.size]).write_id
+        assert [files[r].read_bytes() for r in sorted(files)] == stripe_reference(data, bs, wid, raid)
+        rng = random.Random(len(data))
+        with ds.open("x/f") as r:
+            for _ in range(5):
+                off, n = rng.randrange(len(data) + 2), rng.randrange(3 * bs)
+                r.seek(off)
+                assert r.read(n) == data[off : off + n]
+
+
+@given(contents(), st.sampled_from([STRIPE1, STRIPE2, PARITY]))
+def test_b_any_one_stripe_lost(case: tuple[int, bytes], role: int) -> None:
+    bs, data = case
+    with disc_set(bs) as ds:
+        put(ds, data, 10_000)[role].unlink()
+        with ds.open("x/f") as r:
+            assert r.read() == data and r.degraded
+        report = ds.check("x/f")
+        assert report.readable and [s.state for s in report.stripes].count("missing") == 1
+
+
+@given(contents(), st.sampled_from([STRIPE1, STRIPE2, PARITY]), st.integers(0, 2**32))
+def test_c_any_one_stripe_corrupted(case: tuple[int, bytes], role: int, seed: int) -> None:
+    bs, data = case
+    with disc_set(bs) as ds:
+        files = put(ds, data, 10_000)
+        corrupt(files[role], random.Random(seed))
+        with ds.open("x/f") as r:
+            assert r.read() == data
+            assert r.degraded or role == PARITY  # a clean read never touches parity
+        report = ds.check("x/f")
+        assert report.readable and not report.ok
+        assert sum(s.state != "ok" for s in report.stripes) == 1
+
+
+@given(contents(), st.sampled_from([(STRIPE1, STRIPE2), (STRIPE1, PARITY), (STRIPE2, PARITY)]),
+       st.sampled_from(["delete", "same row", "random"]), st.integers(0, 2**32))
+def test_d_two_stripes_damaged_never_wrong_bytes(case: tuple[int, bytes], pair: tuple[int, int], how: str,
+                                                 seed: int) -> None:
+    bs, data = case
+    rng = random.Random(seed)
+    with disc_set(bs) as ds:
+        files = put(ds, data, 10_000)
+        geo = Geometry(len(data), bs)
+        rows = min(geo.records(r) for r in pair)
+        if how == "delete":
+            for r in pair:
+                files[r].unlink()
+        elif how == "same row" and rows:
+            j = rng.randrange(rows)
+            shortest = min(bs, len(data) - (2 * j + (STRIPE2 in pair)) * bs)  # the S2 block may be the short last one
+            for r in pair:
+                corrupt(files[r], rng, [geo.record_offset(j) + rng.randrange(shortest)])
+        else:
+            for r in pair:
+                corrupt(files[r], rng)
+        try:
+            got = read_all(ds)
+        except IntegrityError as e:
+            assert "discset p: x/f" in str(e)
+        else:
+            assert got == data
+            assert how == "random" or (how == "same row" and not rows), "two lost stripes must not read"
+
+
+@given(contents(), st.sampled_from([STRIPE1, STRIPE2, PARITY]), st.sampled_from(["delete", "corrupt", "truncate"]),
+       st.integers(0, 2**32))
+def test_e_repair_restores_stripes_byte_identical(case: tuple[int, bytes], role: int, how: str, seed: int) -> None:
+    bs, data = case
+    with disc_set(bs) as ds:
+        files = put(ds, data, 10_000)
+        before = {p: p.read_bytes() for p in files.values()}
+        if how == "delete":
+            files[role].unlink()
+        elif how == "corrupt":
+            corrupt(files[role], random.Random(seed))
+        else:
+            os.truncate(files[role], random.Random(seed).randrange(files[role].stat().st_size))
+        report = ds.repair("x/f")
+        assert report.repaired and report.readable
+        assert {p: p.read_bytes() for p in files.values()} == before
+        assert ds.check("x/f").ok
+
+
+@given(st.binary(max_size=300), st.binary(max_size=300))
+@example(b"", b"")
+@example(b"\xff" * 9, b"\x01")
+def test_xor_fast_equals_reference(a: bytes, b: bytes) -> None:
+    assert xor_bytes(a, b) == xor_bytes_reference(a, b)
+
+
+@pytest.mark.parametrize("bs", [16, 4096])
+def test_non_raid_matches_raid_for_clean_reads(bs: int) -> None:
+    data = random.Random(bs).randbytes(10 * bs + 5)
+    with disc_set(bs, raid=False) as one, disc_set(bs) as three:
+        put(one, data, 999)
+        put(three, data, 999)
+        for ds in (one, three):
+            assert read_all(ds) == data and ds.check("x/f").ok and ds.listdir("x") == ["f"]
+        assert one.usage_blocks("x/f") * 2 > three.usage_blocks("x/f") > one.usage_blocks("x/f")
