@@ -31,7 +31,7 @@ assert RECORD.size == 38
 NO_CHECKSUM = bytes(16)
 MAX_NAME = 0xFFFF
 
-_STORE_ID = struct.Struct("<Q")
+_STORE_ID = _INODE = struct.Struct("<Q")
 _SUBTREE = struct.Struct("<I")
 
 
@@ -46,12 +46,13 @@ class Record(NamedTuple):
 class Records:
     """The directory records of one location in pre-order (index 0 is the location root)."""
 
-    __slots__ = ("data", "offsets", "_by_inode")
+    __slots__ = ("data", "offsets", "_inode_keys", "_inode_pos")
 
     def __init__(self) -> None:
         self.data = bytearray()
         self.offsets = array("I")
-        self._by_inode: dict[int, int] | None = None
+        self._inode_keys: array[int] | None = None  # sorted inodes, built on the first by_inode()
+        self._inode_pos = array("I")
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -138,10 +139,16 @@ class Records:
             stack.append((index + rec.subtree, path))
 
     def by_inode(self, inode: int) -> int | None:
-        """Index of a directory with this inode, in finished records (the index is built on first use)."""
-        if self._by_inode is None:
-            self._by_inode = {self.get(i).inode: i for i in range(len(self))}
-        return self._by_inode.get(inode)
+        """Index of a directory with this inode, in finished records (sorted arrays, 12 B a directory)."""
+        if self._inode_keys is None:
+            inodes = [_INODE.unpack_from(self.data, off + 24)[0] for off in self.offsets]
+            order = sorted(range(len(inodes)), key=inodes.__getitem__)
+            self._inode_keys = array("Q", [inodes[i] for i in order])
+            self._inode_pos = array("I", order)
+        i = bisect_left(self._inode_keys, inode)
+        if i < len(self._inode_keys) and self._inode_keys[i] == inode:
+            return self._inode_pos[i]
+        return None
 
     def store_id_by_inode(self, inode: int) -> int | None:
         """The store id of the directory that had this inode: finds a moved directory."""
@@ -191,7 +198,7 @@ class Records:
 
 
 class InodeMap:
-    """inode -> store id for directories and tracked files: sorted packed arrays plus recent changes.
+    """inode -> store id of tracked files: sorted packed arrays plus recent changes.
 
     Lookups bisect two `array('Q')` (16 bytes per entry, not ~100 in a dict); changes go to a
     small dict until `compact()` merges them. A store id of 0 means "not tracked".
