@@ -106,3 +106,24 @@ def test_from_config_reads_all_eight_keys_and_excludes_client_files() -> None:
     assert r.excluded("/home/b", True) and r.excluded("/home/c3", True)
     assert not r.excluded("/home/c1", True) and not r.excluded("/home/c2x", True)
     assert r.excluded("/home/u/keys.dat", False) and r.excluded("/home/u/.boxbox", True)
+
+
+README_EXAMPLE = """
+[location home]
+path = /home
+exclude_dirs = /home/guest
+    alice/.cache
+exclude_dirs_regex = ^/home/[^/]+/tmp$
+exclude_files_regex = \\.(mp3|MP3)$
+    ~$
+always_include_files = /home/alice/speech.mp3
+"""
+
+
+def test_readme_example() -> None:
+    text = example("client").split("# a directory tree to back up")[0] + README_EXAMPLE
+    r = Rules.from_config(parse_text(text, "client", "client.conf"), "home")
+    assert r.excluded("/home/guest", True) and r.excluded("/home/alice/.cache", True)
+    assert r.excluded("/home/bob/tmp", True) and not r.excluded("/home/bob/src/tmp", True)
+    assert r.excluded("/home/bob/song.MP3", False) and r.excluded("/home/bob/notes.txt~", False)
+    assert not r.excluded("/home/alice/speech.mp3", False) and not r.excluded("/home/bob/notes.txt", False)
