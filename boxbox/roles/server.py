@@ -160,6 +160,8 @@ class Server:
         try:
             raw.settimeout(HANDSHAKE_TIMEOUT)
             sock = self.context.wrap_socket(raw, server_side=True)
+            with self._lock:  # wrap_socket detached `raw`: shutdown() must now go to `sock`
+                self._connections[fileno] = sock
             account = tls.peer_account(sock)
             conn = Connection(sock, idle_timeout=self.settings["idle_timeout"],
                               read_timeout=self.settings["read_timeout"])
