@@ -147,11 +147,10 @@ def recover_stale(finals: list[str], temps: list[str], open_finals) -> bool:  # 
     held: dict[int, int] = {}
     live = False
     for i, t in enumerate(temps):
-        fd = claims.lock_existing(t)
+        fd, busy = claims.lock_existing(t)
         if fd is not None:
             held[i] = fd
-        elif claims.live_temp(t):
-            live = True
+        live = live or busy
     if not held:
         return live
     roll: set[int] = set()

@@ -69,28 +69,19 @@ def claim_all(paths: list[str], what: str) -> list[int]:
     return fds
 
 
-def lock_existing(path: str) -> int | None:
-    """Lock a temp that is already there and not live: its fd, or None (absent or live)."""
+def lock_existing(path: str) -> tuple[int | None, bool]:
+    """Lock a temp that is already there: (fd, False) if its holder is dead; (None, live) otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None
-    if lock_fd(fd) and _same_inode(fd, path):
-        return fd
-    os.close(fd)
-    return None
-
-
-def live_temp(path: str) -> bool:
-    """True if a live change holds the temp at `path`."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        return not lock_fd(fd)
-    finally:
+        return None, False
+    if not lock_fd(fd):
         os.close(fd)
+        return None, True
+    if _same_inode(fd, path):
+        return fd, False
+    os.close(fd)
+    return None, False
 
 
 def unlink_if_ours(fd: int, path: str) -> None:

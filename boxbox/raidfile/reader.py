@@ -38,6 +38,7 @@ from boxbox.raidfile.layout import (
 
 log = logging.getLogger(__name__)
 
+_fadvise = getattr(os, "posix_fadvise", None)  # Linux and BSD; a no-op elsewhere
 MAX_RECORDS = 512  # records per preadv/writev: two iovecs each, IOV_MAX is 1024 on Linux
 CHUNK_BYTES = 2 << 20  # clear bytes decoded at once when reading ahead
 
@@ -162,7 +163,7 @@ class RaidReader(io.RawIOBase):
         self._raid = finals.raid
         self._unit = unit = 2 * h.block_size if self._raid else h.block_size
         self._units = geo.rows if self._raid else geo.blocks
-        self._max_units = max(1, min(MAX_RECORDS, CHUNK_BYTES // unit))
+        self._max_units = max(1, min(MAX_RECORDS, CHUNK_BYTES // unit, self._units))
         self._out = bytearray(min(self._max_units * unit, h.length))
         self._crc = bytearray(4 * self._max_units)
         cv = memoryview(self._crc)
@@ -261,9 +262,10 @@ class RaidReader(io.RawIOBase):
         for bad, good, fix in ((bad1, slots2, slots1), (bad2, slots1, slots2)):
             if bad:
                 rebuilt = xor_bytes(parity, b"".join(good[lo:hi]))
+                rv = memoryview(rebuilt)
                 for j in bad:
                     o = (j - lo) * B
-                    fix[j][:] = rebuilt[o : o + len(fix[j])]
+                    fix[j][:] = rv[o : o + len(fix[j])]
 
     def _chunk(self, pos: int, end: int) -> tuple[memoryview, int]:
         """Decoded bytes covering `pos`; reads ahead a whole chunk when access is sequential."""
@@ -271,13 +273,29 @@ class RaidReader(io.RawIOBase):
         if c is not None and self._cache_start <= pos < self._cache_start + len(c):
             return c, self._cache_start
         a = pos // self._unit
-        b = a + self._max_units if a == self._next_unit else min(-(-end // self._unit), a + self._max_units)
+        sequential = a == self._next_unit
+        b = a + self._max_units if sequential else min(-(-end // self._unit), a + self._max_units)
         b = min(max(b, a + 1), self._units)
+        if sequential and b < self._units:
+            self._read_ahead(b)
         self._cache = self._decode(a, b)
         self._cache_start, self._next_unit = a * self._unit, b
         return self._cache, self._cache_start
 
+    def _read_ahead(self, a: int) -> None:
+        """Ask the kernel to fetch the next chunk of each stripe we will need while we decode this one."""
+        if _fadvise is None:
+            return
+        roles = [r for r in self._fds if r != PARITY or STRIPE1 not in self._fds or STRIPE2 not in self._fds]
+        span = self._max_units * (self._geo.block_size + 4)
+        for r in roles:
+            fd = self._fds[r]
+            if fd is not None:
+                _fadvise(fd, self._geo.record_offset(a), span, os.POSIX_FADV_WILLNEED)
+
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ProgrammingError(f"{self.label}: read after close")
         mv = memoryview(buffer).cast("B")
         pos, done = self._pos, 0
         end = min(self.size, pos + len(mv))

@@ -107,8 +107,7 @@ class RaidWriter:
         unit = 2 * block_size if self._raid else block_size
         self._chunk = max(1, min(MAX_RECORDS, CHUNK_BYTES // unit)) * unit
         self._unit = unit
-        self._buf = bytearray(self._chunk)
-        self._fill = 0
+        self._buf = bytearray()  # a partial chunk waiting for more data
         self._units_done = 0
         self.length = 0
         self._open = True
@@ -143,24 +142,25 @@ class RaidWriter:
         n = len(mv)
         self.length += n
         try:
-            if self._fill:
-                take = min(n, self._chunk - self._fill)
-                self._buf[self._fill : self._fill + take] = mv[:take]
-                self._fill += take
+            if self._buf:
+                take = min(n, self._chunk - len(self._buf))
+                self._buf += mv[:take]
                 mv = mv[take:]
-                if self._fill == self._chunk:
-                    self._emit(memoryview(self._buf))
-                    self._fill = 0
+                if len(self._buf) == self._chunk:
+                    self._flush()
             whole = len(mv) - len(mv) % self._chunk
             for o in range(0, whole, self._chunk):
                 self._emit(mv[o : o + self._chunk])
-            rest = len(mv) - whole
-            self._buf[:rest] = mv[whole:]
-            self._fill += rest
+            self._buf += mv[whole:]
         except BaseException:
             self.abort()
             raise
         return n
+
+    def _flush(self) -> None:
+        with memoryview(self._buf) as view:
+            self._emit(view)
+        self._buf = bytearray()
 
     def _emit(self, mv: memoryview) -> None:
         """Write whole units of clear data (the tail may be partial) to the stripe temps."""
@@ -196,9 +196,8 @@ class RaidWriter:
         if not self._open:
             raise ProgrammingError(f"{self.label}: commit after commit or abort")
         try:
-            if self._fill:
-                self._emit(memoryview(self._buf)[: self._fill])
-                self._fill = 0
+            if self._buf:
+                self._flush()
             for t in self._targets:
                 os.pwrite(t.fd, pack_header(Header(t.role, self._shift, self.write_id, self.length)), 0)
             run_parallel(os.fsync, [t.fd for t in self._targets])
