@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tracemalloc
+import zlib
 
 import pytest
 
@@ -98,8 +99,13 @@ def test_encode_chooses_rolling_block_size_and_compresses_only_what_shrinks():
 def test_probe_skips_incompressible_large_blocks_but_compresses_text():
     enc = fo.FileEncoder(KEYS, io.BytesIO(), container_id=1, name=b"f", attributes=ATTRS)
     assert enc._compress(os.urandom(256 * 1024)) is None
-    assert enc._compress(b"abc" * 100_000) is not None
+    assert enc._compress(os.urandom(16 * 1024)) is None
+    assert zlib.decompress(enc._compress(b"abc" * 100_000)) == b"abc" * 100_000
     assert enc._compress(os.urandom(100)) is None  # small: compressed and found larger
+    assert enc._compress(b"a" * 100) is not None
+    # random start, text after: the middle sample rescues the block
+    data = os.urandom(20_000) + b"text " * 20_000
+    assert len(enc._compress(data)) < len(data) * 0.5
 
 
 def test_wrong_keys_name_or_directory_is_integrity_error():
