@@ -269,7 +269,7 @@ def test_pipelined_uploads_write_each_directory_once(store: Store, monkeypatch: 
     monkeypatch.setattr(account_mod.Account, "replace_object", counting)
     pendings = []
     for i in range(30):
-        kwargs, obj = file_object(keys, 1, b"f%d" % i, b"x" * i)
+        kwargs, obj = file_object(keys, 1, b"f%d" % i, b"file %d " % i * 10)
         pendings.append(client.submit(m.StoreFile(1, kwargs["mtime"], kwargs["attributes_hash"], 0,
                                                   kwargs["name"], kwargs["attributes"]), upload=[obj]))
     ids = [p.result().object_id for p in pendings]
