@@ -136,6 +136,8 @@ def test_random_access_read_readinto_seek(tmp_path: Path) -> None:
             assert r.seek(off) == off
             assert r.read(n) == data[off : off + n]
             assert r.tell() == min(max(off, off + min(n, len(data) - off)), max(off, len(data)))
+        r.seek(7)
+        assert r.pread(9000, 2000) == data[9000:] and r.tell() == 7
         r.seek(-10, os.SEEK_END)
         assert r.read() == data[-10:]
         r.seek(100)
@@ -431,7 +433,7 @@ def test_repair_of_healthy_file_changes_nothing(tmp_path: Path) -> None:
 
 def test_concurrent_readers_during_overwrites_see_whole_versions(tmp_path: Path) -> None:
     ds = make_set(tmp_path, 16)
-    versions = [bytes([i]) * (500 + 97 * i) for i in range(20)]
+    versions = [bytes([i]) * (500 + 97 * i) for i in range(60)]
     write(ds, "f", versions[0])
     stop = threading.Event()
     seen: list[bytes] = []
@@ -444,11 +446,13 @@ def test_concurrent_readers_during_overwrites_see_whole_versions(tmp_path: Path)
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)
 
-    t = threading.Thread(target=reader)
-    t.start()
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
     for v in versions[1:]:
         write(ds, "f", v)
     stop.set()
-    t.join()
+    for t in threads:
+        t.join()
     assert not errors
     assert seen and all(s in versions for s in seen)

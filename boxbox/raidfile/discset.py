@@ -159,19 +159,29 @@ class DiscSet:
                 claims.release(fd, t)
             raise
 
-    def open(self, relpath: str) -> RaidReader:
-        """Reader of the committed content; NotFound if absent, IntegrityError if unrecoverable."""
+    def _settled(self, relpath: str) -> Finals:
+        """Recover dead writers' temps and open the committed stripes. An unreadable result is
+        retried briefly: two commits landing while we open the three files, or a change being
+        committed right now, look unreadable for a moment."""
         deadline = time.monotonic() + claims.CLAIM_WAIT
+        attempt = 0
         while True:
             live = self._recover(relpath)
             f = self._finals(relpath)
-            if f.chosen is not None:
-                return RaidReader(f)
+            if f.chosen is not None or (attempt >= 2 and not live) or time.monotonic() > deadline:
+                return f
             f.close()
-            if not live or time.monotonic() > deadline:
-                why = "; ".join(f"directory {i}: {p}" for i, p in enumerate(f.problems) if p)
-                raise IntegrityError(f"{self._label(relpath)}: no readable write ({why})")
-            time.sleep(0.01)  # a change is being committed right now
+            attempt += 1
+            time.sleep(0.002 * attempt)
+
+    def open(self, relpath: str) -> RaidReader:
+        """Reader of the committed content; NotFound if absent, IntegrityError if unrecoverable."""
+        f = self._settled(relpath)
+        if f.chosen is None:
+            f.close()
+            why = "; ".join(f"directory {i}: {p}" for i, p in enumerate(f.problems) if p)
+            raise IntegrityError(f"{self._label(relpath)}: no readable write ({why})")
+        return RaidReader(f)
 
     def exists(self, relpath: str) -> bool:
         self._recover(relpath)
@@ -334,8 +344,7 @@ class DiscSet:
 
     def check(self, relpath: str) -> StripeReport:
         """Verify every block of every stripe; NotFound if no stripe exists."""
-        self._recover(relpath)
-        f = self._finals(relpath)
+        f = self._settled(relpath)
         try:
             return check_finals(relpath, f)
         finally:

@@ -322,5 +322,14 @@ class RaidReader(io.RawIOBase):
         self._pos = pos
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def pread(self, offset: int, size: int) -> bytes:
+        """`size` bytes at `offset` (fewer at the end) without moving the position."""
+        pos = self._pos
+        try:
+            self.seek(offset)
+            return self.read(size)
+        finally:
+            self._pos = pos
+
     def readall(self) -> bytes:
         return self.read(-1)
