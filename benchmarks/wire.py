@@ -120,6 +120,27 @@ def raw_tls(d: Path, mode: str, size: int, path: str) -> float:
     return size / elapsed / 1e6
 
 
+# ------------------------------------------------------------------ the store's own ceiling
+def raid_write(d: Path, path: str, rep: int) -> float:
+    """The same bytes written straight into a 3-directory disc set: what a store upload cannot beat."""
+    from boxbox.raidfile import DiscSet
+
+    dirs = [d / "raid-alone" / str(i) for i in range(3)]
+    for x in dirs:
+        x.mkdir(parents=True, exist_ok=True)
+    ds = DiscSet("bench", dirs, 4096)
+    size = os.path.getsize(path)
+    t0 = time.perf_counter()
+    with open(path, "rb") as f:
+        w = ds.create(f"obj{rep}")
+        while chunk := f.read(256 << 10):
+            w.write(chunk)
+        w.commit()
+    elapsed = time.perf_counter() - t0
+    ds.delete(f"obj{rep}")
+    return size / elapsed / 1e6
+
+
 # ------------------------------------------------------------------ boxbox
 def start_server(d: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = socket.create_server(("127.0.0.1", 0))
@@ -183,9 +204,10 @@ def main() -> int:
             encode_file(keys, RandomSource(size_mib << 20), sink, container_id=1, name=b"big.bin", attributes=attrs)
         size = obj.stat().st_size
         proc, port = start_server(d)
-        up, down, raw_up, raw_down = [], [], [], []
+        up, down, raw_up, raw_down, raid = [], [], [], [], []
         try:
-            for _ in range(args.reps):
+            for rep in range(args.reps):
+                raid.append(raid_write(d, str(obj), rep))
                 raw_up.append(raw_tls(d, "up", size, str(obj)))
                 with Client.connect("127.0.0.1", port, client_context(d), server_hostname="localhost") as c:
                     c.login()
@@ -210,6 +232,8 @@ def main() -> int:
     print(f"{'':<10}{'boxbox MB/s':>12}{'raw TLS MB/s':>14}{'ratio':>8}")
     print(f"{'upload':<10}{med(up):>12.0f}{med(raw_up):>14.0f}{med(up) / med(raw_up):>8.2f}")
     print(f"{'download':<10}{med(down):>12.0f}{med(raw_down):>14.0f}{med(down) / med(raw_down):>8.2f}")
+    print(f"{'raidfile write alone (3 directories), the ceiling for uploads':<62}{med(raid):>6.0f} MB/s; "
+          f"boxbox upload reaches {med(up) / med(raid):.2f} of it")
     print(f"server peak RSS: {rss:.1f} MiB")
     print(f"RESULT upload_ratio={med(up) / med(raw_up):.2f} download_ratio={med(down) / med(raw_down):.2f} "
           f"server_rss_mib={rss:.1f}")
