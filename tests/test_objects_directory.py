@@ -18,7 +18,7 @@ DIR_ATTRS = Attributes(FileType.DIRECTORY, 0o755, 0, 0, 1_500_000_000_000_000_00
 
 
 def make_dir() -> do.Directory:
-    d = do.Directory(DIR_ID, PARENT, do.seal_directory_attributes(KEYS, PARENT, DIR_ATTRS))
+    d = do.Directory(DIR_ID, PARENT, do.seal_directory_attributes(KEYS, PARENT, b"docs", DIR_ATTRS))
     d.entries.append(do.make_entry(KEYS, DIR_ID, b"a.txt", 0x100, do.FILE, FILE_ATTRS, size_blocks=3))
     d.entries.append(do.make_entry(KEYS, DIR_ID, "sub dir \u00e9".encode(), 0x101, do.DIR, None))
     d.entries.append(do.make_entry(KEYS, DIR_ID, b"\xff\xfe" * 127 + b"z", 0x102, do.FILE | do.DELETED,
@@ -31,7 +31,10 @@ def test_roundtrip_and_open():
     data = d.serialize()
     back = do.Directory.parse(data)
     assert back == d and back.serialize() == data
-    assert do.open_directory_attributes(KEYS, back) == DIR_ATTRS
+    assert do.open_directory_attributes(KEYS, back, b"docs", DIR_ID) == DIR_ATTRS
+    root = do.Directory(1, 0, do.seal_directory_attributes(KEYS, 0, b"", DIR_ATTRS))
+    assert do.open_directory_attributes(KEYS, do.Directory.parse(root.serialize()), b"") == DIR_ATTRS
+    assert do.open_directory_attributes(KEYS, do.Directory(2, 1), b"x") is None
     opened = [do.open_entry(KEYS, DIR_ID, e) for e in back.entries]
     assert opened[0] == (b"a.txt", FILE_ATTRS)
     assert opened[1] == ("sub dir \u00e9".encode(), None)
@@ -72,9 +75,13 @@ def test_sealed_parts_bound_to_their_place():
         do.open_entry(KEYS, DIR_ID, dataclasses.replace(a, mtime_ns=a.mtime_ns + 1))
     with pytest.raises(IntegrityError, match="attribute hash"):
         do.open_entry(KEYS, DIR_ID, dataclasses.replace(a, attr_hash=c.attr_hash))
-    # directory attributes under another parent
+    # directory attributes under another parent or name, or another directory sent instead
     with pytest.raises(IntegrityError, match="directory attributes"):
-        do.open_directory_attributes(KEYS, dataclasses.replace(d, container_id=0x2))
+        do.open_directory_attributes(KEYS, dataclasses.replace(d, container_id=0x2), b"docs")
+    with pytest.raises(IntegrityError, match="directory attributes"):
+        do.open_directory_attributes(KEYS, d, b"other")
+    with pytest.raises(IntegrityError, match="the store sent directory 0x55"):
+        do.open_directory_attributes(KEYS, d, b"docs", expected_id=0x66)
     # other keys
     with pytest.raises(IntegrityError):
         do.open_entry(Keys.from_master(bytes(1024)), DIR_ID, a)
@@ -95,7 +102,7 @@ def test_every_bit_flip_in_sealed_parts_is_integrity_error():
             bad[i] ^= 0x10
             back = do.Directory.parse(bytes(bad))
             with pytest.raises(IntegrityError):
-                do.open_directory_attributes(KEYS, back)
+                do.open_directory_attributes(KEYS, back, b"docs")
                 for e in back.entries:
                     do.open_entry(KEYS, DIR_ID, e)
 

@@ -9,7 +9,8 @@ Byte layout (little-endian):
       16  8   container id (parent directory; 0 for the root)
       24  4   entry count
       28  4   length D of the sealed directory attributes (0: none)
-    32  D     sealed directory attributes: AES-256-GCM, AD = b"BXDO attrs" + container id
+    32  D     sealed directory attributes: AES-256-GCM, AD = b"BXDO attrs" + container id + the
+              directory's sealed name in its container (empty for the root)
     ENTRIES, each a 56-byte head then its sealed parts
       0   8   object id
       8   2   flags: 1 file, 2 directory (exactly one), 4 deleted, 8 old version
@@ -144,16 +145,29 @@ def _entry_aad(directory_id: int, sealed_name: bytes) -> bytes:
     return ENTRY_ATTRS_AAD + directory_id.to_bytes(8, "little") + sealed_name
 
 
-def seal_directory_attributes(keys: Keys, container_id: int, attributes: Attributes) -> bytes:
-    """Sealed attributes of a directory filed in `container_id` (re-seal them after a move)."""
-    return sealing.seal_attributes(keys, attributes.pack(), DIR_ATTRS_AAD + container_id.to_bytes(8, "little"))
+def _dir_attrs_aad(keys: Keys, container_id: int, name: bytes) -> bytes:
+    sealed_name = sealing.seal_entry_name(keys, container_id, name) if name else b""
+    return DIR_ATTRS_AAD + container_id.to_bytes(8, "little") + sealed_name
 
 
-def open_directory_attributes(keys: Keys, directory: Directory, label: str = "directory") -> Attributes | None:
+def seal_directory_attributes(keys: Keys, container_id: int, name: bytes, attributes: Attributes) -> bytes:
+    """Sealed attributes of directory `name` in `container_id` (b"" for the root); re-seal after a move."""
+    return sealing.seal_attributes(keys, attributes.pack(), _dir_attrs_aad(keys, container_id, name))
+
+
+def open_directory_attributes(keys: Keys, directory: Directory, name: bytes, expected_id: int | None = None,
+                              label: str = "directory") -> Attributes | None:
+    """Attributes of the directory the client asked for as `expected_id`, reached by `name`."""
+    if expected_id is not None and directory.object_id != expected_id:
+        raise IntegrityError(f"{label} {expected_id:#x}: the store sent directory {directory.object_id:#x}")
     if not directory.sealed_attributes:
         return None
-    aad = DIR_ATTRS_AAD + directory.container_id.to_bytes(8, "little")
-    return Attributes.unpack(sealing.open_attributes(keys, directory.sealed_attributes, aad, f"{label} attributes"))
+    aad = _dir_attrs_aad(keys, directory.container_id, name)
+    plain = sealing.open_attributes(keys, directory.sealed_attributes, aad, f"{label} attributes")
+    try:
+        return Attributes.unpack(plain)
+    except FormatError as e:
+        raise IntegrityError(f"{label}: {e}") from e
 
 
 def entry_attribute_hash(keys: Keys, name: bytes, attributes: Attributes) -> bytes:

@@ -30,9 +30,9 @@ Byte layout (little-endian). The store reads every clear part without keys.
     INDEX PLAINTEXT: head 20 bytes (magic b"BXFI", version u8, hash id u8, flags u16,
       block count u32, exact clear size u64), then per block 28 bytes: clear size u32,
       stored size u32 (the record's length), weak rolling checksum u32, strong checksum 16 bytes;
-      then, when flags & 1, the candidate filter of rolling.anchors (lets a diff against this
-      object search all-new data ~8x faster): 8 u16 positions per block for all blocks, then
-      8 u64 words per block for all blocks (rolling.anchors.to_bytes order).
+      then, when flags & 1, per block the 80-byte candidate-filter record of rolling.anchors
+      (8 u16 positions, 8 u64 words; lets a diff against this object search all-new data ~8x
+      faster).
 
 Blocks are sealed independently of the object (their AD names only the format and kind) so the
 store can copy them between objects without keys; the sealed index binds each position to its
@@ -44,7 +44,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import sys
 import zlib
 from array import array
 from typing import Any, BinaryIO, Iterable, Iterator, NamedTuple, Protocol
@@ -82,10 +81,11 @@ MAX_BLOCK_SIZE = 16 << 20
 MAX_RECORD = MAX_BLOCK_SIZE + sealing.OVERHEAD
 #: at most 2^21 blocks: 1 TiB at 512 KiB per block; the index is then 56 MiB
 MAX_BLOCKS = 1 << 21
-ANCHOR_SLOTS = 8
-ANCHOR_RECORD = struct.Struct("<8H8Q")  # one block's anchors, as a Reference carries them
+ANCHOR_SLOTS = anchors.SLOTS
+ANCHOR_RECORD = anchors.RECORD  # one block's anchors: 8 u16 positions, 8 u64 words
 ANCHOR_SIZE = ANCHOR_RECORD.size
-NO_ANCHORS = ANCHOR_RECORD.pack(*[0xFFFF] * ANCHOR_SLOTS, *[0] * ANCHOR_SLOTS)
+NO_ANCHORS = anchors.EMPTY_RECORD
+assert ANCHOR_SIZE == 80
 #: clear bytes of equal-sized blocks whose anchors are picked in one call (rolling's READ_CHUNK)
 ANCHOR_BATCH = 1 << 20
 INDEX_HAS_ANCHORS = 0x0001
@@ -140,11 +140,7 @@ class Index(NamedTuple):
 
     def reference(self, object_id: int, k: int) -> Reference:
         """Block k of this object (stored as `object_id`) as a diff upload refers to it."""
-        rec = NO_ANCHORS
-        if self.anchors is not None:
-            words = 2 * ANCHOR_SLOTS * len(self.entries)
-            rec = (self.anchors[2 * ANCHOR_SLOTS * k:2 * ANCHOR_SLOTS * (k + 1)]
-                   + self.anchors[words + 8 * ANCHOR_SLOTS * k:words + 8 * ANCHOR_SLOTS * (k + 1)])
+        rec = NO_ANCHORS if self.anchors is None else self.anchors[k * ANCHOR_SIZE:(k + 1) * ANCHOR_SIZE]
         return Reference(object_id, k, self.entries[k], rec)
 
     def signature(self) -> Any:
@@ -312,7 +308,7 @@ class _AnchorBuilder:
             anchors.picks(view, self.block_size, self.digests, self.used, self.ts, self.ws)
         for i in self.uniform:
             k = (first + i) * ANCHOR_SLOTS
-            self.ts[k:k + ANCHOR_SLOTS] = array("H", [0xFFFF] * ANCHOR_SLOTS)
+            self.ts[k:k + ANCHOR_SLOTS] = array("H", [anchors.NO_ANCHOR] * ANCHOR_SLOTS)
             self.ws[k:k + ANCHOR_SLOTS] = array("Q", [0] * ANCHOR_SLOTS)
         self.batch = bytearray()
         self.block_size = 0
@@ -321,12 +317,7 @@ class _AnchorBuilder:
 
     def finish(self) -> bytes:
         self.flush()
-        ts, ws = self.ts, self.ws
-        if sys.byteorder != "little":
-            ts, ws = array("H", ts), array("Q", ws)
-            ts.byteswap()
-            ws.byteswap()
-        return ts.tobytes() + ws.tobytes()
+        return anchors.to_bytes(self.ts, self.ws)
 
 
 class FileEncoder:

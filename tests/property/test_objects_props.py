@@ -216,15 +216,15 @@ entries = st.lists(st.tuples(names, st.integers(1, 2**64 - 1), st.sampled_from([
 
 
 def build_directory(items) -> do.Directory:
-    d = do.Directory(0x31, 0x30, do.seal_directory_attributes(KEYS, 0x30, Attributes(FileType.DIRECTORY, 0o755,
-                                                                                      0, 0, 3)))
+    d = do.Directory(0x31, 0x30, do.seal_directory_attributes(KEYS, 0x30, b"home",
+                                                              Attributes(FileType.DIRECTORY, 0o755, 0, 0, 3)))
     for name, oid, kind, extra, attrs, blocks in items:
         d.entries.append(do.make_entry(KEYS, 0x31, name, oid, kind | extra, attrs, blocks))
     return d
 
 
 def open_all(d: do.Directory):
-    return (do.open_directory_attributes(KEYS, d),
+    return (do.open_directory_attributes(KEYS, d, b"home"),
             [do.open_entry(KEYS, d.object_id, e) for e in d.entries])
 
 
