@@ -203,6 +203,10 @@ def test_errors_for_bad_requests(alice: Any) -> None:
         alice.delete_directory(ROOT_DIRECTORY_ID)
     with pytest.raises(NotFound):
         alice.get_object(0)
+    with pytest.raises(UsageError, match="unknown move flags"):
+        alice.move_object(1, 1, 1, bytes(32), flags=0x80)
+    with pytest.raises(UsageError, match="already logged in"):
+        alice.login()
     assert alice.usage().blocks_current == 0  # nothing stored by the refused uploads
 
 

@@ -142,6 +142,8 @@ def _move_usage(acct: Account, entry: Entry, new_flags: int) -> None:
 def login(session: Session, req: m.Login, stream: InStream | None) -> m.LoginReply:
     if session.account is not None:
         raise UsageError("already logged in")
+    if req.flags & ~m.LOGIN_READ_ONLY:
+        raise UsageError(f"unknown login flags {req.flags:#x}")
     store = session.store
     store.database.refresh()
     number = session.account_number
@@ -402,6 +404,8 @@ def undelete_file(session: Session, req: m.UndeleteFile, stream: InStream | None
 @command(m.MoveObject)
 def move_object(session: Session, req: m.MoveObject, stream: InStream | None) -> m.Success:
     _check_name("MoveObject", req.new_name)
+    if req.flags & ~(m.MOVE_ALL_WITH_SAME_NAME | m.MOVE_ALLOW_OVER_DELETED):
+        raise UsageError(f"unknown move flags {req.flags:#x}")
     source = session.directory(req.from_dir)
     target = session.directory(req.to_dir)
     entry = source.entry(req.object_id)
