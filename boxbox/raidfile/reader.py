@@ -38,7 +38,6 @@ from boxbox.raidfile.layout import (
 
 log = logging.getLogger(__name__)
 
-_fadvise = getattr(os, "posix_fadvise", None)  # Linux and BSD; a no-op elsewhere
 MAX_RECORDS = 512  # records per preadv/writev: two iovecs each, IOV_MAX is 1024 on Linux
 CHUNK_BYTES = 2 << 20  # clear bytes decoded at once when reading ahead
 
@@ -115,21 +114,24 @@ def _choose(f: Finals) -> None:
             return
 
 
-def read_records(fd: int | None, geo: Geometry, first: int, slots: list[memoryview], seed: int,
-                 crcbuf: bytearray, crcviews: list[memoryview]) -> tuple[set[int], str | None]:
-    """Read records first.. of one stripe into `slots`; the indexes (relative) that are bad, and why."""
-    k = len(slots)
-    if k == 0:
-        return set(), None
-    if fd is None:
-        return set(range(k)), "unavailable"
-    iov: list[memoryview | None] = [None] * (2 * k)
+def fetch_records(fd: int, geo: Geometry, first: int, slots: list[memoryview],
+                  crcviews: list[memoryview]) -> int | OSError:
+    """One preadv of records first.. into `slots` and their CRCs into `crcviews`: bytes read, or the error."""
+    iov: list[memoryview | None] = [None] * (2 * len(slots))
     iov[0::2] = slots
-    iov[1::2] = crcviews[:k]
+    iov[1::2] = crcviews[: len(slots)]
     try:
-        got = os.preadv(fd, iov, geo.record_offset(first))  # type: ignore[arg-type]
+        return os.preadv(fd, iov, geo.record_offset(first))  # type: ignore[arg-type]
     except OSError as e:
-        return set(range(k)), f"read error: {e.strerror}"
+        return e
+
+
+def verify_records(got: int | OSError, first: int, slots: list[memoryview], seed: int,
+                   crcbuf: bytearray) -> tuple[set[int], str | None]:
+    """The indexes (relative) of fetched records that are bad, and why."""
+    k = len(slots)
+    if isinstance(got, OSError):
+        return set(range(k)), f"read error: {got.strerror}"
     actual = tuple(map(zlib.crc32, slots, range(seed + first, seed + first + k)))
     expected = struct.unpack_from(f"<{k}I", crcbuf)
     total = sum(map(len, slots)) + 4 * k
@@ -148,6 +150,42 @@ def read_records(fd: int | None, geo: Geometry, first: int, slots: list[memoryvi
     return bad, why
 
 
+def read_records(fd: int | None, geo: Geometry, first: int, slots: list[memoryview], seed: int,
+                 crcbuf: bytearray, crcviews: list[memoryview]) -> tuple[set[int], str | None]:
+    """Read and verify records first.. of one stripe into `slots`."""
+    if not slots:
+        return set(), None
+    if fd is None:
+        return set(range(len(slots))), "unavailable"
+    return verify_records(fetch_records(fd, geo, first, slots, crcviews), first, slots, seed, crcbuf)
+
+
+class _Buffers:
+    """Where a chunk is read to: its clear bytes, and the CRCs of each data stripe."""
+
+    __slots__ = ("out", "crc", "crcviews", "full")
+
+    def __init__(self, size: int, units: int, roles: tuple[int, ...]) -> None:
+        self.out = bytearray(size)
+        self.crc = {r: bytearray(4 * units) for r in roles}
+        self.crcviews = {r: [memoryview(c)[i : i + 4] for i in range(0, len(c), 4)] for r, c in self.crc.items()}
+        self.full: tuple[memoryview, dict[int, list[memoryview]]] | None = None  # slots of a whole chunk
+
+    def layout(self, n: int, raid: bool, B: int) -> tuple[memoryview, dict[int, list[memoryview]]]:
+        """The first n bytes of `out` cut into the block slots of each stripe (cached for whole chunks)."""
+        if self.full is not None and len(self.full[0]) == n:
+            return self.full
+        out = memoryview(self.out)[:n]
+        if raid:
+            slots = {STRIPE1: [out[o : o + B] for o in range(0, n, 2 * B)],
+                     STRIPE2: [out[o : o + B] for o in range(B, n, 2 * B)]}
+        else:
+            slots = {WHOLE: [out[o : o + B] for o in range(0, n, B)]}
+        if n == len(self.out):
+            self.full = (out, slots)
+        return out, slots
+
+
 class RaidReader(io.RawIOBase):
     """File-like reader of one committed raidfile: read, readinto, seek, tell, size."""
 
@@ -164,11 +202,12 @@ class RaidReader(io.RawIOBase):
         self._unit = unit = 2 * h.block_size if self._raid else h.block_size
         self._units = geo.rows if self._raid else geo.blocks
         self._max_units = max(1, min(MAX_RECORDS, CHUNK_BYTES // unit, self._units))
-        self._out = bytearray(min(self._max_units * unit, h.length))
-        self._crc = bytearray(4 * self._max_units)
-        cv = memoryview(self._crc)
-        self._crcviews = [cv[i : i + 4] for i in range(0, len(self._crc), 4)]
+        self._data_roles = (STRIPE1, STRIPE2) if self._raid else (WHOLE,)
+        self._chunk_size = min(self._max_units * unit, h.length)
+        self._bufs = _Buffers(self._chunk_size, self._max_units, self._data_roles)
         self._pbuf = bytearray()
+        self._pcrc = bytearray(4 * self._max_units)
+        self._pcrcviews = [memoryview(self._pcrc)[i : i + 4] for i in range(0, len(self._pcrc), 4)]
         self._fds = {role: finals.fds[i] for role, i in finals.by_role.items()}
         self._seeds = {role: crc_seed(h.write_id, role) for role in (*RAID_ROLES, WHOLE)}
         self._pos = 0
@@ -211,31 +250,35 @@ class RaidReader(io.RawIOBase):
             self._f.close()
         super().close()
 
-    def _records(self, role: int, first: int, slots: list[memoryview]) -> set[int]:
-        bad, why = read_records(self._fds.get(role), self._geo, first, slots, self._seeds[role],
-                                self._crc, self._crcviews)
-        if why is not None and why != "unavailable":
+    def _fetch(self, bufs: _Buffers, a: int, b: int) -> dict[int, int | OSError]:
+        """Read the data stripes' records of units a..b-1 into `bufs`: one preadv per stripe."""
+        _, slots = bufs.layout(min(self.size, b * self._unit) - a * self._unit, self._raid, self._geo.block_size)
+        return {r: fetch_records(fd, self._geo, a, slots[r], bufs.crcviews[r])
+                for r in self._data_roles if (fd := self._fds.get(r)) is not None and slots[r]}
+
+    def _verify(self, role: int, got: int | OSError | None, first: int, slots: list[memoryview],
+                crcbuf: bytearray) -> set[int]:
+        if not slots:
+            return set()
+        if got is None:
+            return set(range(len(slots)))  # the stripe is missing; noted when the reader opened
+        bad, why = verify_records(got, first, slots, self._seeds[role], crcbuf)
+        if why is not None:
             self._note(f"{ROLE_NAMES[role]} (directory {self._f.by_role[role]}): {why}")
         return bad
 
     def _decode(self, a: int, b: int) -> memoryview:
         """Clear bytes of units a..b-1 (rows of two blocks, or blocks for a whole file), verified."""
-        B = self._geo.block_size
-        start = a * self._unit
-        out = memoryview(self._out)[: min(self.size, b * self._unit) - start]
+        bufs = self._bufs
+        results = self._fetch(bufs, a, b)
+        out, slots = bufs.layout(min(self.size, b * self._unit) - a * self._unit, self._raid, self._geo.block_size)
+        bad = {r: self._verify(r, results.get(r), a, slots[r], bufs.crc[r]) for r in self._data_roles}
         if not self._raid:
-            slots = [out[o : o + B] for o in range(0, len(out), B)]
-            bad = self._records(WHOLE, a, slots)
-            if bad:
-                raise IntegrityError(f"{self.label}: block {a + min(bad)} is damaged and a non-RAID set "
+            if bad[WHOLE]:
+                raise IntegrityError(f"{self.label}: block {a + min(bad[WHOLE])} is damaged and a non-RAID set "
                                      "has no other copy")
-            return out
-        slots1 = [out[o : o + B] for o in range(0, len(out), 2 * B)]
-        slots2 = [out[o : o + B] for o in range(B, len(out), 2 * B)]
-        bad1 = self._records(STRIPE1, a, slots1)
-        bad2 = self._records(STRIPE2, a, slots2)
-        if bad1 or bad2:
-            self._rebuild(a, slots1, slots2, bad1, bad2)
+        elif bad[STRIPE1] or bad[STRIPE2]:
+            self._rebuild(a, slots[STRIPE1], slots[STRIPE2], bad[STRIPE1], bad[STRIPE2])
         return out
 
     def _rebuild(self, a: int, slots1: list[memoryview], slots2: list[memoryview], bad1: set[int],
@@ -249,10 +292,13 @@ class RaidReader(io.RawIOBase):
         rows = bad1 | bad2
         lo, hi = min(rows), max(rows) + 1
         if len(self._pbuf) < (hi - lo) * B:
-            self._pbuf = bytearray(len(self._out) // 2 + B)
+            self._pbuf = bytearray(self._chunk_size // 2 + B)
         pv = memoryview(self._pbuf)
         pslots = [pv[(j - lo) * B : (j - lo) * B + len(slots1[j])] for j in range(lo, hi)]
-        badp = self._records(PARITY, a + lo, pslots)
+        badp, why = read_records(self._fds.get(PARITY), self._geo, a + lo, pslots, self._seeds[PARITY],
+                                 self._pcrc, self._pcrcviews)
+        if why is not None and why != "unavailable":
+            self._note(f"parity (directory {self._f.by_role[PARITY]}): {why}")
         lost = sorted(j for j in rows if j - lo in badp)
         if lost:
             j = a + lost[0]
@@ -273,25 +319,14 @@ class RaidReader(io.RawIOBase):
         if c is not None and self._cache_start <= pos < self._cache_start + len(c):
             return c, self._cache_start
         a = pos // self._unit
-        sequential = a == self._next_unit
-        b = a + self._max_units if sequential else min(-(-end // self._unit), a + self._max_units)
+        if a == self._next_unit:  # sequential: a whole chunk
+            b = a + self._max_units
+        else:  # random access: only what was asked for
+            b = min(-(-end // self._unit), a + self._max_units)
         b = min(max(b, a + 1), self._units)
-        if sequential and b < self._units:
-            self._read_ahead(b)
         self._cache = self._decode(a, b)
         self._cache_start, self._next_unit = a * self._unit, b
         return self._cache, self._cache_start
-
-    def _read_ahead(self, a: int) -> None:
-        """Ask the kernel to fetch the next chunk of each stripe we will need while we decode this one."""
-        if _fadvise is None:
-            return
-        roles = [r for r in self._fds if r != PARITY or STRIPE1 not in self._fds or STRIPE2 not in self._fds]
-        span = self._max_units * (self._geo.block_size + 4)
-        for r in roles:
-            fd = self._fds[r]
-            if fd is not None:
-                _fadvise(fd, self._geo.record_offset(a), span, os.POSIX_FADV_WILLNEED)
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         if self.closed:
