@@ -558,6 +558,15 @@ def decode_file(keys: Keys, source: BinaryIO, sink: Sink, *, label: str = "file 
         raise IntegrityError(f"{label}: {e}") from e
 
 
+def _bad_record(source: BinaryIO, kind: int, length: int, k: int, label: str) -> None:
+    """Raise for a record that is not a sealed block: a reference, or garbage."""
+    if kind == R_REF and length == REF.size:
+        obj, blk = REF.unpack(read_exact(source, REF.size, f"block record {k}"))
+        raise IntegrityError(f"{label} block {k} still refers to block {blk} of object {obj:#x}; "
+                             "the store must resolve references before serving an object")
+    raise FormatError(f"block {k}: record kind {kind} length {length} is invalid")
+
+
 def _decode(keys: Keys, source: BinaryIO, sink: Sink, label: str, want_container: int | None,
             want_name: bytes | None) -> DecodedFile:
     header_bytes = read_exact(source, HEADER.size, "file object header")
@@ -582,43 +591,42 @@ def _decode(keys: Keys, source: BinaryIO, sink: Sink, label: str, want_container
     strong_checksum = strong_function(HASHES[header.hash_id])
     seen: list[tuple[int, int, bytes]] = []
     size = k = 0
-    while True:
-        kind, length = RECORD.unpack(read_exact(source, RECORD.size, f"block record {k}"))
-        if kind == R_END:
-            break
-        what = f"{label} block {k}"
-        if kind == R_REF:
-            if length != REF.size:
-                raise FormatError(f"block {k}: reference record is {length} bytes, expected {REF.size}")
-            obj, blk = REF.unpack(read_exact(source, REF.size, f"block record {k}"))
-            raise IntegrityError(f"{what} still refers to block {blk} of object {obj:#x}; "
-                                 "the store must resolve references before serving an object")
-        if kind not in _BLOCK_AAD or not sealing.OVERHEAD < length <= MAX_RECORD:
-            raise FormatError(f"block {k}: record kind {kind} length {length} is invalid")
-        if k >= MAX_BLOCKS or (expected is not None and k >= len(expected)):
+    read, unpack_head, nonce, overhead = source.read, RECORD.unpack, sealing.NONCE_SIZE, sealing.OVERHEAD
+    max_blocks = len(expected) if expected is not None else MAX_BLOCKS
+    clear_size = MAX_BLOCK_SIZE
+    while True:  # per block: keep it lean, it runs 4096 times for a typical file
+        head = read(RECORD.size)
+        if len(head) != RECORD.size:
+            head += read_exact(source, RECORD.size - len(head), f"block record {k}")
+        kind, length = unpack_head(head)
+        if kind != R_RAW and kind != R_ZLIB:
+            if kind == R_END:
+                break
+            _bad_record(source, kind, length, k, label)
+        if not overhead < length <= MAX_RECORD:
+            raise FormatError(f"block {k}: record length {length} is invalid")
+        if k >= max_blocks:
             raise IntegrityError(f"{label}: more blocks than the index lists")
-        limit = MAX_BLOCK_SIZE
         if expected is not None:
-            entry = expected[k]
-            if entry.stored_size != length:
-                raise IntegrityError(f"{what}: stored size {length}, index says {entry.stored_size}")
-            limit = entry.clear_size
-        payload = source.read(length)
+            clear_size, stored_size, _, digest = expected[k]
+            if stored_size != length:
+                raise IntegrityError(f"{label} block {k}: stored size {length}, index says {stored_size}")
+        payload = read(length)
         if len(payload) != length:
             payload += read_exact(source, length - len(payload), f"block {k}")
-        try:  # sealing.unseal inlined: this loop runs per block and the wrapper cost 5 us a call
-            clear = decrypt(payload[:sealing.NONCE_SIZE], payload[sealing.NONCE_SIZE:], _BLOCK_AAD[kind])
+        try:  # sealing.unseal inlined: its wrapper cost ~5 us a block
+            clear = decrypt(payload[:nonce], payload[nonce:], _BLOCK_AAD[kind])
         except InvalidTag:
-            raise IntegrityError(f"{what}: authentication failed (tampered, damaged or sealed with other keys)"
-                                 ) from None
+            raise IntegrityError(f"{label} block {k}: authentication failed (tampered, damaged or sealed with "
+                                 "other keys)") from None
         if kind == R_ZLIB:
-            clear = _inflate(clear, limit, what)
+            clear = _inflate(clear, clear_size, f"{label} block {k}")
         strong = strong_checksum(clear)
-        if expected is not None:
-            if len(clear) != entry.clear_size or strong != entry.strong:
-                raise IntegrityError(f"{what} does not match the index (swapped, moved or from another object)")
-        else:
+        if expected is None:
             seen.append((len(clear), length, strong))
+        elif len(clear) != clear_size or strong != digest:
+            raise IntegrityError(f"{label} block {k} does not match the index (swapped, moved or from another "
+                                 "object)")
         sink.write(clear)
         size += len(clear)
         k += 1
