@@ -201,7 +201,8 @@ def main() -> int:
         entry = make_entry(keys, 1, b"big.bin", 0, FILE, attrs)
         obj = d / "object"
         with open(obj, "wb") as sink:
-            encode_file(keys, RandomSource(size_mib << 20), sink, container_id=1, name=b"big.bin", attributes=attrs)
+            encode_file(keys, RandomSource(size_mib << 20), sink, container_id=1, name=b"big.bin", attributes=attrs,
+                        size=size_mib << 20)
         size = obj.stat().st_size
         proc, port = start_server(d)
         up, down, raw_up, raw_down, raid = [], [], [], [], []

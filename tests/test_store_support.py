@@ -28,7 +28,7 @@ def file_object(keys: Keys, dir_id: int, name: bytes, data: bytes) -> tuple[dict
     attrs = attributes()
     entry = make_entry(keys, dir_id, name, 0, FILE, attrs)
     sink = io.BytesIO()
-    encode_file(keys, io.BytesIO(data), sink, container_id=dir_id, name=name, attributes=attrs)
+    encode_file(keys, io.BytesIO(data), sink, container_id=dir_id, name=name, attributes=attrs, size=len(data))
     kwargs = {"name": entry.sealed_name, "mtime": entry.mtime_ns, "attributes_hash": entry.attr_hash,
               "attributes": entry.sealed_attributes}
     return kwargs, sink.getvalue()
