@@ -407,8 +407,8 @@ class DiscSet:
             if fix and not report.ok and report.readable:
                 try:
                     report = self.repair(relpath)
-                except (InUse, NotFound):
-                    pass
+                except (InUse, NotFound, IntegrityError) as e:  # busy, gone, or worse than checked
+                    log.warning("%s: not repaired: %s", self._label(relpath), e)
             yield relpath, report
 
     def rebuild_directory(self, index: int) -> RebuildSummary:

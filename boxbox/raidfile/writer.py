@@ -108,6 +108,9 @@ class RaidWriter:
         self._chunk = max(1, min(MAX_RECORDS, CHUNK_BYTES // unit)) * unit
         self._unit = unit
         self._buf = bytearray()  # a partial chunk waiting for more data
+        per = self._chunk // unit  # records per stripe in a whole chunk
+        self._crc = bytearray(4 * per)
+        self._crcviews = [memoryview(self._crc)[i : i + 4] for i in range(0, 4 * per, 4)]
         self._units_done = 0
         self.length = 0
         self._open = True
@@ -185,10 +188,10 @@ class RaidWriter:
         if k == 0:
             return
         seed = self._seeds[role] + first
-        crcs = memoryview(struct.pack(f"<{k}I", *map(zlib.crc32, slots, range(seed, seed + k))))
+        struct.pack_into(f"<{k}I", self._crc, 0, *map(zlib.crc32, slots, range(seed, seed + k)))
         iov: list[memoryview | None] = [None] * (2 * k)
         iov[0::2] = slots
-        iov[1::2] = [crcs[i : i + 4] for i in range(0, 4 * k, 4)]
+        iov[1::2] = self._crcviews[:k]
         _writev_all(self._by_role[role], iov)
 
     def commit(self) -> None:
