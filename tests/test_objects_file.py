@@ -400,3 +400,19 @@ def test_delta_blocks_cuts_literals():
     out = list(fo.delta_blocks(index, 5, [b"a" * 5, b"b" * 10, 0, b"c" * 3], 4))
     assert out[:4] == [b"aaaa", b"abbb", b"bbbb", b"bbb"]
     assert out[4] == fo.Reference(5, 0, index.entries[0]) and out[5] == b"ccc"
+
+
+def test_index_blob_is_bound_to_its_place():
+    layout = lo.read_file_layout(io.BytesIO(OBJ))
+    blob = layout.index_blob()
+    assert fo.open_index(KEYS, blob, container_id=DIR_ID, name=NAME).size == len(DATA)
+    with pytest.raises(IntegrityError, match="another name"):
+        fo.open_index(KEYS, blob, "object 0x42", container_id=DIR_ID, name=b"other file")
+    with pytest.raises(IntegrityError, match="expected 0x1"):
+        fo.open_index(KEYS, blob, "object 0x42", container_id=0x1)
+    other = lo.read_file_layout(io.BytesIO(encode(b"other", name=b"x")))
+    with pytest.raises(IntegrityError):  # another object's end record under this place
+        fo.open_index(KEYS, layout.prefix + other.index_blob()[len(other.prefix):])
+    for cut in range(0, len(blob), 7):
+        with pytest.raises(IntegrityError):
+            fo.open_index(KEYS, blob[:cut])

@@ -67,8 +67,9 @@ class FileLayout(NamedTuple):
         return sum(length for kind, length in zip(self.kinds, self.lengths) if kind != R_REF)
 
     def index_blob(self) -> bytes:
-        """What a client needs to open this object's index: fixed header + end record payload."""
-        return self.prefix[:HEADER.size] + self.tail[RECORD.size:-FOOTER.size]
+        """What a client needs to open and place this object's index: prefix + end record payload."""
+        return self.prefix + self.tail[RECORD.size:-FOOTER.size]
+
 
 def skip(stream: BinaryIO, n: int, seekable: bool, what: str) -> None:
     if seekable:
