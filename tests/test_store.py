@@ -283,3 +283,12 @@ def test_pipelined_uploads_write_each_directory_once(store: Store, monkeypatch: 
     client.finish()
     t.join(5)
     assert store.read_info(A).count_current == 30
+
+
+def test_admin_edits_survive_a_writing_session(store: Store) -> None:
+    writer = store.open(A, write=True)
+    writer.allocate_id()
+    store.update_info(A, hard_limit=12_345, name="renamed", enabled=False)  # `boxbox accounts` meanwhile
+    writer.close()
+    info = store.read_info(A)
+    assert (info.hard_limit, info.name, info.enabled, info.last_object_id) == (12_345, "renamed", False, 2)

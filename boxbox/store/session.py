@@ -69,27 +69,27 @@ class Session:
         self._dirty.add(d.object_id)
 
     def sync(self) -> None:
-        """Write changed directories and the account info (called before replies are flushed)."""
+        """Write changed directories and the account info (called before replies are flushed).
+
+        A directory whose size in blocks changed updates its entry in a cached parent, which
+        is then written too (rare: only when a directory crosses a block boundary).
+        """
         acct = self.account
         if acct is None:
             return
-        for dir_id in sorted(self._dirty):
-            delta = acct.replace_object(dir_id, self._dirs[dir_id].serialize())
+        while self._dirty:
+            d = self._dirs[self._dirty.pop()]
+            delta = acct.replace_object(d.object_id, d.serialize())
             if delta:
                 acct.add(blocks_used=delta, blocks_directories=delta)
-                self._update_size_in_parent(self._dirs[dir_id], delta)
-        self._dirty.clear()
+                parent = self._dirs.get(d.container_id)
+                entry = parent.entry(d.object_id) if parent is not None else None
+                if entry is not None:
+                    entry.size_blocks = max(0, entry.size_blocks + delta)
+                    self.mark(parent)
         acct.commit()
         if not acct.writable or len(self._dirs) > DIRECTORY_CACHE:
             self._dirs.clear()
-
-    def _update_size_in_parent(self, d: Directory, delta: int) -> None:
-        """Keep a directory's entry size in its parent roughly right (written at the next sync)."""
-        if d.container_id and d.container_id in self._dirs:
-            parent = self._dirs[d.container_id]
-            entry = parent.entry(d.object_id)
-            if entry is not None:
-                entry.size_blocks = max(0, entry.size_blocks + delta)
 
     def close(self) -> None:
         if self.account is not None:
@@ -430,14 +430,14 @@ def move_object(session: Session, req: m.MoveObject, stream: InStream | None) ->
     moving = [entry]
     if req.flags & m.MOVE_ALL_WITH_SAME_NAME:
         moving += [e for e in source.entries if e.sealed_name == entry.sealed_name and e is not entry]
+    children = [session.directory(e.object_id) for e in moving if e.flags & DIR]  # all found before any change
     for e in moving:
         source.entries.remove(e)
         e.sealed_name = req.new_name
         _add(target, e)
-        if e.flags & DIR:
-            child = session.directory(e.object_id)
-            child.container_id = req.to_dir
-            session.mark(child)
+    for child in children:
+        child.container_id = req.to_dir
+        session.mark(child)
     session.mark(source)
     session.mark(target)
     return m.Success(req.object_id)
