@@ -85,7 +85,8 @@ class FrameDecoder:
         end = HEADER.size + length
         if len(self._buf) < end:
             return None
-        payload = bytes(self._buf[HEADER.size:end])
+        with memoryview(self._buf) as view:  # one copy out (slicing the bytearray would make two)
+            payload = bytes(view[HEADER.size:end])
         del self._buf[:end]
         self._need = None
         if len(self._buf) >= HEADER.size:
