@@ -281,7 +281,7 @@ def test_client_killed_mid_upload_leaves_nothing(server: RunningServer, tmp_path
             time.sleep(0.1)
     assert c.usage().blocks_used == before.blocks_used
     c.finish()
-    leftovers = {f for f in server.disc_files() - files_before if "/o/" in f or ".tmp" in f or "~" in f}
+    leftovers = {f for f in server.disc_files() - files_before if "/o/" in f or f.endswith(".rfw")}
     assert leftovers == set()
 
 
@@ -313,10 +313,22 @@ def test_accounts_cli(server: RunningServer) -> None:
     server.accounts("info", "f6", exit_code=1)
 
 
-def test_refuses_root_and_stops_cleanly(server: RunningServer) -> None:
+def test_refuses_root_and_sigterm_aborts_uploads_cleanly(server: RunningServer, tmp_path: Path) -> None:
     if os.geteuid() == 0:
         err = run_boxbox("server", "--config", str(server.config), "--foreground", exit_code=1).stderr
         assert "refusing to run the server as root" in err
-    assert server.stop() == 0
+    _, obj = file_object(make_keys(), ROOT_DIR, b"huge", os.urandom(3 << 20))
+    (tmp_path / "obj").write_bytes(obj)
+    files_before = server.disc_files()
+    uploader = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, str(server.port),
+                                 str(server.ca.client_dir(A)), str(tmp_path / "obj")],
+                                stdout=subprocess.PIPE, env=boxbox_env(), cwd=ROOT)
+    try:
+        assert uploader.stdout is not None and uploader.stdout.readline().strip() == b"uploading"
+        assert server.stop() == 0  # mid-upload
+    finally:
+        uploader.kill()
+        uploader.wait()
     assert not server.pid_file.exists()
     assert "stopped" in server.log.read_text()
+    assert {f for f in server.disc_files() - files_before if "/o/" in f or f.endswith(".rfw")} == set()
