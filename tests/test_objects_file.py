@@ -12,6 +12,7 @@ import pytest
 from boxbox.crypto.keys import Keys
 from boxbox.errors import FormatError, IntegrityError
 from boxbox.objects import file as fo
+from boxbox.objects import index as ix
 from boxbox.objects import layout as lo
 from boxbox.objects.attributes import Attributes, FileType
 
@@ -93,7 +94,7 @@ def test_encode_chooses_rolling_block_size_and_compresses_only_what_shrinks():
     assert set(layout.kinds[:half - 1]) == {fo.R_RAW}  # random half: stored as is
     assert set(layout.kinds[half + 1:]) == {fo.R_ZLIB}  # text half: compressed
     assert out.getbuffer().nbytes < len(data) * 0.7
-    assert layout.rounded_size == fo.rounded(len(data)) and layout.rounded_size % 4096 == 0
+    assert layout.rounded_size == ix.rounded(len(data)) and layout.rounded_size % 4096 == 0
 
 
 def test_probe_skips_incompressible_large_blocks_but_compresses_text():
@@ -382,7 +383,7 @@ def test_rolling_delta_end_to_end_through_the_store():
     index = fo.open_index(KEYS, olayout.index_blob())
     ops = delta(index.signature(), io.BytesIO(new_data))
     out = io.BytesIO()
-    fo.encode_blocks(KEYS, fo.delta_blocks(index, 0x30, ops, 8192), out, container_id=DIR_ID, name=NAME,
+    fo.encode_blocks(KEYS, ix.delta_blocks(index, 0x30, ops, 8192), out, container_id=DIR_ID, name=NAME,
                      attributes=ATTRS, hash_name=index.hash_name)
     diff = out.getvalue()
     dlayout = lo.read_file_layout(io.BytesIO(diff))
@@ -396,10 +397,10 @@ def test_rolling_delta_end_to_end_through_the_store():
 
 
 def test_delta_blocks_cuts_literals():
-    index = fo.Index(1, 10, [fo.IndexEntry(10, 40, 1, bytes(16))], None)
-    out = list(fo.delta_blocks(index, 5, [b"a" * 5, b"b" * 10, 0, b"c" * 3], 4))
+    index = ix.Index(1, 10, [ix.IndexEntry(10, 40, 1, bytes(16))], None)
+    out = list(ix.delta_blocks(index, 5, [b"a" * 5, b"b" * 10, 0, b"c" * 3], 4))
     assert out[:4] == [b"aaaa", b"abbb", b"bbbb", b"bbb"]
-    assert out[4] == fo.Reference(5, 0, index.entries[0]) and out[5] == b"ccc"
+    assert out[4] == ix.Reference(5, 0, index.entries[0]) and out[5] == b"ccc"
 
 
 def test_index_blob_is_bound_to_its_place():

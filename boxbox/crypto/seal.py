@@ -138,7 +138,8 @@ def open_name(keys: Keys, sealed: bytes, context: bytes, what: str) -> bytes:
     try:
         padded = _siv(keys).decrypt(sealed, [b"boxbox name v1", context])
     except InvalidTag:
-        raise IntegrityError(f"{what}: name authentication failed (tampered, moved, or sealed with other keys)") from None
+        raise IntegrityError(f"{what}: name authentication failed (tampered, moved, or sealed with other keys)"
+                             ) from None
     name = unpad_name(padded)
     if not name:
         raise IntegrityError(f"{what}: name padding is invalid")

@@ -27,12 +27,7 @@ Byte layout (little-endian). The store reads every clear part without keys.
       +12 L   sealed index: AD = fixed header + block count + rounded size
     FOOTER, 8 bytes: u32 L, magic b"BXFI" - a seekable reader finds the index from the end
 
-    INDEX PLAINTEXT: head 20 bytes (magic b"BXFI", version u8, hash id u8, flags u16,
-      block count u32, exact clear size u64), then per block 28 bytes: clear size u32,
-      stored size u32 (the record's length), weak rolling checksum u32, strong checksum 16 bytes;
-      then, when flags & 1, per block the 80-byte candidate-filter record of rolling.anchors
-      (8 u16 positions, 8 u64 words; lets a diff against this object search all-new data ~8x
-      faster).
+    The index plaintext is declared in boxbox/objects/index.py.
 
 Blocks are sealed independently of the object (their AD names only the format and kind) so the
 store can copy them between objects without keys; the sealed index binds each position to its
@@ -45,21 +40,19 @@ import io
 import os
 import struct
 import zlib
-from array import array
-from typing import Any, BinaryIO, Iterable, Iterator, NamedTuple, Protocol
+from typing import Any, BinaryIO, Iterable, NamedTuple, Protocol
 
 from boxbox import magic
 from boxbox.crypto import seal as sealing
 from boxbox.crypto.keys import Keys
 from boxbox.errors import FormatError, IntegrityError, ProgrammingError
+from boxbox.objects import index as index_mod
 from boxbox.objects.attributes import MAX_ATTRIBUTES_SIZE, Attributes
-from boxbox.rolling import anchors
-from boxbox.rolling.checksum import (HASH_IDS, HASHES, STRONG_SIZE, strong_function, uniform_byte, uniform_digest,
-                                     weak_checksum)
-from boxbox.rolling.signature import BlockSig, Signature
+from boxbox.objects.index import MAX_BLOCKS, Index, IndexBuilder, IndexEntry, Reference, parse_index, rounded
+from boxbox.rolling.checksum import HASH_IDS, HASHES, strong_function, weak_checksum
 
 MAGIC = magic.FILE_OBJECT
-INDEX_MAGIC = magic.FILE_INDEX
+INDEX_MAGIC = magic.FILE_INDEX  # also the footer's magic
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 KIND_FILE = 1
@@ -69,29 +62,14 @@ RECORD = struct.Struct("<BI")
 REF = struct.Struct("<QI")
 END = struct.Struct("<IQ")
 FOOTER = struct.Struct("<I4s")
-INDEX_HEAD = struct.Struct("<4sBBHIQ")
-ENTRY = struct.Struct("<III16s")
-assert STRONG_SIZE == 16  # ENTRY holds exactly rolling's strong digest
-assert (HEADER.size, PLACE.size, RECORD.size, REF.size, END.size, FOOTER.size, INDEX_HEAD.size,
-        ENTRY.size) == (32, 14, 5, 12, 12, 8, 20, 28)
+assert (HEADER.size, PLACE.size, RECORD.size, REF.size, END.size, FOOTER.size) == (32, 14, 5, 12, 12, 8)
 
 R_END, R_RAW, R_ZLIB, R_REF = 0, 1, 2, 3
 UID_SIZE = 16
-ROUND = 4096
 #: largest clear block (rolling's layout grows blocks to at most 512 KiB; allow headroom)
 MAX_BLOCK_SIZE = 16 << 20
 MAX_RECORD = MAX_BLOCK_SIZE + sealing.OVERHEAD
-#: at most 2^21 blocks: 1 TiB at 512 KiB per block; the index is then 56 MiB
-MAX_BLOCKS = 1 << 21
-ANCHOR_SLOTS = anchors.SLOTS
-ANCHOR_RECORD = anchors.RECORD  # one block's anchors: 8 u16 positions, 8 u64 words
-ANCHOR_SIZE = ANCHOR_RECORD.size
-NO_ANCHORS = anchors.EMPTY_RECORD
-assert ANCHOR_SIZE == 80
-#: clear bytes of equal-sized blocks whose anchors are picked in one call (rolling's READ_CHUNK)
-ANCHOR_BATCH = 1 << 20
-INDEX_HAS_ANCHORS = 0x0001
-MAX_INDEX = sealing.OVERHEAD + INDEX_HEAD.size + MAX_BLOCKS * (ENTRY.size + ANCHOR_SIZE)
+MAX_INDEX = sealing.OVERHEAD + index_mod.MAX_SIZE
 MAX_PLACE_ATTRS = MAX_ATTRIBUTES_SIZE + sealing.OVERHEAD
 #: compressibility probe: the first PROBE bytes are compressed and flushed first, and the
 #: same compressor goes on with the rest only if they shrank (so the probe costs nothing on
@@ -109,48 +87,6 @@ PLACE_AAD = b"BXFO place"
 
 class Sink(Protocol):
     def write(self, data: bytes | memoryview, /) -> Any: ...
-
-
-class IndexEntry(NamedTuple):
-    """One block as the sealed index records it."""
-
-    clear_size: int
-    stored_size: int
-    weak: int
-    strong: bytes
-
-
-class Reference(NamedTuple):
-    """Block `block` of store object `object_id`, whose index entry the client already has."""
-
-    object_id: int
-    block: int
-    entry: IndexEntry
-    anchors: bytes = NO_ANCHORS
-
-
-class Index(NamedTuple):
-    """The opened block index of a file object: what a client needs to diff against it."""
-
-    hash_id: int
-    size: int
-    entries: list[IndexEntry]
-    anchors: bytes | None = None
-
-    @property
-    def hash_name(self) -> str:
-        """A diff against this object must be encoded with this strong hash."""
-        return HASHES[self.hash_id]
-
-    def reference(self, object_id: int, k: int) -> Reference:
-        """Block k of this object (stored as `object_id`) as a diff upload refers to it."""
-        rec = NO_ANCHORS if self.anchors is None else self.anchors[k * ANCHOR_SIZE:(k + 1) * ANCHOR_SIZE]
-        return Reference(object_id, k, self.entries[k], rec)
-
-    def signature(self) -> Signature:
-        """The rolling Signature of the object, for a delta against it."""
-        return Signature(self.hash_name, [BlockSig(e.clear_size, e.weak, e.strong) for e in self.entries],
-                         self.anchors)
 
 
 class EncodedFile(NamedTuple):
@@ -175,11 +111,6 @@ def hash_id(hash_name: str) -> int:
         return HASH_IDS[hash_name]
     except KeyError:
         raise ProgrammingError(f"unknown strong hash {hash_name!r}, expected one of {', '.join(HASH_IDS)}") from None
-
-
-def rounded(size: int) -> int:
-    """Clear size as the store may see it: rounded up to 4 KiB."""
-    return -(-size // ROUND) * ROUND
 
 
 def _block_aad(kind: int) -> bytes:
@@ -265,64 +196,6 @@ def seal_place(keys: Keys, uid: bytes, container_id: int, name: bytes, attribute
     return PLACE.pack(container_id, len(sealed_name), len(sealed_attrs)) + sealed_name + sealed_attrs
 
 
-class _AnchorBuilder:
-    """The index's anchors section, picked by rolling.anchors exactly as its signature_of does.
-
-    Equal-sized blocks are batched ~1 MiB at a time because one `picks` call per batch is
-    vectorized: one call per 16 KiB block cost 54 us, a third of the whole encode (measured).
-    """
-
-    def __init__(self, hash_name: str) -> None:
-        self.hash_name = hash_name
-        self.used: set[int] = set()  # anchor words taken so far: rarity across the file
-        self.ts = array("H")
-        self.ws = array("Q")
-        self.batch = bytearray()
-        self.block_size = 0
-        self.digests: list[bytes] = []
-        self.uniform: list[int] = []
-
-    def add(self, data: bytes | memoryview, entry: IndexEntry) -> None:
-        n = entry.clear_size
-        if n > self.block_size:
-            self.flush()
-            self.block_size = n
-        if data[0] == data[n - 1] == data[n // 2]:  # cheap test before the exact one
-            c = uniform_byte(n, entry.weak)
-            if c is not None and entry.strong == uniform_digest(self.hash_name, c, n):
-                self.uniform.append(len(self.digests))  # one repeated byte: the finder searches runs
-        self.batch += data
-        self.digests.append(entry.strong)
-        if n < self.block_size or len(self.batch) >= max(n, ANCHOR_BATCH - ANCHOR_BATCH % n):
-            self.flush()  # a short block ends a batch, as the last block of a read chunk does
-
-    def add_record(self, record: bytes) -> None:
-        """A referenced block's anchors, copied from its object's index."""
-        self.flush()
-        values = ANCHOR_RECORD.unpack(record)
-        self.ts.extend(values[:ANCHOR_SLOTS])
-        self.ws.extend(values[ANCHOR_SLOTS:])
-
-    def flush(self) -> None:
-        if not self.digests:
-            return
-        first = len(self.ts) // ANCHOR_SLOTS
-        with memoryview(self.batch) as view:
-            anchors.picks(view, self.block_size, self.digests, self.used, self.ts, self.ws)
-        for i in self.uniform:
-            k = (first + i) * ANCHOR_SLOTS
-            self.ts[k:k + ANCHOR_SLOTS] = array("H", [anchors.NO_ANCHOR] * ANCHOR_SLOTS)
-            self.ws[k:k + ANCHOR_SLOTS] = array("Q", [0] * ANCHOR_SLOTS)
-        self.batch = bytearray()
-        self.block_size = 0
-        self.digests = []
-        self.uniform = []
-
-    def finish(self) -> bytes:
-        self.flush()
-        return anchors.to_bytes(self.ts, self.ws)
-
-
 class FileEncoder:
     """Streams a file object into `sink` block by block.
 
@@ -332,7 +205,6 @@ class FileEncoder:
     def __init__(self, keys: Keys, sink: Sink, *, container_id: int, name: bytes, attributes: Attributes,
                  cipher: str = sealing.DEFAULT_CIPHER, hash_name: str = "sha256") -> None:
         self._strong = strong_function(hash_name)
-        self._anchors = _AnchorBuilder(hash_name)
         self.keys, self.sink, self.hash_name = keys, sink, hash_name
         self.cipher_id = sealing.cipher_id(cipher)
         self.hash_id = hash_id(hash_name)
@@ -340,8 +212,7 @@ class FileEncoder:
         self.header = HEADER.pack(MAGIC, VERSION, KIND_FILE, self.cipher_id, self.hash_id, self.uid,
                                   attributes.mtime_ns)
         self._cipher = sealing.aead(keys, "data", self.cipher_id)
-        self.entries: list[IndexEntry] = []
-        self.size = 0
+        self.index = IndexBuilder(self.hash_id)
         prefix = self.header + seal_place(keys, self.uid, container_id, name, attributes)
         sink.write(prefix)
         self.stored = len(prefix)
@@ -371,8 +242,7 @@ class FileEncoder:
         kind = R_RAW if packed is None else R_ZLIB
         sealed = sealing.seal(self._cipher, data if packed is None else packed, _BLOCK_AAD[kind])
         entry = IndexEntry(n, len(sealed), weak_checksum(data), self._strong(data))
-        self._append(entry)
-        self._anchors.add(data, entry)
+        self.index.add_block(data, entry)
         self.sink.write(RECORD.pack(kind, len(sealed)))
         self.sink.write(sealed)
         self.stored += RECORD.size + len(sealed)
@@ -382,30 +252,22 @@ class FileEncoder:
         """A block the store copies from block `ref.block` of object `ref.object_id`."""
         if not 0 < ref.entry.clear_size <= MAX_BLOCK_SIZE:
             raise ProgrammingError(f"reference to a block of {ref.entry.clear_size} bytes")
-        if len(ref.anchors) != ANCHOR_SIZE:
-            raise ProgrammingError(f"anchor record of {len(ref.anchors)} bytes, expected {ANCHOR_SIZE}")
-        self._append(ref.entry)
-        self._anchors.add_record(ref.anchors)
+        if len(ref.anchors) != index_mod.ANCHOR_SIZE:
+            raise ProgrammingError(f"anchor record of {len(ref.anchors)} bytes, expected {index_mod.ANCHOR_SIZE}")
+        self.index.add_reference(ref)
         self.sink.write(RECORD.pack(R_REF, REF.size) + REF.pack(ref.object_id, ref.block))
         self.stored += RECORD.size + REF.size
 
-    def _append(self, entry: IndexEntry) -> None:
-        if len(self.entries) >= MAX_BLOCKS:
-            raise FormatError(f"file needs more than {MAX_BLOCKS} blocks; use larger blocks")
-        self.entries.append(entry)
-        self.size += entry.clear_size
-
     def finish(self) -> EncodedFile:
         """Seal and write the index, the end record and the footer."""
-        count = len(self.entries)
-        end = END.pack(count, rounded(self.size))
-        plain = b"".join([INDEX_HEAD.pack(INDEX_MAGIC, VERSION, self.hash_id, INDEX_HAS_ANCHORS, count, self.size),
-                          *(ENTRY.pack(*e) for e in self.entries), self._anchors.finish()])
-        sealed = sealing.seal(sealing.aead(self.keys, "index", self.cipher_id), plain, self.header + end)
+        count, size = len(self.index.entries), self.index.size
+        end = END.pack(count, rounded(size))
+        sealed = sealing.seal(sealing.aead(self.keys, "index", self.cipher_id), self.index.plaintext(),
+                              self.header + end)
         tail = RECORD.pack(R_END, END.size + len(sealed)) + end + sealed + FOOTER.pack(len(sealed), INDEX_MAGIC)
         self.sink.write(tail)
         self.stored += len(tail)
-        return EncodedFile(self.uid, count, self.size, self.stored)
+        return EncodedFile(self.uid, count, size, self.stored)
 
 
 def _readinto_full(source: BinaryIO, buf: memoryview) -> int:
@@ -454,32 +316,6 @@ def encode_blocks(keys: Keys, blocks: Iterable[bytes | memoryview | Reference], 
     return enc.finish()
 
 
-def delta_blocks(index: Index, object_id: int, ops: Iterable[int | bytes], block_size: int
-                 ) -> Iterator[bytes | Reference]:
-    """rolling.delta's ops against `index` (stored as `object_id`) -> blocks for `encode_blocks`.
-
-    New bytes are cut into `block_size` blocks; a short block is left only where a copied
-    block or the end follows.
-    """
-    pending = bytearray()
-    for op in ops:
-        if isinstance(op, int):
-            if pending:
-                yield bytes(pending)
-                pending.clear()
-            yield index.reference(object_id, op)
-            continue
-        pending += op
-        if len(pending) >= block_size:
-            with memoryview(pending) as view:
-                cut = len(pending) - len(pending) % block_size
-                for start in range(0, cut, block_size):
-                    yield bytes(view[start:start + block_size])
-            del pending[:cut]
-    if pending:
-        yield bytes(pending)
-
-
 def parse_end(payload: bytes) -> tuple[int, int, bytes]:
     count, rsize = END.unpack_from(payload)
     if count > MAX_BLOCKS:
@@ -510,19 +346,7 @@ def open_index(keys: Keys, blob: bytes, label: str = "file object", *, container
 def _open_sealed_index(keys: Keys, header: Header, aad: bytes, sealed: bytes, count: int, rsize: int,
                        label: str) -> Index:
     plain = sealing.unseal(sealing.aead(keys, "index", header.cipher_id), sealed, aad, f"{label} index")
-    if len(plain) < INDEX_HEAD.size:
-        raise IntegrityError(f"{label}: index is {len(plain)} bytes, shorter than its head")
-    mg, version, hid, flags, icount, size = INDEX_HEAD.unpack_from(plain)
-    if (mg, version, hid, flags & ~INDEX_HAS_ANCHORS, icount) != (INDEX_MAGIC, VERSION, header.hash_id, 0, count):
-        raise IntegrityError(f"{label}: index head does not match the object header")
-    entries_end = INDEX_HEAD.size + count * ENTRY.size
-    expected = entries_end + (count * ANCHOR_SIZE if flags & INDEX_HAS_ANCHORS else 0)
-    if len(plain) != expected:
-        raise IntegrityError(f"{label}: index is {len(plain)} bytes, expected {expected} for {count} blocks")
-    entries = [IndexEntry._make(e) for e in ENTRY.iter_unpack(memoryview(plain)[INDEX_HEAD.size:entries_end])]
-    if sum(e.clear_size for e in entries) != size or rounded(size) != rsize:
-        raise IntegrityError(f"{label}: index sizes do not add up to the recorded size")
-    return Index(hid, size, entries, plain[entries_end:] if flags & INDEX_HAS_ANCHORS else None)
+    return parse_index(plain, header.hash_id, count, rsize, label)
 
 
 def _inflate(data: bytes, limit: int, what: str) -> bytes:
@@ -676,5 +500,6 @@ def _decode(keys: Keys, source: BinaryIO, sink: Sink, label: str, want_container
     elif payload != end_payload:
         raise IntegrityError(f"{label}: the index changed while it was read")
     if k != len(index.entries) or size != index.size:
-        raise IntegrityError(f"{label}: {k} blocks / {size} bytes read, index lists {len(index.entries)} / {index.size}")
+        raise IntegrityError(f"{label}: {k} blocks / {size} bytes read, the index lists "
+                             f"{len(index.entries)} / {index.size}")
     return DecodedFile(name, container, attributes, size, k, header.uid)

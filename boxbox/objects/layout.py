@@ -13,12 +13,12 @@ import io
 from array import array
 from typing import BinaryIO, Callable, NamedTuple
 
+from boxbox.crypto.seal import OVERHEAD
 from boxbox.errors import FormatError
 from boxbox.objects.file import (
-    COPY_CHUNK, END, FOOTER, HEADER, INDEX_MAGIC as FOOTER_MAGIC, MAX_BLOCKS, MAX_INDEX, MAX_RECORD, PLACE, R_END, R_RAW, R_REF, R_ZLIB,
-    RECORD, REF, Sink, is_seekable, parse_end, parse_header, read_exact, read_place,
+    COPY_CHUNK, END, FOOTER, HEADER, INDEX_MAGIC as FOOTER_MAGIC, MAX_BLOCKS, MAX_INDEX, MAX_RECORD, PLACE, R_END,
+    R_RAW, R_REF, R_ZLIB, RECORD, REF, Sink, is_seekable, parse_end, parse_header, read_exact, read_place,
 )
-from boxbox.crypto.seal import OVERHEAD
 
 
 class BlockRecord(NamedTuple):
@@ -72,6 +72,7 @@ class FileLayout(NamedTuple):
 
 
 def skip(stream: BinaryIO, n: int, seekable: bool, what: str) -> None:
+    """Pass over n bytes: seek when possible (a truncation then shows at the next read)."""
     if seekable:
         stream.seek(n, io.SEEK_CUR)
         return
@@ -82,12 +83,11 @@ def skip(stream: BinaryIO, n: int, seekable: bool, what: str) -> None:
         n -= len(chunk)
 
 
-
 def read_file_layout(stream: BinaryIO) -> FileLayout:
     """Parse a whole file object without keys (FormatError on any fault); memory ~20 B per block.
 
-    A seekable stream is skipped through; any other is read to the end. The stream must
-    hold exactly one object, starting at its current position.
+    A seekable stream is skipped through; any other is read to the end. The stream holds
+    exactly this one object; block offsets count from its first byte.
     """
     seekable = is_seekable(stream)
     header_bytes = read_exact(stream, HEADER.size, "file object header")
@@ -148,7 +148,7 @@ def replace_place(prefix: bytes, place: bytes) -> bytes:
 
 
 def read_block_record(stream: BinaryIO, layout: FileLayout, k: int) -> bytes:
-    """The whole sealed record of block k (seekable stream of the object), to copy elsewhere."""
+    """The whole sealed record of block k, read from a seekable stream of the object alone."""
     rec = layout.block(k)
     if rec.kind == R_REF:
         raise FormatError(f"block {k} is a reference to block {rec.ref_block} of object {rec.ref_object:#x}")
