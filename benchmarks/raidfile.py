@@ -14,6 +14,7 @@ Ends with `RESULT write_ratio=X read_ratio=X degraded_read_ratio=X` (cold reads)
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import statistics
@@ -26,6 +27,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from boxbox.raidfile import DiscSet  # noqa: E402
+from boxbox.raidfile.layout import HEADER, STRIPE1, parse_header  # noqa: E402
 
 PIECE = 1 << 20
 
@@ -40,6 +42,11 @@ def drop_cache(paths: list[Path]) -> None:
             os.close(fd)
 
 
+def role_of(path: Path) -> int:
+    with open(path, "rb") as f:
+        return parse_header(f.read(HEADER.size)).role
+
+
 def timed(fn: Callable[[], None]) -> float:
     t = time.perf_counter()
     fn()
@@ -50,10 +57,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="64 MiB instead of 256 MiB")
     ap.add_argument("--size-mib", type=int, help="data size in MiB")
-    ap.add_argument("--repeat", type=int, default=3, help="repetitions (median is reported)")
+    ap.add_argument("--repeat", type=int, default=None, help="repetitions, median reported (default 5, 3 for 256 MiB)")
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp directory)")
     args = ap.parse_args()
+    logging.getLogger("boxbox.raidfile").setLevel(logging.ERROR)  # degraded reads warn on every open
     size_mib = args.size_mib or (64 if args.quick else 256)
+    repeat = args.repeat or (5 if size_mib <= 64 else 3)
     base = Path(tempfile.mkdtemp(prefix="raidbench.", dir=args.dir))
     try:
         dirs = [base / d for d in "abc"]
@@ -92,7 +101,7 @@ def main() -> int:
         def rec(name: str, seconds: float) -> None:
             results.setdefault(name, []).append(size_mib * PIECE / seconds / 1e6)
 
-        for _ in range(args.repeat):
+        for _ in range(repeat):
             rec("write plain", timed(write_plain))
             rec("write raid", timed(write_raid))
             drop_cache([plain])
@@ -102,7 +111,7 @@ def main() -> int:
             rec("read warm plain", timed(read_plain))
             rec("read warm raid", timed(read_raid))
             moved = base / "stripe1.aside"
-            victim = next(p for p in stripes if p.exists() and p.read_bytes()[5] == 0)  # role byte 0
+            victim = next(p for p in stripes if role_of(p) == STRIPE1)
             shutil.move(victim, moved)
             drop_cache([p for p in stripes if p.exists()])
             rec("degraded cold raid", timed(read_raid))
@@ -110,7 +119,7 @@ def main() -> int:
             shutil.move(moved, victim)
 
         med = {k: statistics.median(v) for k, v in results.items()}
-        print(f"{size_mib} MiB, block size {ds.block_size}, median of {args.repeat} (MB/s = 10^6 B/s)")
+        print(f"{size_mib} MiB, block size {ds.block_size}, median of {repeat} (MB/s = 10^6 B/s)")
         print(f"{'case':<20} {'plain MB/s':>11} {'raid MB/s':>10} {'ratio':>7}")
         rows = [("write (fsync)", "write plain", "write raid"),
                 ("read cold", "read cold plain", "read cold raid"),
