@@ -107,7 +107,7 @@ class DiscSet:
     @classmethod
     def from_config(cls, name: str, values: dict[str, Any], source: str) -> DiscSet:
         """Build from a parsed `[discset NAME]` section; errors name `source:discset NAME.key`."""
-        base = Path(source).parent
+        base = Path(source).absolute().parent  # relative directories are relative to the config file
         dirs = [base / Path(d).expanduser() for d in values["directories"]]
         block_size = values.get("block_size", 4096)
         problem = _problem(dirs, block_size)
