@@ -30,6 +30,26 @@ def test_frames_split_across_feeds() -> None:
     assert dec.at_boundary()
 
 
+def test_big_frames_are_received_in_place() -> None:
+    payload = bytes(range(256)) * 1024  # 256 KiB, above DIRECT_MIN
+    data = encode_frame(0xFF01, payload) + encode_frame(0x10, b"next")
+    dec = FrameDecoder()
+    dec.feed(data[:1000])
+    view = dec.direct_buffer()
+    assert view is not None and len(view) == len(payload) - (1000 - HEADER.size)
+    rest = data[1000:HEADER.size + len(payload)]
+    view[:len(rest)] = rest
+    dec.filled(len(rest))
+    assert not dec.at_boundary() or dec.has_frame()
+    frame = dec.next_frame()
+    assert frame is not None and frame.payload == payload and dec.at_boundary()
+    dec.feed(data[HEADER.size + len(payload):])
+    assert dec.next_frame() == (0x10, b"next")
+    small = FrameDecoder()
+    small.feed(encode_frame(0x10, b"x" * 100)[:50])
+    assert small.direct_buffer() is None  # small frames go through feed()
+
+
 def test_oversized_length_refused_from_header_alone() -> None:
     dec = FrameDecoder()
     with pytest.raises(ProtocolError, match="exceeds the limit"):

@@ -26,6 +26,8 @@ MAX_FRAME_SIZE = 1 << 20
 #: Payload size of stream data frames: big enough to amortise per-frame Python work
 #: (256 KiB -> 2048 frames per 512 MiB), small enough to keep buffers bounded.
 STREAM_CHUNK = 256 << 10
+#: Frames at least this big are received in place (see FrameDecoder.direct_buffer).
+DIRECT_MIN = 64 << 10
 
 # Stream frame types share the 16-bit type space with messages; messages stay below 0xFF00.
 STREAM_DATA = 0xFF01  # payload: a piece of the stream
@@ -60,8 +62,12 @@ class FrameDecoder:
         self.max_frame_size = max_frame_size
         self._buf = bytearray()
         self._need: tuple[int, int] | None = None  # (type, length) of the frame being received
+        self._direct: bytearray | None = None  # a big frame's payload, received into in place
+        self._filled = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._direct is not None:
+            raise ProtocolError("internal: bytes fed while a frame is being received in place")
         self._buf += data
         # Check a header as soon as it is complete, so an oversized length fails now,
         # not after the peer has been allowed to send megabytes.
@@ -74,8 +80,40 @@ class FrameDecoder:
             raise ProtocolError(f"frame of {length} bytes exceeds the limit of {self.max_frame_size}")
         self._need = (frame_type, length)
 
+    def direct_buffer(self) -> memoryview | None:
+        """Where the rest of a big frame's payload can be received in place, or None.
+
+        For a frame of at least DIRECT_MIN bytes whose header is here, the reader may
+        `recv_into` this view and report with `filled(n)`: one copy per byte fewer than
+        `feed`, which matters for bulk streams. Only the declared (checked) length is allocated.
+        """
+        if self._direct is None:
+            if self._need is None or self._need[1] < DIRECT_MIN:
+                return None
+            length = self._need[1]
+            have = len(self._buf) - HEADER.size
+            if have >= length:
+                return None
+            self._direct = bytearray(length)
+            self._direct[:have] = self._buf[HEADER.size:]
+            self._filled = have
+            self._buf.clear()
+        return memoryview(self._direct)[self._filled:]
+
+    def filled(self, n: int) -> None:
+        """`n` more bytes were received into the view from `direct_buffer()`."""
+        self._filled += n
+
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None until more bytes are fed."""
+        if self._direct is not None:
+            if self._filled < len(self._direct):
+                return None
+            assert self._need is not None
+            frame = Frame(self._need[0], bytes(self._direct))
+            self._direct = None
+            self._need = None
+            return frame
         if self._need is None:
             if len(self._buf) < HEADER.size:
                 return None
@@ -99,20 +137,24 @@ class FrameDecoder:
 
     def has_frame(self) -> bool:
         """True when a complete frame is already buffered (no read needed)."""
+        if self._direct is not None:
+            return self._filled >= len(self._direct)
         if self._need is None:
             return False
         return len(self._buf) >= HEADER.size + self._need[1]
 
     def missing(self) -> int:
         """Bytes still needed to complete the frame in progress (at least 1 when idle)."""
+        if self._direct is not None:
+            return len(self._direct) - self._filled
         if self._need is None:
             return max(1, HEADER.size - len(self._buf))
         return max(0, HEADER.size + self._need[1] - len(self._buf))
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + (self._filled if self._direct is not None else 0)
 
     def at_boundary(self) -> bool:
         """True when no partial frame is buffered (a clean place for the peer to stop)."""
-        return not self._buf
+        return not self._buf and self._direct is None

@@ -113,8 +113,9 @@ class Connection:
         while (frame := decoder.next_frame()) is None:
             idle = decoder.at_boundary()
             self._set_timeout(self.idle_timeout if idle else self.read_timeout)
+            direct = decoder.direct_buffer()
             try:
-                n = self.sock.recv_into(self._rview)
+                n = self.sock.recv_into(self._rview if direct is None else direct)
             except TimeoutError:
                 what = "idle" if idle else "silent mid-message"
                 limit = self.idle_timeout if idle else self.read_timeout
@@ -131,7 +132,10 @@ class Connection:
                     return None
                 raise ProtocolError(f"connection closed in the middle of a frame ({decoder.missing()} bytes missing)")
             self.bytes_in += n
-            decoder.feed(self._rview[:n])
+            if direct is None:
+                decoder.feed(self._rview[:n])
+            else:
+                decoder.filled(n)
         return frame
 
     def read_message(self) -> Any | None:
