@@ -111,3 +111,25 @@ def test_random_bytes_never_buffer_beyond_the_limit(chunks: list[bytes], length:
 
 def test_limit_is_one_mebibyte() -> None:
     assert MAX_FRAME_SIZE == 1 << 20
+
+
+@given(sizes=st.lists(st.integers(0, 200_000), min_size=1, max_size=4), cut=st.integers(1, 70_000))
+def test_receiving_in_place_gives_the_same_frames(sizes: list[int], cut: int) -> None:
+    """Drive the decoder as the transport does: in place for big frames, feed() otherwise."""
+    frames = [(0xFF01, bytes([i % 251]) * n) for i, n in enumerate(sizes)]
+    data = memoryview(b"".join(encode_frame(t, p) for t, p in frames))
+    dec = FrameDecoder()
+    got = []
+    pos = 0
+    while pos < len(data):
+        direct = dec.direct_buffer()
+        if direct is None:
+            piece = data[pos:pos + cut]
+            dec.feed(piece)
+        else:
+            piece = data[pos:pos + min(cut, len(direct))]
+            direct[:len(piece)] = piece
+            dec.filled(len(piece))
+        pos += len(piece)
+        got.extend(dec)
+    assert got == frames and dec.at_boundary()
