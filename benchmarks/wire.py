@@ -36,6 +36,7 @@ from boxbox.objects.directory import FILE, make_entry  # noqa: E402
 from boxbox.objects.file import encode_file  # noqa: E402
 from boxbox.wire import tls  # noqa: E402
 from boxbox.wire.client import Client  # noqa: E402
+from boxbox.wire.transport import Connection  # noqa: E402
 
 CHUNK = 1 << 20
 
@@ -116,6 +117,48 @@ def raw_tls(d: Path, mode: str, size: int, path: str) -> float:
             got += n
     elapsed = time.perf_counter() - t0
     s.close()
+    p.join()
+    return size / elapsed / 1e6
+
+
+# ------------------------------------------------------------------ framing alone (no store)
+def _frames_server(d: Path, port_q: "mp.Queue[int]", mode: str, path: str) -> None:
+    ctx = tls.server_context(d / "server" / "server.crt", d / "server" / "server.key", d / "ca" / "ca.crt")
+    lst = socket.create_server(("127.0.0.1", 0))
+    port_q.put(lst.getsockname()[1])
+    raw, _ = lst.accept()
+    conn = Connection(ctx.wrap_socket(raw, server_side=True))
+    if mode == "up":
+        for _ in conn.stream_reader().chunks():
+            pass
+        conn.sock.sendall(b"k")
+    else:
+        with open(path, "rb") as f:
+            conn.send_stream(f)
+        conn.flush()
+    conn.close()
+
+
+def frames_only(d: Path, mode: str, size: int, path: str) -> float:
+    """The same bytes as a boxbox stream to a peer that discards them: the protocol's own cost."""
+    q: mp.Queue[int] = mp.Queue()
+    p = mp.Process(target=_frames_server, args=(d, q, mode, path))
+    p.start()
+    port = q.get()
+    conn = Connection(client_context(d).wrap_socket(socket.create_connection(("127.0.0.1", port)),
+                                                    server_hostname="localhost"))
+    t0 = time.perf_counter()
+    if mode == "up":
+        with open(path, "rb") as f:
+            conn.send_stream(f)
+        conn.flush()
+        conn.sock.recv(1)
+    else:
+        got = sum(len(chunk) for chunk in conn.stream_reader().chunks())
+        if got != size:
+            raise SystemExit(f"framing test received {got} bytes, expected {size}")
+    elapsed = time.perf_counter() - t0
+    conn.close()
     p.join()
     return size / elapsed / 1e6
 
@@ -205,10 +248,12 @@ def main() -> int:
                         size=size_mib << 20)
         size = obj.stat().st_size
         proc, port = start_server(d)
-        up, down, raw_up, raw_down, raid = [], [], [], [], []
+        up, down, raw_up, raw_down, raid, fr_up, fr_down = [], [], [], [], [], [], []
         try:
             for rep in range(args.reps):
                 raid.append(raid_write(d, str(obj), rep))
+                fr_up.append(frames_only(d, "up", size, str(obj)))
+                fr_down.append(frames_only(d, "down", size, str(obj)))
                 raw_up.append(raw_tls(d, "up", size, str(obj)))
                 with Client.connect("127.0.0.1", port, client_context(d), server_hostname="localhost") as c:
                     c.login()
@@ -233,6 +278,8 @@ def main() -> int:
     print(f"{'':<10}{'boxbox MB/s':>12}{'raw TLS MB/s':>14}{'ratio':>8}")
     print(f"{'upload':<10}{med(up):>12.0f}{med(raw_up):>14.0f}{med(up) / med(raw_up):>8.2f}")
     print(f"{'download':<10}{med(down):>12.0f}{med(raw_down):>14.0f}{med(down) / med(raw_down):>8.2f}")
+    print(f"{'framing only':<10}{med(fr_up):>12.0f}{'':>14}{med(fr_up) / med(raw_up):>8.2f}  upload (no store)")
+    print(f"{'framing only':<10}{med(fr_down):>12.0f}{'':>14}{med(fr_down) / med(raw_down):>8.2f}  download (no store)")
     print(f"{'raidfile write alone (3 directories), the ceiling for uploads':<62}{med(raid):>6.0f} MB/s; "
           f"boxbox upload reaches {med(up) / med(raid):.2f} of it")
     print(f"server peak RSS: {rss:.1f} MiB")
