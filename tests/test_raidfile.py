@@ -329,6 +329,24 @@ def test_same_row_damaged_in_both_data_stripes(tmp_path: Path) -> None:
             r.read()
 
 
+def test_damage_in_different_rows_of_two_stripes_is_still_recovered(tmp_path: Path) -> None:
+    """Recovery is per row of blocks, so two damaged stripes only fail where a row has two bad blocks."""
+    ds = make_set(tmp_path, 16)
+    data = random.Random(9).randbytes(1600)
+    write(ds, "f", data)
+    paths = stripe_paths(ds, "f")
+    geo = Geometry(len(data), 16)
+    for role, row in ((STRIPE1, 2), (STRIPE2, 30), (PARITY, 41)):
+        b = bytearray(paths[role].read_bytes())
+        b[geo.record_offset(row) + 1] ^= 0x80
+        paths[role].write_bytes(b)
+    with ds.open("f") as r:
+        assert r.read() == data and len(r.damage) == 2  # the parity damage is not on the read path
+    report = ds.check("f")
+    assert report.readable and sorted(s.bad_blocks for s in report.stripes) == [1, 1, 1]
+    assert ds.repair("f").repaired and ds.check("f").ok
+
+
 def test_damaged_block_without_parity(tmp_path: Path) -> None:
     ds = make_set(tmp_path, 16)
     write(ds, "f", b"z" * 500)
