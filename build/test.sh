@@ -11,5 +11,5 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install --quiet -e '.[test]'
-export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
+export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
