@@ -171,6 +171,7 @@ def open_directory_attributes(keys: Keys, directory: Directory, name: bytes, exp
 
 
 def entry_attribute_hash(keys: Keys, name: bytes, attributes: Attributes) -> bytes:
+    """What the client compares to notice attribute changes without opening the entry."""
     return sealing.attribute_hash(keys, attributes.hash_material(name))
 
 
