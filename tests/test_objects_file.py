@@ -417,3 +417,12 @@ def test_index_blob_is_bound_to_its_place():
     for cut in range(0, len(blob), 7):
         with pytest.raises(IntegrityError):
             fo.open_index(KEYS, blob[:cut])
+
+
+def test_store_view_refuses_every_truncation():
+    obj = encode(mixed(9000))
+    for cut in range(len(obj)):
+        for stream in (io.BytesIO(obj[:cut]), io.BufferedReader(Stream(obj[:cut]))):
+            with pytest.raises(FormatError):
+                lo.read_file_layout(stream)
+    assert lo.read_file_layout(io.BytesIO(obj)).total_size == len(obj)
