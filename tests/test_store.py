@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from boxbox.errors import FormatError, InUse, LimitExceeded, NotFound, PermissionDenied, UsageError
-from boxbox.objects.directory import DELETED, DIR, FILE, OLD, Directory
+from boxbox.objects.directory import DELETED, DIR, FILE, OLD, Directory, make_entry, open_entry
+from boxbox.objects.file import decode_file, seal_place
 from boxbox.objects.layout import read_file_layout
 from boxbox.raidfile import DiscSet
 from boxbox.store import accountdb
@@ -19,7 +20,7 @@ from boxbox.store.accountdb import AccountDatabase
 from boxbox.store.info import AccountInfo
 from boxbox.wire import messages as m
 
-from tests.test_store_support import file_object, make_keys, sealed_dir_name, session_client
+from tests.test_store_support import attributes, file_object, make_keys, sealed_dir_name, session_client
 
 A, B = 0x1A, 0x2B
 
@@ -165,9 +166,21 @@ def test_full_command_coverage(store: Store, alice: Any) -> None:
 
     other = alice.create_directory(ROOT_DIRECTORY_ID, sealed_dir_name(keys, 1, b"other"))
     new_name = sealed_dir_name(keys, other, b"b.txt")
-    alice.move_object(fid2, sub, other, new_name)
+    uid = read_file_layout(io.BytesIO(obj2)).uid
+    moved_entry = make_entry(keys, other, b"b.txt", fid2, FILE, attributes())
+    alice.move_object(fid2, sub, other, new_name, entry_attributes=moved_entry.sealed_attributes,
+                      attributes_hash=moved_entry.attr_hash, place=seal_place(keys, uid, other, b"b.txt", attributes()))
     names = alice.get_object_name(fid2, other)
     assert names.names == [sealed_dir_name(keys, 1, b"other"), new_name] and names.flags == FILE
+    # the client can still open and verify everything at the new place
+    out = io.BytesIO()
+    decode_file(keys, alice.get_file(other, fid2), out, container_id=other, name=b"b.txt")
+    assert out.getvalue() == b"second version"
+    listed = Directory.parse(alice.list_directory(other)).entry(fid2)
+    assert open_entry(keys, other, listed)[0] == b"b.txt"
+    with pytest.raises(UsageError, match="names another directory"):
+        alice.move_object(fid2, other, sub, sealed_dir_name(keys, sub, b"c"),
+                          place=seal_place(keys, uid, other, b"b.txt", attributes()))
 
     alice.delete_directory(sub)
     root = {e.object_id: e.flags for e in Directory.parse(alice.list_directory(ROOT_DIRECTORY_ID)).entries}

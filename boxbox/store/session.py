@@ -20,7 +20,8 @@ from boxbox.crypto.seal import MAX_SEALED_NAME, OVERHEAD, SIV_SIZE
 from boxbox.objects.directory import (
     DELETED, DIR, FILE, MAGIC as DIRECTORY_MAGIC, MAX_SEALED_ATTRIBUTES, OLD, Directory, Entry,
 )
-from boxbox.objects.layout import read_file_layout
+from boxbox.objects.file import COPY_CHUNK, read_place
+from boxbox.objects.layout import read_file_layout, replace_place
 from boxbox.store.account import ROOT_DIRECTORY_ID, Account, LimitedWriter, Store
 from boxbox.wire import messages as m
 from boxbox.wire.commands import NONE, READ, WRITE, Access, StreamReply, command
@@ -404,6 +405,7 @@ def undelete_file(session: Session, req: m.UndeleteFile, stream: InStream | None
 @command(m.MoveObject)
 def move_object(session: Session, req: m.MoveObject, stream: InStream | None) -> m.Success:
     _check_name("MoveObject", req.new_name)
+    _check_attributes("MoveObject entry", req.entry_attributes)
     if req.flags & ~(m.MOVE_ALL_WITH_SAME_NAME | m.MOVE_ALLOW_OVER_DELETED):
         raise UsageError(f"unknown move flags {req.flags:#x}")
     source = session.directory(req.from_dir)
@@ -431,16 +433,50 @@ def move_object(session: Session, req: m.MoveObject, stream: InStream | None) ->
     if req.flags & m.MOVE_ALL_WITH_SAME_NAME:
         moving += [e for e in source.entries if e.sealed_name == entry.sealed_name and e is not entry]
     children = [session.directory(e.object_id) for e in moving if e.flags & DIR]  # all found before any change
+    if req.place and entry.flags & FILE:
+        _replace_place(session, entry, req)
+    elif req.place:
+        _check_attributes("MoveObject directory attributes", req.place)
+        session.directory(entry.object_id).sealed_attributes = req.place
     for e in moving:
         source.entries.remove(e)
         e.sealed_name = req.new_name
         _add(target, e)
+    entry.sealed_attributes = req.entry_attributes
+    entry.attr_hash = req.attributes_hash
     for child in children:
         child.container_id = req.to_dir
         session.mark(child)
     session.mark(source)
     session.mark(target)
     return m.Success(req.object_id)
+
+
+def _replace_place(session: Session, entry: Entry, req: m.MoveObject) -> None:
+    """Rewrite a moved file object with the client's new place (keyless: the blocks are copied)."""
+    try:
+        _, container, sealed_name, _ = read_place(io.BytesIO(req.place))
+    except FormatError as e:
+        raise UsageError(f"MoveObject: the new place is not valid: {e.args[0]}") from None
+    if container != req.to_dir or sealed_name != req.new_name:
+        raise UsageError("MoveObject: the new place names another directory or name than the request")
+    acct = session.acct
+    with acct.open_object(entry.object_id) as f:
+        layout = read_file_layout(f)
+        try:
+            prefix = replace_place(layout.prefix, req.place)
+        except FormatError as e:
+            raise UsageError(f"MoveObject: the new place is not valid: {e.args[0]}") from None
+        f.seek(len(layout.prefix))
+        with acct.new_object(entry.object_id, check_limit=False) as w:
+            w.write(prefix)
+            while chunk := f.read(COPY_CHUNK):
+                w.write(chunk)
+    delta = w.blocks - entry.size_blocks
+    if delta:
+        kind = _usage_kind(entry.flags)
+        acct.add(blocks_used=delta, **{f"blocks_{kind}": delta})
+        entry.size_blocks = w.blocks
 
 
 @command(m.GetObjectName, access=READ)

@@ -206,8 +206,11 @@ class Client:
     def undelete_directory(self, dir_id: int) -> int:
         return self.call(m.UndeleteDirectory(dir_id)).object_id
 
-    def move_object(self, object_id: int, from_dir: int, to_dir: int, new_name: bytes, flags: int = 0) -> int:
-        return self.call(m.MoveObject(object_id, from_dir, to_dir, flags, new_name)).object_id
+    def move_object(self, object_id: int, from_dir: int, to_dir: int, new_name: bytes, flags: int = 0,
+                    entry_attributes: bytes = b"", attributes_hash: bytes = bytes(8), place: bytes = b"") -> int:
+        """Move/rename; pass the entry's re-sealed attributes and hash and the object's new place."""
+        return self.call(m.MoveObject(object_id, from_dir, to_dir, flags, attributes_hash, new_name,
+                                      entry_attributes, place)).object_id
 
     def get_object_name(self, object_id: int, containing_dir: int) -> m.ObjectName:
         return self._expect(self.call(m.GetObjectName(object_id, containing_dir)), m.ObjectName)

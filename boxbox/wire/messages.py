@@ -287,13 +287,24 @@ class UndeleteFile(NamedTuple):
 
 @request
 class MoveObject(NamedTuple):
+    """Rename and/or move; the client re-seals what is bound to the old place.
+
+    `entry_attributes`, `attributes_hash`: the entry's sealed attributes and keyed hash for
+    its new directory and name (both depend on the name).
+    `place`: for a file, its new place section (boxbox.objects.file.seal_place); for a
+    directory, its sealed directory attributes for the new container. Empty: unchanged.
+    """
+
     object_id: int
     from_dir: int
     to_dir: int
     flags: int
+    attributes_hash: bytes
     new_name: bytes
+    entry_attributes: bytes
+    place: bytes
     ID = 0x0037
-    FIXED = struct.Struct("<QQQI")
+    FIXED = struct.Struct("<QQQI8s")
 
 
 @request
