@@ -306,3 +306,13 @@ def test_access_levels_are_ordered() -> None:
     assert Access.NONE < Access.READ < Access.WRITE
     with pytest.raises(errors.ProgrammingError):
         command(m.Success)
+
+
+def test_unbounded_pipelining_reads_replies_as_it_goes(pair: Any) -> None:
+    client, _, session, _ = pair
+    client.login()
+    from boxbox.wire.client import MAX_IN_FLIGHT
+
+    pendings = [client.submit(m.KeepAlive()) for _ in range(3 * MAX_IN_FLIGHT)]
+    assert len(client._queue) <= MAX_IN_FLIGHT
+    assert all(p.result().object_id == 0 for p in pendings)

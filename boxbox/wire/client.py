@@ -19,6 +19,8 @@ from boxbox.wire import messages as m
 from boxbox.wire.transport import Connection, InStream, set_nodelay
 
 DEFAULT_PORT = 2201
+#: Unread replies allowed before `submit` reads some (each is ~20 bytes; 256 fit any socket buffer).
+MAX_IN_FLIGHT = 256
 
 
 class Pending:
@@ -96,7 +98,13 @@ class Client:
     # ------------------------------------------------------------ pipelining core
     def submit(self, request: Any, upload: BinaryIO | Iterable[bytes] | None = None,
                download: bool = False) -> Pending:
-        """Queue `request` (then `upload` as a stream) without waiting for the reply."""
+        """Queue `request` (then `upload` as a stream) without waiting for the reply.
+
+        At most MAX_IN_FLIGHT replies are left unread: beyond that the oldest are read (and
+        kept for their `result()`), so neither side can fill its socket buffers and stall.
+        """
+        while len(self._queue) >= MAX_IN_FLIGHT and not self._queue[0].download:
+            self._resolve(self._queue[0])
         pending = Pending(self, download)
         self.conn.send(request)
         self._queue.append(pending)
