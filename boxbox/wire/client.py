@@ -18,7 +18,6 @@ from boxbox.errors import BoxboxError, PermissionDenied, ProtocolError
 from boxbox.wire import messages as m
 from boxbox.wire.transport import Connection, InStream, set_nodelay
 
-DEFAULT_PORT = 2201
 #: Unread replies allowed before `submit` reads some (each is ~20 bytes; 256 fit any socket buffer).
 MAX_IN_FLIGHT = 256
 
