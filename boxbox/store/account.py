@@ -144,7 +144,7 @@ class Store:
 
     # ------------------------------------------------------------ locking
     def _lock_dir_ready(self) -> Path:
-        self.lock_dir.mkdir(mode=0o700, exist_ok=True)
+        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self.lock_dir
 
     def write_lock(self, account: int) -> "_Lock":
