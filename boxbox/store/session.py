@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-from typing import Any, BinaryIO, Iterator
+from typing import BinaryIO
 
 from boxbox.errors import FormatError, NotFound, PermissionDenied, UsageError
 from boxbox.crypto.seal import MAX_SEALED_NAME, OVERHEAD, SIV_SIZE

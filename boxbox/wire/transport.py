@@ -8,7 +8,6 @@ STREAM_ABORT, after which the sender follows up with an Error message if it has 
 
 from __future__ import annotations
 
-import logging
 import socket
 import ssl
 from typing import Any, BinaryIO, Iterable, Iterator
@@ -19,8 +18,6 @@ from boxbox.wire.framing import (
     HEADER, STREAM_ABORT, STREAM_CHUNK, STREAM_DATA, STREAM_END, STREAM_TYPES, Frame, FrameDecoder, encode_frame,
     frame_header,
 )
-
-log = logging.getLogger(__name__)
 
 RECV_SIZE = 256 << 10
 FLUSH_AT = 256 << 10  # queued bytes that force a write even without an explicit flush
