@@ -26,6 +26,8 @@ from boxbox.wire.client import Client
 from tests.conftest import ROOT, boxbox_command, boxbox_env, free_port, run_boxbox
 from tests.test_store_support import file_object, make_keys, sealed_dir_name
 
+pytestmark = pytest.mark.e2e
+
 A, B = 0xA1, 0xB2
 ROOT_DIR = 1
 
