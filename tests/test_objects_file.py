@@ -75,11 +75,22 @@ def test_roundtrip(seekable, cipher, hash_name):
     assert got.block_count == -(-len(DATA) // 4096)
 
 
-@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097])
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 16, 4088, 4095, 4096, 4097, 8200])
 def test_sizes_at_block_edges(size):
     data = os.urandom(size)
     assert decode(encode(data)) == data
     assert decode(encode(data), seekable=False) == data
+
+
+@pytest.mark.parametrize("sizes", [[8], [8, 4096, 8], [1, 2, 3], [4096, 4096, 100, 4096], [5000, 8, 16]])
+def test_blocks_of_any_size_in_a_diff_upload(sizes):
+    blocks = [os.urandom(n) for n in sizes]
+    for nominal in (None, 4096):
+        out = io.BytesIO()
+        fo.encode_blocks(KEYS, blocks, out, container_id=DIR_ID, name=NAME, attributes=ATTRS, block_size=nominal)
+        assert decode(out.getvalue()) == b"".join(blocks)
+        index = fo.open_index(KEYS, lo.read_file_layout(io.BytesIO(out.getvalue())).index_blob())
+        assert index.signature().total_size == sum(sizes)
 
 
 def test_encode_chooses_rolling_block_size_and_compresses_only_what_shrinks():
@@ -384,7 +395,7 @@ def test_rolling_delta_end_to_end_through_the_store():
     ops = delta(index.signature(), io.BytesIO(new_data))
     out = io.BytesIO()
     fo.encode_blocks(KEYS, ix.delta_blocks(index, 0x30, ops, 8192), out, container_id=DIR_ID, name=NAME,
-                     attributes=ATTRS, hash_name=index.hash_name)
+                     attributes=ATTRS, hash_name=index.hash_name, block_size=8192)
     diff = out.getvalue()
     dlayout = lo.read_file_layout(io.BytesIO(diff))
     assert len(dlayout.refs) >= 20 and len(diff) < len(old) // 2

@@ -203,7 +203,8 @@ class FileEncoder:
     """
 
     def __init__(self, keys: Keys, sink: Sink, *, container_id: int, name: bytes, attributes: Attributes,
-                 cipher: str = sealing.DEFAULT_CIPHER, hash_name: str = "sha256") -> None:
+                 cipher: str = sealing.DEFAULT_CIPHER, hash_name: str = "sha256", block_size: int | None = None
+                 ) -> None:
         self._strong = strong_function(hash_name)
         self.keys, self.sink, self.hash_name = keys, sink, hash_name
         self.cipher_id = sealing.cipher_id(cipher)
@@ -212,7 +213,7 @@ class FileEncoder:
         self.header = HEADER.pack(MAGIC, VERSION, KIND_FILE, self.cipher_id, self.hash_id, self.uid,
                                   attributes.mtime_ns)
         self._cipher = sealing.aead(keys, "data", self.cipher_id)
-        self.index = IndexBuilder(self.hash_id)
+        self.index = IndexBuilder(self.hash_id, block_size)
         prefix = self.header + seal_place(keys, self.uid, container_id, name, attributes)
         sink.write(prefix)
         self.stored = len(prefix)
@@ -295,7 +296,7 @@ def encode_file(keys: Keys, source: BinaryIO, sink: Sink, *, container_id: int, 
                 size = 0
         block_size = block_size_for(size)
     enc = FileEncoder(keys, sink, container_id=container_id, name=name, attributes=attributes,
-                      cipher=cipher, hash_name=hash_name)
+                      cipher=cipher, hash_name=hash_name, block_size=block_size)
     buf = memoryview(bytearray(block_size))
     while n := _readinto_full(source, buf):
         enc.add_block(buf[:n])
@@ -304,10 +305,14 @@ def encode_file(keys: Keys, source: BinaryIO, sink: Sink, *, container_id: int, 
 
 def encode_blocks(keys: Keys, blocks: Iterable[bytes | memoryview | Reference], sink: Sink, *,
                   container_id: int, name: bytes, attributes: Attributes,
-                  cipher: str = sealing.DEFAULT_CIPHER, hash_name: str = "sha256") -> EncodedFile:
-    """Encode a diff upload (or any block sequence): clear blocks and references in file order."""
+                  cipher: str = sealing.DEFAULT_CIPHER, hash_name: str = "sha256",
+                  block_size: int | None = None) -> EncodedFile:
+    """Encode a diff upload (or any block sequence): clear blocks and references in file order.
+
+    `block_size`, the size most clear blocks have (delta_blocks' cut), only speeds up anchors.
+    """
     enc = FileEncoder(keys, sink, container_id=container_id, name=name, attributes=attributes,
-                      cipher=cipher, hash_name=hash_name)
+                      cipher=cipher, hash_name=hash_name, block_size=block_size)
     for block in blocks:
         if isinstance(block, Reference):
             enc.add_reference(block)

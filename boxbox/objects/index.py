@@ -101,13 +101,16 @@ class Index(NamedTuple):
 class IndexBuilder:
     """Collects the index while blocks stream past; memory is 108 bytes a block plus one anchor batch.
 
-    Anchors are picked by rolling.anchors exactly as its signature_of does, equal-sized
-    blocks batched ~1 MiB at a time: `picks` is vectorized over a batch, and one call per
-    16 KiB block cost 54 us, a third of the whole encode (measured).
+    Anchors are picked by rolling.anchors exactly as its signature_of does for `block_size`:
+    blocks of that size batched ~1 MiB at a time (`picks` is vectorized over a batch; one
+    call per 16 KiB block cost 54 us, a third of the whole encode, measured), a shorter
+    block closing its batch as a file's last block does. Blocks of other sizes (diff
+    uploads) are picked one at a time.
     """
 
-    def __init__(self, hash_id: int) -> None:
+    def __init__(self, hash_id: int, block_size: int | None = None) -> None:
         self.hash_id = hash_id
+        self.block_size = block_size
         self.hash_name = HASHES[hash_id]
         self.entries: list[IndexEntry] = []
         self.size = 0
@@ -115,7 +118,7 @@ class IndexBuilder:
         self.ts = array("H")
         self.ws = array("Q")
         self.batch = bytearray()
-        self.batch_block = 0
+        self.batch_block = 0  # the block size `picks` cuts the batch at
         self.digests: list[bytes] = []
         self.uniform: list[int] = []
 
@@ -129,16 +132,19 @@ class IndexBuilder:
         """A block sealed into this object; `data` is its clear content."""
         self._append(entry)
         n = entry.clear_size
-        if n > self.batch_block:
+        nominal = self.block_size
+        if nominal is None or n > nominal:
             self._flush()
-            self.batch_block = n
+            self.batch_block = n + 1  # one block on its own: picks' path for a short last block
+        else:
+            self.batch_block = nominal
         if data[0] == data[n - 1] == data[n // 2]:  # cheap test before the exact one
             c = uniform_byte(n, entry.weak)
             if c is not None and entry.strong == uniform_digest(self.hash_name, c, n):
                 self.uniform.append(len(self.digests))  # one repeated byte: the finder searches runs
         self.batch += data
         self.digests.append(entry.strong)
-        if n < self.batch_block or len(self.batch) >= max(n, ANCHOR_BATCH - ANCHOR_BATCH % n):
+        if n != nominal or len(self.batch) >= max(n, ANCHOR_BATCH - ANCHOR_BATCH % n):
             self._flush()  # a short block ends a batch, as the last block of a read chunk does
 
     def add_reference(self, ref: Reference) -> None:

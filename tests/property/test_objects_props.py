@@ -276,6 +276,10 @@ def test_directory_malformed_only_format_error(data):
 
 @settings(max_examples=20)
 @given(files, st.sampled_from([1024, 4096, 65536]), st.sampled_from(["sha256", "blake2b"]))
+@example(("random", 512, 3), 1024, "sha256")
+@example(("random", 8, 3), 4096, "sha256")
+@example(("zeros", 3 << 20, 3), 4096, "blake2b")
+@example(("text", (1 << 20) + 1024, 3), 1024, "sha256")
 def test_index_signature_equals_rollings_own_signature(spec, block_size, hash_name):
     """The encoder computes weak, strong and anchors inline; rolling.signature_of is the plain version."""
     from boxbox.rolling.signature import signature_of
