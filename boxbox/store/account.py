@@ -99,7 +99,7 @@ class Store:
         if not 0 < account <= MAX_ACCOUNT:
             raise UsageError(f"account number must be 1..ffffffff, got {account:x}")
         if discset not in self.discsets:
-            raise ConfigError(f"no disc set {discset!r} in the config (known: {', '.join(sorted(self.discsets))})")
+            raise UsageError(f"no disc set {discset!r} in the config (known: {', '.join(sorted(self.discsets))})")
         with self.database.editing() as accounts:
             if account in accounts:
                 raise UsageError(f"account {account:08x} already exists")
