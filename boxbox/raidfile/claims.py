@@ -45,12 +45,9 @@ def claim(path: str, what: str) -> int:
     deadline = time.monotonic() + CLAIM_WAIT
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        if lock_fd(fd):
-            if _same_inode(fd, path):
-                return fd
-            os.close(fd)
-            continue
-        os.close(fd)
+        if lock_fd(fd) and _same_inode(fd, path):
+            return fd
+        os.close(fd)  # held by a live change, or unlinked by a cleaner before we locked it
         if time.monotonic() > deadline:
             raise InUse(f"{what} is being changed by another process (lock on {path} held)")
         time.sleep(0.005)
