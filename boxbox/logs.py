@@ -7,7 +7,6 @@ every other module just does `log = logging.getLogger(__name__)`.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 
@@ -22,7 +21,9 @@ def configure(level: str = "warning", target: str = "stderr", ident: str = "boxb
         h.close()
     handler: logging.Handler
     if target == "syslog" and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        from logging.handlers import SysLogHandler  # only here: it pulls in socket and pickle (~5 ms a start)
+
+        handler = SysLogHandler(address="/dev/log", facility=SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter(f"{ident}[%(process)d]: %(levelname)s %(name)s: %(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
