@@ -305,3 +305,50 @@ def test_admin_edits_survive_a_writing_session(store: Store) -> None:
     writer.close()
     info = store.read_info(A)
     assert (info.hard_limit, info.name, info.enabled, info.last_object_id) == (12_345, "renamed", False, 2)
+
+
+def test_replies_leave_only_when_their_changes_are_on_disc(store: Store) -> None:
+    """Invariant: whenever the server writes replies, no directory or info change is unsaved."""
+    import socket
+    import threading
+
+    from boxbox.store.session import Session
+    from boxbox.wire.client import Client
+    from boxbox.wire.commands import Dispatcher
+    from boxbox.wire.transport import Connection
+
+    session = Session(store, A)
+    unsaved_at_flush: list[str] = []
+
+    class CheckingConnection(Connection):
+        def flush(self) -> None:
+            acct = session.account
+            if session._dirty or (acct is not None and acct._info_dirty):
+                unsaved_at_flush.append(f"dirty {sorted(session._dirty)}")
+            super().flush()
+
+    a, b = socket.socketpair()
+    server = threading.Thread(target=lambda: Dispatcher(CheckingConnection(b), session).run(), daemon=True)
+    server.start()
+    client = Client(Connection(a))
+    client.hello()
+    client.login()
+    keys = make_keys()
+    kwargs, obj = file_object(keys, 1, b"first", os.urandom(600_000))  # big enough to flush mid-stream
+    first = client.store_file(1, source=io.BytesIO(obj), **kwargs)
+    pendings = []
+    for i in range(100):  # more than one batch, with downloads that flush mid-batch
+        kw, ob = file_object(keys, 1, b"f%d" % i, b"data %d" % i * 50)
+        pendings.append(client.submit(m.StoreFile(1, kw["mtime"], kw["attributes_hash"], 0, kw["name"],
+                                                  kw["attributes"]), upload=[ob]))
+        if i % 10 == 0:
+            pendings.append(client.submit(m.GetObject(first), download=True))
+    for p in pendings:
+        value = p.result()
+        if p.download:
+            assert value[1].read() == obj
+    client.finish()
+    server.join(5)
+    session.close()
+    assert unsaved_at_flush == []
+    assert len(Directory.parse(store.open(A, write=False).read_object(ROOT_DIRECTORY_ID)).entries) == 101

@@ -18,6 +18,10 @@ from boxbox.wire.transport import Connection, InStream
 
 log = logging.getLogger(__name__)
 
+#: Requests answered per sync-and-flush at most, however long the client keeps pipelining,
+#: so changes are made durable (and replies sent) at least this often.
+MAX_BATCH = 64
+
 
 class Access(enum.IntEnum):
     NONE = 0  # before login: hello, login, finished
@@ -103,6 +107,7 @@ class Dispatcher:
         """Serve until Finished (True) or a clean close by the client (False)."""
         self.hello()
         conn = self.conn
+        batch = 0
         while True:
             msg = conn.read_message()
             if msg is None:
@@ -114,9 +119,11 @@ class Dispatcher:
                 conn.flush()
                 return True
             self.dispatch(msg)
-            if not conn.has_buffered_frame():
+            batch += 1
+            if batch >= MAX_BATCH or not conn.has_buffered_frame():
                 self._sync()
                 conn.flush()
+                batch = 0
 
     def _sync(self) -> None:
         """Let the session make queued changes durable before their replies leave.
@@ -153,6 +160,7 @@ class Dispatcher:
         if stream is not None and not stream.done:
             stream.drain()  # handler ignored part of its input; keep the framing in step
         if isinstance(result, StreamReply):
+            self._sync()  # the stream flushes the replies queued before it
             self.conn.send(result.message)
             try:
                 self.conn.send_stream(result.source)

@@ -47,9 +47,12 @@ class Connection:
 
     # ------------------------------------------------------------ writing
     def send(self, msg: Any) -> None:
-        """Queue a catalogue message; written at the next flush (or when the queue is big)."""
+        """Queue a catalogue message; written at the next flush (never before: the server
+        makes the changes its queued replies report durable first)."""
         frame_type, payload = messages.encode(msg)
-        self._queue(encode_frame(frame_type, payload))
+        data = encode_frame(frame_type, payload)
+        self._out.append(data)
+        self._out_size += len(data)
 
     def _queue(self, data: bytes) -> None:
         self._out.append(data)
