@@ -1,0 +1,586 @@
+"""Delta search: turn a new file into "copy old block k" / "new bytes" instructions.
+
+The finder never sees the old data, only its `Signature`. Its order of work:
+
+1. **Fast path.** Hash the new data where the next old block would sit (right after the
+   last match) and look the digest up; an unchanged file costs one strong hash per block
+   (~1 GB/s here, against `rdiff`'s ~450 MB/s).
+2. **Search on a miss**, in windows of candidate start offsets that grow (the expected
+   block's size, then 2x, 4x ... up to 1 MiB) so that a local edit costs a small search
+   and all-new data a few large ones. Candidates come from
+   - the anchors (`anchors.py`): one 8-byte word per residue mod 8 per block, looked up at
+     every eighth offset with `memoryview.cast('Q')` and a set, at C speed;
+   - `bytes.find` for blocks made of one repeated byte (zero padding), which have no
+     selective anchors;
+   - for signatures without anchors, the rolling Adler-32 itself, offset by offset.
+   Candidates are confirmed by the other anchors, the weak rolling checksum, then the
+   strong hash; the earliest confirmed start wins (largest block, then lowest index, on a
+   tie). After a match the fast path resumes right behind it, so one match re-aligns
+   everything after an insertion or deletion.
+3. **Budget.** Past `deadline` (a `time.monotonic()` value) everything not yet matched is
+   sent as literal bytes; `keepalive` is called about every `KEEPALIVE_INTERVAL` seconds.
+
+Pathological inputs stay linear: a candidate word that keeps failing is retired after
+`FAIL_LIMIT` misses, and so is a weak value in the rolling fallback; runs are found
+by `bytes.find`, which is linear for any needle.
+
+Blocks shorter than `MIN_SEARCH` are only matched where expected (they cannot carry an
+anchor in every residue, and a copy of them saves next to nothing).
+
+Memory: the new data is read in `READ_SIZE` pieces and only the part still needed is kept
+(at most ~LITERAL_MAX + WINDOW_MAX + largest block + READ_SIZE), whatever the file size.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from collections import Counter
+from itertools import compress, count
+from typing import BinaryIO
+
+from boxbox.errors import ProgrammingError
+from boxbox.rolling import anchors as anchors_mod
+from boxbox.rolling.checksum import ADLER_MOD, strong_function, strong_many, uniform_byte, uniform_digest
+from boxbox.rolling.signature import Signature
+
+#: largest literal yielded (bytes)
+LITERAL_MAX = 1 << 20
+#: largest search window (candidate start offsets per search step)
+WINDOW_MAX = 1 << 20
+#: bytes read from the new file per read call
+READ_SIZE = 1 << 20
+#: smallest block searched for away from its expected position
+MIN_SEARCH = 16
+#: failed candidates a word (or weak value) may propose before it is retired
+FAIL_LIMIT = 64
+#: most blocks one anchor word may point at (repetitive data); the rest lose that anchor
+WORD_FANOUT = 16
+#: seconds between keepalive calls during long work
+KEEPALIVE_INTERVAL = 0.5
+#: most expected blocks the fast path hashes in one step, and most bytes they may span
+#: (the batch is buffered whole: this bounds memory for big blocks)
+BATCH_MAX = 64
+BATCH_BYTES = 2 << 20
+#: the fast path reads the clock (deadline, keepalive) once per this many bytes
+TICK_BYTES = 1 << 20
+#: hit words located with bytes.find (more: one pass over the window's words instead)
+FIND_WORDS = 4
+#: distinct block sizes the fallbacks (runs, rolling) handle; Box Backup searched up to 64
+MAX_SEARCH_SIZES = 64
+
+Op = int | bytes
+
+
+class _Index:
+    """The finder's lookup tables for one signature, built once and shared by every delta."""
+
+    def __init__(self, sig: Signature) -> None:
+        blocks = sig.blocks
+        self.hash_name = sig.hash_name
+        self.strong = strong_function(sig.hash_name)
+        self.n = len(blocks)
+        self.sizes = [b.size for b in blocks]
+        self.weaks = [b.weak for b in blocks]
+        self.strongs = [b.strong for b in blocks]
+        self.max_size = max(self.sizes, default=0)
+        counts: dict[int, int] = {}
+        for s in self.sizes:
+            counts[s] = counts.get(s, 0) + 1
+        self.main_size = max(counts, key=lambda s: (counts[s], s)) if counts else 0
+        by_strong: dict[bytes, int] = {}
+        for k, d in enumerate(self.strongs):
+            by_strong.setdefault(d, k)
+        self.by_strong = by_strong
+
+        # anchor word -> slot i (block i >> 3, residue i & 7), built at C speed; words in more
+        # than one slot also get the list of their slots in `amulti`. Whether a slot's block
+        # is searchable (not tiny, not a duplicate) is checked when a word hits.
+        anchored = [False] * self.n
+        jmax = 0
+        raw = sig.anchors
+        ts = ws = None
+        amap: dict[int, int] = {}
+        amulti: dict[int, list[int]] = {}
+        if raw is not None:
+            ts, ws = anchors_mod.from_bytes(raw, self.n)
+            no_anchor = anchors_mod.NO_ANCHOR
+            amap = dict(zip(ws, range(len(ws))))
+            if len(amap) < len(ws):
+                for w, c in Counter(ws).items():
+                    if c > 1:
+                        amulti[w] = []
+                for i, w in enumerate(ws):
+                    slots = amulti.get(w)
+                    if slots is not None and len(slots) < WORD_FANOUT and ts[i] != no_anchor:
+                        slots.append(i)
+                for w, slots in list(amulti.items()):
+                    if not slots:
+                        del amulti[w]
+                        del amap[w]
+            for i in compress(count(), map(no_anchor.__eq__, ts)):
+                w = ws[i]
+                if w not in amulti and amap.get(w) == i:
+                    del amap[w]  # an empty slot's filler word
+            tset = set(ts)
+            tset.discard(no_anchor)
+            jmax = 8 * max(tset, default=0) + 7
+            # blocks whose eight slots are all empty (runs) are not anchored
+            tsbytes = raw[:16 * self.n]
+            empty = b"\xff" * 16
+            anchored = [True] * self.n
+            i = tsbytes.find(empty)
+            while i >= 0:
+                if i % 16 == 0:
+                    anchored[i // 16] = False
+                i = tsbytes.find(empty, i + 1)
+            # tiny blocks and duplicates are never searched for: drop their slots
+            sizes = self.sizes
+            strongs = self.strongs
+            for k in range(self.n):
+                if sizes[k] < MIN_SEARCH or by_strong[strongs[k]] != k:
+                    anchored[k] = False
+                    for i in range(8 * k, 8 * k + 8):
+                        w = ws[i]
+                        slots = amulti.get(w)
+                        if slots is not None:
+                            if i in slots:
+                                slots.remove(i)
+                                if not slots:
+                                    del amulti[w]
+                                    del amap[w]
+                                elif amap[w] == i:
+                                    amap[w] = slots[0]
+                        elif amap.get(w) == i:
+                            del amap[w]
+        uniform: dict[tuple[int, int], int] = {}
+        rolling: dict[int, dict[int, dict[bytes, int]]] = {}
+        fallback_sizes: set[int] = set()
+        for k, b in enumerate(blocks):
+            if anchored[k] or b.size < MIN_SEARCH or by_strong[b.strong] != k:
+                continue
+            if b.size not in fallback_sizes and len(fallback_sizes) >= MAX_SEARCH_SIZES:
+                continue  # too many distinct sizes: only matched where expected
+            fallback_sizes.add(b.size)
+            c = uniform_byte(b.size, b.weak)
+            if c is not None and b.strong == uniform_digest(sig.hash_name, c, b.size):
+                uniform.setdefault((b.size, c), k)
+            else:
+                rolling.setdefault(b.size, {}).setdefault(b.weak, {}).setdefault(b.strong, k)
+        self.ts = ts
+        self.ws = ws
+        self.amap = amap
+        self.amulti = amulti
+        self.jmax = jmax
+        # largest first so that equal starts prefer the larger block
+        self.uniform = sorted(((s, bytes((c,)) * s, k) for (s, c), k in uniform.items()), reverse=True)
+        self.rolling = rolling
+        searchable = [s for s in self.sizes if s >= MIN_SEARCH]
+        self.min_search = min(searchable, default=0)
+
+
+def _index_for(sig: Signature) -> _Index:
+    index = sig._index
+    if not isinstance(index, _Index):
+        index = sig._index = _Index(sig)
+    return index
+
+
+def delta(sig: Signature, new: BinaryIO, *, deadline: float | None = None,
+          keepalive: Callable[[], None] | None = None) -> Iterator[Op]:
+    """Yield `int` k (copy old block k) or `bytes` (new data, <= LITERAL_MAX each), in order.
+
+    Joining old block k for each int and the bytes as they are gives exactly the new file.
+    """
+    if not isinstance(sig, Signature):
+        raise ProgrammingError(f"delta() needs a Signature, got {type(sig).__name__}")
+    return _Finder(_index_for(sig), new, deadline, keepalive).run()
+
+
+_unpack_q = struct.Struct("<Q").unpack_from
+
+
+class _Finder:
+    """One delta run: the read buffer, the position, retired candidates."""
+
+    def __init__(self, index: _Index, new: BinaryIO, deadline: float | None,
+                 keepalive: Callable[[], None] | None) -> None:
+        self.ix = index
+        self.new = new
+        self.deadline = deadline
+        self.keepalive = keepalive
+        self.next_keepalive = time.monotonic() + KEEPALIVE_INTERVAL
+        self.buf = b""
+        self.mv = memoryview(self.buf)
+        self.base = 0  # file offset of buf[0]
+        self.end = 0  # file offset just past the buffered data
+        self.eof = False
+        self.akeys = set(index.amap)  # anchor words still trusted in this run
+        self.rkeys = {s: set(table) for s, table in index.rolling.items()}
+        self.fails: dict[int, int] = {}  # failed candidates per anchor word
+        self.rfails: dict[tuple[int, int], int] = {}  # failed strong checks per (size, weak) (rolling fallback)
+        # lookahead a search window needs beyond its last candidate start
+        self.lookahead = index.max_size + index.jmax + 8
+
+    # -- input -----------------------------------------------------------------
+    def _fill(self, need_end: int, keep_from: int) -> None:
+        """Buffer the file up to `need_end` (or its end), dropping what lies before `keep_from`."""
+        if self.end >= need_end or self.eof:
+            return
+        parts = []
+        want = max(need_end - self.end, READ_SIZE)
+        got = 0
+        read = self.new.read
+        while got < want:
+            data = read(want - got)
+            if not data:
+                self.eof = True
+                break
+            parts.append(data)
+            got += len(data)
+        drop = keep_from - self.base
+        self.buf = b"".join([self.mv[drop:], *parts]) if drop < len(self.buf) else b"".join(parts)
+        self.base = keep_from
+        self.end = keep_from + len(self.buf)
+        self.mv = memoryview(self.buf)
+
+    def _literals(self, lo: int, hi: int) -> Iterator[bytes]:
+        mv = self.mv
+        base = self.base
+        while lo < hi:
+            n = hi - lo if hi - lo < LITERAL_MAX else LITERAL_MAX
+            yield bytes(mv[lo - base:lo - base + n])
+            lo += n
+
+    def _rest(self, lit: int) -> Iterator[bytes]:
+        """Everything from `lit` to the end of the file, as literals."""
+        while True:
+            if self.end - lit < LITERAL_MAX and not self.eof:
+                self._fill(lit + LITERAL_MAX, lit)
+            hi = self.end if self.end - lit < LITERAL_MAX else lit + LITERAL_MAX
+            if hi <= lit:
+                return
+            yield from self._literals(lit, hi)
+            lit = hi
+
+    def _tick(self) -> bool:
+        """Keepalive when due; True once the deadline has passed."""
+        now = time.monotonic()
+        if self.keepalive is not None and now >= self.next_keepalive:
+            self.keepalive()
+            self.next_keepalive = now + KEEPALIVE_INTERVAL
+        return self.deadline is not None and now > self.deadline
+
+    # -- the search --------------------------------------------------------------
+    def run(self) -> Iterator[Op]:
+        ix = self.ix
+        if ix.n == 0:
+            yield from self._rest(0)
+            return
+        sizes = ix.sizes
+        strongs = ix.strongs
+        by_strong = ix.by_strong
+        strong = ix.strong
+        n = ix.n
+        max_size = ix.max_size
+        main_size = ix.main_size
+        min_search = ix.min_search
+        pos = lit = 0  # next byte to place; start of the pending literal
+        e = 0  # the old block expected at pos
+        tick_at = 0  # the fast path looks at the clock once per TICK_BYTES
+        batch = 2  # expected blocks hashed per step; doubles while they all match
+        batch_max = max(2, min(BATCH_MAX, BATCH_BYTES // max_size))
+        strong_all = strong_many(ix.hash_name)
+        end = self.end
+        base = self.base
+        mv = self.mv
+        while True:
+            if pos >= tick_at:
+                if self._tick():
+                    yield from self._rest(lit)
+                    return
+                tick_at = pos + TICK_BYTES
+            if batch > 1 and e < n:
+                # a run of expected blocks, hashed in one C-level map and compared as a list
+                stop = e + batch if e + batch <= n else n
+                span = sum(sizes[e:stop])
+                if pos + span > end:
+                    self._fill(pos + span, lit)
+                    end = self.end
+                    base = self.base
+                    mv = self.mv
+                if pos + span <= end:
+                    o = pos - base
+                    views = []
+                    for s in sizes[e:stop]:
+                        views.append(mv[o:o + s])
+                        o += s
+                    ds = list(strong_all(views))
+                    del views
+                    expected = strongs[e:stop]
+                    if ds == expected:
+                        matched = stop - e
+                        batch = batch * 2 if batch < batch_max else batch_max
+                    else:
+                        matched = 0
+                        while ds[matched] == expected[matched]:
+                            matched += 1
+                        batch = 1
+                    if matched:
+                        if lit < pos:
+                            yield from self._literals(lit, pos)
+                        yield from range(e, e + matched)
+                        pos += span if e + matched == stop else sum(sizes[e:e + matched])
+                        lit = pos
+                        e += matched
+                        continue
+                else:
+                    batch = 1
+            s = sizes[e] if e < n else main_size
+            if pos + s > end:
+                self._fill(pos + s, lit)
+                end = self.end
+                base = self.base
+                mv = self.mv
+            if pos + s <= end:
+                # fast path: the expected block where it would sit
+                d = strong(mv[pos - base:pos - base + s])
+                if e < n and strongs[e] == d:
+                    k = e
+                elif s == max_size and s >= MIN_SEARCH:
+                    k = by_strong.get(d, -1)
+                    if k >= 0 and sizes[k] != s:
+                        k = -1
+                else:
+                    k = -1
+                if k >= 0:
+                    if lit < pos:
+                        yield from self._literals(lit, pos)
+                    yield k
+                    pos += s
+                    lit = pos
+                    e = k + 1
+                    batch = 2
+                    continue
+            elif self.eof and pos >= end:
+                break
+            if min_search == 0:
+                yield from self._rest(lit)
+                return
+            # search windows of growing size
+            a = pos
+            width = s
+            found = None
+            # expected blocks further on (in place if only the data before changed):
+            # probed by strong hash where they would sit, however far the search goes
+            xp = pos + s
+            xk = e + 1
+            while True:
+                if self._tick():
+                    yield from self._rest(lit)
+                    return
+                b = a + width
+                need = b + self.lookahead
+                if self.end < need:
+                    self._fill(need, lit)
+                if self.eof:
+                    last = self.end - min_search + 1  # no block fits past this start
+                    if b > last:
+                        b = last
+                    if b <= a:
+                        break
+                probe = None
+                while xk < n and xp <= b:  # b itself too: a hit there saves a window
+                    s2 = sizes[xk]
+                    if s2 >= MIN_SEARCH and xp >= a and xp + s2 <= self.end:
+                        o = xp - self.base
+                        k = by_strong.get(strong(self.mv[o:o + s2]), -1)
+                        if k >= 0 and sizes[k] == s2:
+                            probe = (xp, k)
+                            b = xp + 1  # only earlier starts can beat it
+                            break
+                    xp += s2
+                    xk += 1
+                found = self._search(a, b, probe)
+                if found is not None:
+                    break
+                a = b
+                while a - lit >= LITERAL_MAX:
+                    yield from self._literals(lit, lit + LITERAL_MAX)
+                    lit += LITERAL_MAX
+                width = width * 2 if width < WINDOW_MAX // 2 else WINDOW_MAX
+            if found is None:
+                break
+            p, k = found
+            if lit < p:
+                yield from self._literals(lit, p)
+            yield k
+            pos = p + sizes[k]
+            lit = pos
+            e = k + 1
+            end = self.end
+            base = self.base
+            mv = self.mv
+        yield from self._rest(lit)
+
+    def _search(self, a: int, b: int, probe: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The earliest match starting in [a, b): (start, block), or None.
+
+        `probe` is a match already confirmed in [a, b) by the strong hash where an expected
+        block would sit; it wins unless something starts earlier (or at the same offset
+        and is larger).
+        """
+        ix = self.ix
+        mv = self.mv
+        base = self.base
+        end = self.end
+        sizes = ix.sizes
+        cands: list[tuple[int, int, int, int]] = []
+        akeys = self.akeys
+        if akeys:
+            qa = (a + 7) & -8
+            qlast = b - 1 + ix.jmax
+            if qlast > end - 8:
+                qlast = end - 8
+            if qlast >= qa:
+                off = qa - base
+                nw = (qlast - qa) // 8 + 1
+                words = mv[off:off + 8 * nw].cast("Q")
+                hits = akeys.intersection(words)
+                if hits:
+                    # where the hit words sit: bytes.find for a few words, one pass for many
+                    at: dict[int, list[int]] = {}
+                    if len(hits) <= FIND_WORDS:
+                        buf = self.buf
+                        stop = off + 8 * nw
+                        for w in hits:
+                            needle = w.to_bytes(8, "little")
+                            found = at[w] = []
+                            i = buf.find(needle, off, stop)
+                            while i >= 0 and len(found) <= FAIL_LIMIT:
+                                if (i - off) & 7 == 0:
+                                    found.append((i - off) >> 3)
+                                i = buf.find(needle, i + 1, stop)
+                    else:
+                        for i in compress(count(), map(hits.__contains__, words)):
+                            w = words[i]
+                            found = at.get(w)
+                            if found is None:
+                                at[w] = [i]
+                            else:
+                                found.append(i)
+                    amap = ix.amap
+                    amulti = ix.amulti
+                    ts = ix.ts
+                    for w, found in at.items():
+                        if len(found) > FAIL_LIMIT:
+                            akeys.discard(w)  # common here, so not selective: retire it
+                            continue
+                        slots = amulti.get(w)
+                        for i in found:
+                            q = qa + 8 * i
+                            for slot in (amap[w],) if slots is None else slots:
+                                p = q - (slot & 7) - 8 * ts[slot]
+                                if a <= p < b:
+                                    k = slot >> 3
+                                    cands.append((p, -sizes[k], k, w))
+                words.release()
+        buf = self.buf
+        for s, run, k in ix.uniform:
+            i = buf.find(run, a - base, b - 1 + s - base)
+            if i >= 0:
+                cands.append((i + base, -s, k, -1))
+        best = None
+        if probe is not None:
+            cands.append((probe[0], -sizes[probe[1]], probe[1], -2))
+        if cands:
+            cands.sort()
+            best = self._confirm(cands)
+        if ix.rolling:
+            limit = best[0] + 1 if best is not None else b
+            for s, table in ix.rolling.items():
+                hit = self._roll(s, table, a, limit)
+                if hit is not None and (best is None or (hit[0], -s, hit[1]) < (best[0], -sizes[best[1]], best[1])):
+                    best = hit
+                    limit = hit[0] + 1
+        return best
+
+    def _confirm(self, cands: list[tuple[int, int, int, int]]) -> tuple[int, int] | None:
+        """The first candidate whose anchors, weak and strong checksums all match."""
+        ix = self.ix
+        buf = self.buf
+        mv = self.mv
+        base = self.base
+        end = self.end
+        weaks = ix.weaks
+        strongs = ix.strongs
+        strong = ix.strong
+        adler = zlib.adler32
+        ts = ix.ts
+        ws = ix.ws
+        no_anchor = anchors_mod.NO_ANCHOR
+        for p, negsize, k, w in cands:
+            if w == -2:
+                return p, k  # an expected block, already confirmed
+            s = -negsize
+            if p + s > end:
+                continue
+            o = p - base
+            ok = True
+            if w >= 0:  # the block's other anchors first: two 8-byte compares cost ~0.3 us
+                for i in range(8 * k, 8 * k + 8):
+                    t = ts[i]
+                    j = (i & 7) + 8 * t
+                    if t != no_anchor and j + 8 <= s and _unpack_q(buf, o + j)[0] != ws[i]:
+                        ok = False
+                        break
+            if ok and adler(mv[o:o + s]) == weaks[k] and strong(mv[o:o + s]) == strongs[k]:
+                return p, k
+            if w >= 0:
+                fails = self.fails.get(w, 0) + 1
+                self.fails[w] = fails
+                if fails >= FAIL_LIMIT:
+                    self.akeys.discard(w)
+        return None
+
+    def _roll(self, s: int, table: dict[int, dict[bytes, int]], a: int, b: int) -> tuple[int, int] | None:
+        """Rolling Adler-32 over starts [a, b) for blocks of size s: the first confirmed match."""
+        buf = self.buf
+        mv = self.mv
+        base = self.base
+        i = a - base
+        stop = b - base
+        last = len(buf) - s  # last start whose window is buffered
+        if stop > last + 1:
+            stop = last + 1
+        if i >= stop:
+            return None
+        keys = self.rkeys[s]
+        if not keys:
+            return None
+        strong = self.ix.strong
+        x = zlib.adler32(mv[i:i + s])
+        lo = x & 0xFFFF
+        hi = x >> 16
+        mod = ADLER_MOD
+        fails = self.rfails
+        while True:
+            w = (hi << 16) | lo
+            if w in keys:
+                k = table[w].get(strong(mv[i:i + s]), -1)
+                if k >= 0:
+                    return i + base, k
+                f = fails.get((s, w), 0) + 1
+                fails[(s, w)] = f
+                if f >= FAIL_LIMIT:
+                    keys.discard(w)
+                    if not keys:
+                        return None
+            i += 1
+            if i >= stop:
+                return None
+            out = buf[i - 1]
+            lo = (lo - out + buf[i + s - 1]) % mod
+            hi = (hi - s * out + lo - 1) % mod
