@@ -352,3 +352,23 @@ def test_replies_leave_only_when_their_changes_are_on_disc(store: Store) -> None
     session.close()
     assert unsaved_at_flush == []
     assert len(Directory.parse(store.open(A, write=False).read_object(ROOT_DIRECTORY_ID)).entries) == 101
+
+
+def test_move_renames_and_lands_on_deleted_names_only_when_asked(alice: Any) -> None:
+    keys = make_keys()
+    ids = {}
+    for name in (b"a", b"b"):
+        kwargs, obj = file_object(keys, 1, name, name * 10)
+        ids[name] = alice.store_file(1, source=io.BytesIO(obj), **kwargs)
+    name_b = sealed_dir_name(keys, 1, b"b")
+    with pytest.raises(UsageError, match="already taken"):
+        alice.move_object(ids[b"a"], 1, 1, name_b)  # b is live
+    alice.delete_file(1, name_b)
+    with pytest.raises(UsageError, match="already taken"):
+        alice.move_object(ids[b"a"], 1, 1, name_b)  # deleted, but the flag was not given
+    alice.move_object(ids[b"a"], 1, 1, name_b, flags=m.MOVE_ALLOW_OVER_DELETED)
+    entries = {e.object_id: (e.sealed_name, e.flags) for e in Directory.parse(alice.list_directory(1)).entries}
+    assert entries == {ids[b"a"]: (name_b, FILE), ids[b"b"]: (name_b, FILE | DELETED)}
+    renamed = sealed_dir_name(keys, 1, b"c")
+    alice.move_object(ids[b"a"], 1, 1, renamed)  # a plain rename in place
+    assert Directory.parse(alice.list_directory(1)).entry(ids[b"a"]).sealed_name == renamed
