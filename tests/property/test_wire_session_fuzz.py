@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from boxbox.errors import BoxboxError, ProgrammingError
 from boxbox.objects.directory import Directory
@@ -62,7 +62,6 @@ STEPS = st.one_of(REQUESTS.map(lambda r: (r, None)), UPLOADS)
 DOWNLOADS = (m.ListDirectory, m.GetFile, m.GetObject, m.GetBlockIndexByID, m.GetBlockIndexByName)
 
 
-@settings(max_examples=40)
 @given(requests=st.lists(STEPS, min_size=1, max_size=30))
 def test_random_requests_get_clean_answers_and_leave_the_account_readable(requests: list[Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
