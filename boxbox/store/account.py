@@ -12,8 +12,8 @@ import errno
 import fcntl
 import logging
 import os
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 
 from boxbox.config import Config

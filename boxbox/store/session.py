@@ -15,8 +15,8 @@ import io
 import logging
 from typing import BinaryIO
 
-from boxbox.errors import FormatError, NotFound, PermissionDenied, UsageError
 from boxbox.crypto.seal import MAX_SEALED_NAME, OVERHEAD, SIV_SIZE
+from boxbox.errors import FormatError, NotFound, PermissionDenied, UsageError
 from boxbox.objects.directory import (
     DELETED, DIR, FILE, MAGIC as DIRECTORY_MAGIC, MAX_SEALED_ATTRIBUTES, OLD, Directory, Entry,
 )
