@@ -135,7 +135,7 @@ class IndexBuilder:
         nominal = self.block_size
         if nominal is None or n > nominal:
             self._flush()
-            self.batch_block = n + 1  # one block on its own: picks' path for a short last block
+            self.batch_block = n  # one block on its own
         else:
             self.batch_block = nominal
         if data[0] == data[n - 1] == data[n // 2]:  # cheap test before the exact one

@@ -8,11 +8,22 @@ file, so the finder looks up only every eighth offset: one `memoryview.cast('Q')
 set test per 8 bytes (~250 MB/s for `set.isdisjoint`). A hit proposes p = q - j; the other
 anchors, then the weak rolling checksum, then the strong hash decide.
 
-Rarity matters: a word like eight zero bytes would propose a candidate at every aligned
-offset of a zero region (200x slower in the measurement that motivated this). So words
-with two equal adjacent bytes are avoided, and so are words another block already uses;
-the finder also retires a word that keeps proposing failed candidates. Blocks made of one
-repeated byte get no anchors at all: the finder finds those with `bytes.find` of the run.
+Where: the eight anchors of a block are the eight overlapping words of one 15-byte
+*window* starting at an 8-aligned block offset 8u (word r at 8u + r: residue r, t_r = u),
+so one choice per block covers every residue. Rarity matters: a word like eight zero
+bytes would propose a candidate at every aligned offset of a zero region (200x slower in
+the measurement that motivated the filter), so a window is scored by its *penalty*, the
+number of zero bytes plus the number of adjacent equal bytes among its 15 (runs,
+zero-padded integers, indentation: the words that recur everywhere). The window is the
+first of TRIES fixed positions with penalty <= MAX_PENALTY; if none is, a window at the
+start or the end of the block's one "island" of other bytes (a third of the blocks of
+binaries under /usr/lib are 93% zero bytes), else the least penalized of those seen.
+
+The choice depends on the block's own bytes only (not on other blocks), so `picks` over a
+batch of equal blocks, `record_of` for one block and `reference.reference_record` agree
+whatever the batching; the finder copes with words shared by several blocks. Blocks made
+of one repeated byte get no anchors at all (callers blank them): the finder finds those
+with `bytes.find` of the run.
 
 Serialized per block (little-endian), `RECORD`: 8 x u16 t_r, then 8 x u64 word_r; the
 anchor of residue r sits at block offset j = r + 8 * t_r, and t_r == NO_ANCHOR means none.
@@ -26,9 +37,8 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from collections import Counter
 from functools import lru_cache
-from itertools import compress
+from itertools import compress, count
 
 SLOTS = 8
 #: anchors lie within the first SPAN bytes of a block, so a search window needs to look
@@ -40,11 +50,27 @@ assert RECORD.size == 80
 EMPTY_RECORD = RECORD.pack(*[NO_ANCHOR] * SLOTS, *[0] * SLOTS)
 #: serialized bytes per block
 RECORD_SIZE = RECORD.size
-#: positions tried per residue before settling for the first word seen
+#: bytes a window spans: eight overlapping 8-byte words
+WINDOW = SLOTS + 7
+#: fixed window positions tried per block before looking for its island
 TRIES = 8
-_LOW7 = 0x00010101010101
-_LOW7_BYTES = 0x00FFFFFFFFFFFFFF
-_HIGH7 = 0x00808080808080
+#: most zero bytes + adjacent equal bytes a window may have to be taken at once. Measured on
+#: 16 MiB of /usr/lib (4 KiB blocks): 2 keeps the all-zero and zero-padded words out
+#: of the anchors, which then hit 0.4M times in the next 16 MiB of /usr/lib before
+MAX_PENALTY = 2
+#: runs of other bytes tried in a block whose TRIES windows were all refused
+RUN_TRIES = 4
+#: most zero bytes + adjacent equal bytes of a word kept from a refused window
+MAX_WORD_PENALTY = 5
+#: while more blocks than this still need a window, the next try runs for a whole batch
+#: at once (big-integer arithmetic); fewer are tried one at a time
+VECTOR_MIN = 16
+
+_MASK = (1 << 64) - 1
+_B7F = 0x7F7F7F7F7F7F7F7F
+_B80 = 0x8080808080808080
+_LOW7 = 0x00FFFFFFFFFFFFFF
+_ONES = 0x0101010101010101
 
 
 def to_bytes(ts: array, ws: array) -> bytes:
@@ -80,8 +106,29 @@ def from_bytes(data: bytes, count: int) -> tuple[array, array]:
     return array("H", tq.tobytes()), ws
 
 
-def record_of(block: bytes | bytearray | memoryview, digest: bytes) -> bytes:
-    """The RECORD of one block on its own (`digest`: its strong checksum).
+def penalty(window: bytes) -> int:
+    """Zero bytes plus adjacent equal bytes in a WINDOW-byte window (low: the words are rare)."""
+    x = int.from_bytes(window, "little")
+    return window.count(0) + (x ^ (x >> 8)).to_bytes(WINDOW, "little").count(0, 0, WINDOW - 1)
+
+
+@lru_cache(maxsize=64)
+def tries_for(size: int) -> tuple[int, ...]:
+    """The window positions u (start 8u) tried first in a block of `size` bytes, in order.
+
+    Spread over the first SPAN bytes, at the middle of TRIES equal parts.
+    """
+    span = size if size < SPAN else SPAN
+    nu = (span - WINDOW) // 8 + 1
+    if nu <= 0:
+        return ()
+    if nu <= TRIES:
+        return tuple(range(nu))
+    return tuple((2 * m + 1) * nu // (2 * TRIES) for m in range(TRIES))
+
+
+def record_of(block: bytes | bytearray | memoryview, digest: bytes = b"") -> bytes:
+    """The RECORD of one block on its own (`digest`, its strong checksum, is not needed).
 
     A block of one repeated byte gets no anchors (the finder looks for such runs itself).
     """
@@ -89,182 +136,181 @@ def record_of(block: bytes | bytearray | memoryview, digest: bytes) -> bytes:
     if data and data.count(data[:1]) == len(data):
         return EMPTY_RECORD
     ts, ws = array("H"), array("Q")
-    with memoryview(block) as view:
-        _pick_one(view, digest, set(), ts, ws)
+    _pick_one(data, ts, ws)
     return RECORD.pack(*ts, *ws)
+
+
+def _pick_one(data: bytes, ts: array, ws: array) -> None:
+    """Append the anchors of one block of any length (plain Python: the rule itself)."""
+    tries = tries_for(len(data))
+    if not tries:
+        # shorter than a window: the residues whose word fits, at offset r
+        for r in range(SLOTS):
+            fits = r + 8 <= len(data)
+            ts.append(0 if fits else NO_ANCHOR)
+            ws.append(int.from_bytes(data[r:r + 8], "little") if fits else 0)
+        return
+    u = _choose(data, tries)
+    refused = u < 0
+    u = ~u if refused else u
+    w = int.from_bytes(data[8 * u:8 * u + WINDOW], "little")
+    words = [(w >> (8 * r)) & _MASK for r in range(SLOTS)]
+    ts.extend([u] * SLOTS)
+    ws.extend(words)
+    if refused:
+        _screen(len(ts) - SLOTS, ts, ws)
+
+
+def _screen(at: int, ts: array, ws: array) -> None:
+    """Drop the anchors at ts[at:at + SLOTS] whose word is common (from a refused window).
+
+    Measured: one all-zero anchor word and a few zero-padded integers proposed 40% of
+    the failed candidates of the 16 MiB real-data benchmark; without an anchor a block is
+    not found at that residue, as it would not be once its word is retired.
+    """
+    for i in range(at, at + SLOTS):
+        w = ws[i]
+        if penalty_of_word(w) > MAX_WORD_PENALTY:
+            ts[i] = NO_ANCHOR
+            ws[i] = 0
+
+
+def penalty_of_word(w: int) -> int:
+    """Zero bytes plus adjacent equal bytes of one 8-byte word."""
+    return w.to_bytes(8, "little").count(0) + (w ^ (w >> 8)).to_bytes(8, "little").count(0, 0, 7)
+
+
+def _choose(data: bytes | memoryview, tries: tuple[int, ...], first: int = 0, best_p: int = 2 * WINDOW,
+            best_u: int = 0) -> int:
+    """The window position u of one block: the first of `tries[first:]`, then of its island's
+    ends, with penalty <= MAX_PENALTY, else ~u of the least penalized (the earliest on a tie).
+
+    `best_p`, `best_u`: the least penalized of `tries[:first]`, already refused.
+    """
+    for u in tries[first:]:
+        p = penalty(bytes(data[8 * u:8 * u + WINDOW]))
+        if p <= MAX_PENALTY:
+            return u
+        if p < best_p:
+            best_p, best_u = p, u
+    # mostly zero bytes (padding, tables, sparse structures): a window in a run of other bytes
+    # (22 bytes hold an aligned window), found by `bytes.translate` and `bytes.find` at C speed
+    span = len(data) if len(data) < SPAN else SPAN
+    classes = bytes(data[:span]).translate(_CLASSES)
+    j = classes.find(_RUN)
+    for _ in range(RUN_TRIES):
+        if j < 0:
+            break
+        u = (j + 7) >> 3
+        p = penalty(bytes(data[8 * u:8 * u + WINDOW]))
+        if p <= MAX_PENALTY:
+            return u
+        if p < best_p:
+            best_p, best_u = p, u
+        j = classes.find(_RUN, 8 * u + 8)
+    return ~best_u
+
+
+@lru_cache(maxsize=8)
+def _masks(nwords: int) -> tuple[int, int, int, int, int, int]:
+    """The per-word constants of `_penalties`, repeated for `nwords` words."""
+    def rep(word: int) -> int:
+        return int.from_bytes(word.to_bytes(8, "little") * nwords, "little")
+    return rep(_B7F), rep(_B80), rep(_B80 & _LOW7), rep(_B80 >> 16), rep(_LOW7), rep(0xFF)
+
+
+def _zero_bytes(x: int, b7f: int, b80: int) -> int:
+    """Bit 7 of each byte of x set where that byte is zero (exact: no carries between bytes)."""
+    return (((x & b7f) + b7f) | x) & b80 ^ b80
+
+
+def _penalties(lo: int, hi: int, nwords: int) -> bytes:
+    """`penalty` of many windows at once: byte i is window i's, given its first 8 bytes as
+    word i of `lo` and the next 8 as word i of `hi` (fields of 64 bits, little-endian).
+
+    Big-integer arithmetic on all blocks of a batch: ~25 operations of a few us each
+    per 1 MiB of 4 KiB blocks, against ~3 us of Python per block done one by one.
+    """
+    b7f, b80, b80_7, b80_6, low7, low8 = _masks(nwords)
+    flags = (_zero_bytes(lo, b7f, b80) >> 7) + (_zero_bytes(hi, b7f, b80_7) >> 7)  # byte 15 is not in
+    # adjacent equal bytes: byte i of lo against byte i+1 (byte 7 against hi's byte 0)
+    flags += _zero_bytes(lo ^ (((lo >> 8) & low7) | ((hi & low8) << 56)), b7f, b80) >> 7
+    flags += _zero_bytes(hi ^ (hi >> 8), b7f, b80_6) >> 7  # pairs (8, 9) .. (13, 14)
+    # sum the 8 bytes of each word into its top byte (each byte <= 4: no carries)
+    return (flags * _ONES).to_bytes(8 * nwords + 8, "little")[7:8 * nwords:8]
+
+
+#: bytes.translate table: 0 for the usual filler bytes (zero, 0xFF, space), 1 for the others
+_CLASSES = bytes(0 if c in (0x00, 0x20, 0xFF) else 1 for c in range(256))
+_RUN = b"\x01" * (WINDOW + 7)
+#: bytes.translate table: penalty -> 1 where refused
+_REFUSE = bytes(0 if p <= MAX_PENALTY else 1 for p in range(256))
 
 
 def picks(view: memoryview, block_size: int, digests: list[bytes], used: set[int], ts: array, ws: array) -> None:
     """Append the anchors of the blocks of `view` (cut every `block_size` bytes) to `ts`, `ws`.
 
-    The word of residue r is looked for at TRIES fixed positions spread over the block,
-    each fetched for all blocks at once by a strided slice of one `cast("Q")`. A word is
-    refused if two adjacent bytes are equal (runs, zero-padded integers, doubled spaces:
-    the words that recur everywhere; tested for all blocks at once with big-integer
-    arithmetic) or if another block uses it; the first position not refused wins, else
-    the first position. Python work is per refused word only. `used` spans the file.
+    Exactly `record_of` of each block (less the blanking of one-byte runs, which callers
+    do), but batched: while many blocks lack a window, the next tried position is scored
+    for all blocks at once (`_penalties`), and the words are fetched by strided slices of
+    `cast("Q")`; Python work is per block still without a window only. `digests` and `used`
+    are accepted for compatibility: the choice depends on each block's bytes alone.
     """
     total = len(view)
-    nfull = total // block_size if block_size % 8 == 0 else 0
+    nfull = total // block_size if block_size % 8 == 0 and block_size >= WINDOW else 0
     if nfull:
-        casts = [view[r:r + 8 * ((total - r) // 8)].cast("Q") for r in range(SLOTS)]
-        span = block_size if block_size < SPAN else SPAN
-        ns = [(span - r - 8) // 8 + 1 for r in range(SLOTS)]
-        tpos = [r * ns[r] // SLOTS for r in range(SLOTS)]
-        chunk_ts = array("H", tpos * nfull)
-        chunk_ws = array("Q", bytes(8 * SLOTS * nfull))
-        low, high = _masks(nfull)
+        tries = tries_for(block_size)
         stride = block_size // 8
-        unsettled: dict[int, list[int]] = {}  # block -> residues where every try was refused
-        for r in range(SLOTS):
-            n = ns[r]
-            step = n // TRIES or 1
-            tries = [(tpos[r] + m * step) % n for m in range(TRIES if n >= TRIES else n)]
-            cast = casts[r]
-
-            def option(t: int) -> tuple[int, array, array, array]:
-                """Words at position t of every block, flags (nonzero: two adjacent bytes equal)
-                and loose flags (nonzero: two adjacent zero bytes)."""
-                picked = cast[t::stride][:nfull]
-                raw = picked.tobytes()  # strided memoryviews unpack slowly; arrays do not
-                picked.release()
-                w = int.from_bytes(raw, "little")
-                x = w ^ (w >> 8)
-                y = w | (w >> 8)
-                return (t, array("Q", raw), array("Q", ((x - low) & ~x & high).to_bytes(8 * nfull, "little")),
-                        array("Q", ((y - low) & ~y & high).to_bytes(8 * nfull, "little")))
-
-            t0, words, flags, _ = option(tries[0])
-            bad = set(compress(range(nfull), flags))
-            common = used.intersection(words)
-            if len(set(words)) < nfull:
-                common.update(w for w, c in Counter(words).items() if c > 1)
-            if common:
-                bad.update(i for i, w in enumerate(words) if w in common)
-            if bad:
-                # other positions: a strict word, else one without two adjacent zero bytes
-                # (binaries have few strict ones), else see `_sparse` below
-                options = [option(t) for t in tries[1:]] if len(bad) > nfull // 8 else None
-                for i in bad:
-                    o = i * stride
-                    choice = None
-                    for t in tries[1:] if options is None else ():
-                        w = cast[o + t]
-                        x = w ^ (w >> 8)
-                        if not (x - _LOW7) & ~x & _HIGH7 and w not in used and w not in common:
-                            choice = t, w
-                            break
-                    for t, other, strict, _ in options or ():
-                        w = other[i]
-                        if not strict[i] and w not in used and w not in common:
-                            choice = t, w
-                            break
-                    if choice is None:
-                        for t in tries:
-                            w = cast[o + t]
-                            y = w | (w >> 8)
-                            if not (y - _LOW7) & ~y & _HIGH7 and (w ^ (w >> 8)) & _LOW7_BYTES \
-                                    and w not in used and w not in common:
-                                choice = t, w
-                                break
-                    if choice is None:
-                        unsettled.setdefault(i, []).append(r)
+        casts = [view[r:r + 8 * ((total - r) // 8)].cast("Q") for r in range(SLOTS)]
+        cast = casts[0]
+        u0 = tries[0]
+        chosen = array("H", [u0]) * nfull
+        pending: list[int] | range = range(nfull)
+        best: dict[int, tuple[int, int]] = {}  # block -> (penalty, u) of its best refused window
+        m = 0
+        while m < len(tries) and len(pending) >= VECTOR_MIN:
+            u = tries[m]
+            lo = cast[u::stride][:nfull].tobytes()  # strided memoryviews unpack slowly; bytes do not
+            hi = cast[u + 1::stride][:nfull].tobytes()
+            scores = _penalties(int.from_bytes(lo, "little"), int.from_bytes(hi, "little"), nfull)
+            if m == 0:
+                pending = list(compress(count(), scores.translate(_REFUSE)))
+                best = {i: (scores[i], u) for i in pending}
+            else:
+                still = []
+                for i in pending:
+                    p = scores[i]
+                    if p <= MAX_PENALTY:
+                        chosen[i] = u
                     else:
-                        words[i] = choice[1]
-                        chunk_ts[SLOTS * i + r] = choice[0]
-            used.update(words)
-            chunk_ws[r::SLOTS] = words
-        # blocks with residues still on a common word are sparse (zero padding with a few
-        # values): take words starting in the first stretch of other bytes
-        for i, residues in unsettled.items():
+                        if p < best[i][0]:
+                            best[i] = (p, u)
+                        still.append(i)
+                pending = still
+            m += 1
+        refused = []
+        for i in pending:
             start = i * block_size
-            with view[start:start + span] as part:
-                for r, (t, w) in _sparse(part, residues, used).items():
-                    chunk_ts[SLOTS * i + r] = t
-                    chunk_ws[SLOTS * i + r] = w
-                    used.add(w)
+            with view[start:start + block_size] as block:
+                u = _choose(block, tries, m, *best.get(i, (2 * WINDOW, u0)))
+            if u < 0:
+                refused.append(i)
+                u = ~u
+            chosen[i] = u
+        ts_chunk = array("H", bytes(2 * SLOTS * nfull))
+        ws_chunk = array("Q", bytes(8 * SLOTS * nfull))
+        for r in range(SLOTS):
+            ts_chunk[r::SLOTS] = chosen
+            ws_chunk[r::SLOTS] = array("Q", casts[r][u0::stride][:nfull].tobytes())
+        for i in compress(count(), map(u0.__ne__, chosen)):
+            o = i * stride + chosen[i]
+            ws_chunk[SLOTS * i:SLOTS * i + SLOTS] = array("Q", [c[o] for c in casts])
         for c in casts:
             c.release()
-        ts.extend(chunk_ts)
-        ws.extend(chunk_ws)
+        for i in refused:
+            _screen(SLOTS * i, ts_chunk, ws_chunk)
+        ts.extend(ts_chunk)
+        ws.extend(ws_chunk)
     for start in range(nfull * block_size, total, block_size):
-        block = view[start:start + block_size]
-        _pick_one(block, digests[start // block_size], used, ts, ws)
-        block.release()
-
-
-@lru_cache(maxsize=8)
-def _masks(nwords: int) -> tuple[int, int]:
-    """Per-word constants of the "has a zero byte among the low 7" test, for `nwords` words."""
-    return (int.from_bytes(_LOW7.to_bytes(8, "little") * nwords, "little"),
-            int.from_bytes(_HIGH7.to_bytes(8, "little") * nwords, "little"))
-
-
-def _pick_one(block: memoryview, digest: bytes, used: set[int], ts: array, ws: array) -> None:
-    """Anchors of one block of any length (the short last block, odd block sizes)."""
-    size = len(block)
-    span = size if size < SPAN else SPAN
-    for r in range(SLOTS):
-        n = (span - r - 8) // 8 + 1
-        if n <= 0:
-            ts.append(NO_ANCHOR)
-            ws.append(0)
-            continue
-        words = block[r:r + 8 * n].cast("Q")
-        t, w = _retry(words, 0, r * n // SLOTS, n, used, first_too=True)
-        words.release()
-        used.add(w)
-        ts.append(t)
-        ws.append(w)
-
-
-def _sparse(span: memoryview, residues: list[int], used: set[int]) -> dict[int, tuple[int, int]]:
-    """Words for `residues` of a mostly-one-byte block: {r: (t, word)}.
-
-    They start at the first byte that differs from the block's first byte (found by
-    `bytes.lstrip`, at C speed), one per residue, so they hold the start of the first
-    "island" of data. Measured: a third of the blocks of binaries under /usr/lib are 93%
-    zero bytes; a scan for strict words there cost 6x the rest of the signature.
-    """
-    data = span.tobytes()
-    island = len(data) - len(data.lstrip(data[:1]))
-    found: dict[int, tuple[int, int]] = {}
-    for r in residues:
-        j = island + ((r - island) & 7)
-        if j + 8 <= len(data):
-            w = int.from_bytes(data[j:j + 8], "little")
-            if w not in used:
-                found[r] = ((j - r) >> 3, w)
-    return found
-
-
-def _retry(words: memoryview, base: int, t: int, n: int, used: set[int],
-           first_too: bool = False) -> tuple[int, int]:
-    """A good word of one residue among positions t, t+step ... (TRIES of them).
-
-    "Good" means no two equal adjacent bytes and not used by another block. If none is,
-    the unused one with the most distinct bytes (a scan of the whole span for a good word
-    was measured: 30% of the residues of binaries need it and it made signatures 6x
-    slower, for no smaller delta).
-    """
-    first = t
-    step = n // TRIES or 1
-    if not first_too:
-        t += step
-        if t >= n:
-            t -= n
-    best_t = first
-    best_score = -1
-    for _ in range(TRIES if n >= TRIES else n):
-        w = words[base + t]
-        x = w ^ (w >> 8)
-        if w not in used:
-            if not (x - _LOW7) & ~x & _HIGH7:
-                return t, w
-            score = len(set(w.to_bytes(8, "little")))
-            if score > best_score:
-                best_t, best_score = t, score
-        t += step
-        if t >= n:
-            t -= n
-    return best_t, words[base + best_t]
+        with view[start:start + block_size] as block:
+            _pick_one(bytes(block), ts, ws)

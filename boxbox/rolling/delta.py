@@ -167,7 +167,7 @@ class _Index:
             c = uniform_byte(b.size, b.weak)
             if c is not None and b.strong == uniform_digest(sig.hash_name, c, b.size):
                 uniform.setdefault((b.size, c), k)
-            else:
+            elif raw is None:  # with anchors, a block whose words were all too common is not searched
                 rolling.setdefault(b.size, {}).setdefault(b.weak, {}).setdefault(b.strong, k)
         self.ts = ts
         self.ws = ws
