@@ -27,6 +27,7 @@ renames all go through temps that the writer holds an flock on (`boxbox.raidfile
 from __future__ import annotations
 
 import os
+import queue
 import struct
 import threading
 import zlib
@@ -46,9 +47,16 @@ from boxbox.raidfile.layout import (
     Header,
     crc_seed,
     pack_header,
-    xor_bytes,
+    xor_blocks,
 )
 from boxbox.raidfile.reader import CHUNK_BYTES, MAX_RECORDS
+
+DIRECT_BYTES = 64 << 10  # a write at least this big is cut into records straight from the caller's buffer
+SPOOL_AFTER = CHUNK_BYTES  # a file past this size gets a writer thread (~0.1 ms to start; small files skip it)
+SPOOL_DEPTH = 4  # pieces queued for the writer thread: bounds the memory held to ~4 chunks
+WRITEBACK_BYTES = 4 << 20  # start the disc writing every 4 MiB of a stripe, so commit's fsync has little left
+
+Job = list[tuple[int, list[memoryview]]]  # (fd, iovecs) for each stripe of one piece
 
 
 def run_parallel(fn, args: list) -> None:  # type: ignore[no-untyped-def]
@@ -72,13 +80,77 @@ def run_parallel(fn, args: list) -> None:  # type: ignore[no-untyped-def]
         raise errors[0]
 
 
-def _writev_all(fd: int, iov: list) -> None:  # type: ignore[type-arg]
+def _writev_all(fd: int, iov: list[memoryview]) -> None:
     total = sum(map(len, iov))
     done = os.writev(fd, iov)
     if done < total:
         rest = memoryview(b"".join(iov))[done:]
         while rest:
             rest = rest[os.write(fd, rest):]
+
+
+def _immutable(data: object) -> bool:
+    """True if nobody can change these bytes after write() returns, so the thread may write them later."""
+    if isinstance(data, memoryview):
+        return data.readonly and isinstance(data.obj, bytes)
+    return isinstance(data, bytes)
+
+
+class Spooler:
+    """A thread that writes records to the stripe files while the caller's thread computes the next
+    piece's CRCs and parity: writev and the disc release the GIL, the int XOR does not, so the two
+    overlap on two cores. It also starts writeback every WRITEBACK_BYTES of a stripe
+    (posix_fadvise DONTNEED submits the dirty pages without waiting, as PostgreSQL's
+    pg_flush_data does where sync_file_range is missing), so the disc works during the
+    computation instead of all at commit's fsync."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[Job | None] = queue.Queue(SPOOL_DEPTH)
+        self._error: BaseException | None = None
+        self._written: dict[int, tuple[int, int]] = {}  # fd -> (bytes written, bytes handed to writeback)
+        self._thread = threading.Thread(target=self._run, name="raidfile-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if self._error is None:
+                    for fd, iov in job:
+                        self.write(fd, iov)
+            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by put/wait
+                self._error = e
+            finally:
+                self._jobs.task_done()
+
+    def write(self, fd: int, iov: list[memoryview]) -> None:
+        _writev_all(fd, iov)
+        end, flushed = self._written.get(fd, (HEADER.size, 0))
+        end += sum(map(len, iov))
+        if end - flushed >= WRITEBACK_BYTES:
+            os.posix_fadvise(fd, flushed, end - flushed, os.POSIX_FADV_DONTNEED)
+            flushed = end
+        self._written[fd] = (end, flushed)
+
+    def put(self, job: Job) -> None:
+        self._raise()
+        self._jobs.put(job)
+
+    def wait(self) -> None:
+        """Return once everything queued is written; raise the first error the thread met."""
+        self._jobs.join()
+        self._raise()
+
+    def close(self) -> None:
+        """Stop the thread after what is queued (no error raised: the caller is aborting or done)."""
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 class Target:
@@ -105,12 +177,12 @@ class RaidWriter:
         self.write_id = write_id if write_id is not None else os.urandom(16)
         self._seeds = {r: crc_seed(self.write_id, r) for r in (*RAID_ROLES, WHOLE)}
         unit = 2 * block_size if self._raid else block_size
-        self._chunk = max(1, min(MAX_RECORDS, CHUNK_BYTES // unit)) * unit
+        self._chunk = max(1, min(MAX_RECORDS, CHUNK_BYTES // unit)) * unit  # clear bytes per writev
         self._unit = unit
-        self._buf = bytearray()  # a partial chunk waiting for more data
-        per = self._chunk // unit  # records per stripe in a whole chunk
-        self._crc = bytearray(4 * per)
-        self._crcviews = [memoryview(self._crc)[i : i + 4] for i in range(0, 4 * per, 4)]
+        self._buf = bytearray()  # small writes collected, or the part of a row a big write left over
+        self._spool: Spooler | None = None
+        self._pending: dict[int, list[memoryview]] = {}  # iovecs per fd not yet written, up to MAX_RECORDS
+        self._pending_records = 0
         self._units_done = 0
         self.length = 0
         self._open = True
@@ -139,60 +211,91 @@ class RaidWriter:
         return True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Take `data`; whole rows of a big write go to the stripes without being copied first."""
         if not self._open:
             raise ProgrammingError(f"{self.label}: write after commit or abort")
         mv = memoryview(data).cast("B")
         n = len(mv)
         self.length += n
+        buf, unit = self._buf, self._unit
         try:
-            if self._buf:
-                take = min(n, self._chunk - len(self._buf))
-                self._buf += mv[:take]
+            if buf or n < DIRECT_BYTES:
+                # collect small writes into a chunk; a big one only completes the buffered row
+                take = min(n, self._chunk - len(buf)) if n < DIRECT_BYTES else -len(buf) % unit
+                buf += mv[:take]
                 mv = mv[take:]
-                if len(self._buf) == self._chunk:
-                    self._flush()
-            whole = len(mv) - len(mv) % self._chunk
-            for o in range(0, whole, self._chunk):
-                self._emit(mv[o : o + self._chunk])
-            self._buf += mv[whole:]
+                if len(buf) == self._chunk or (mv and len(buf) % unit == 0):
+                    self._emit(memoryview(bytes(buf)))
+                    buf.clear()
+            whole = len(mv) - len(mv) % unit if len(mv) >= DIRECT_BYTES else 0
+            if whole:
+                if self._spool is None and self.length >= SPOOL_AFTER:
+                    self._spool = Spooler()
+                self._emit(mv[:whole])
+                if not _immutable(data):  # the caller may reuse its buffer once we return
+                    self._send()
+                    if self._spool is not None:
+                        self._spool.wait()
+            buf += mv[whole:]
         except BaseException:
             self.abort()
             raise
         return n
 
-    def _flush(self) -> None:
-        with memoryview(self._buf) as view:
-            self._emit(view)
-        self._buf = bytearray()
-
     def _emit(self, mv: memoryview) -> None:
-        """Write whole units of clear data (the tail may be partial) to the stripe temps."""
+        """Queue whole rows of clear data (the last row may be partial) for the stripe temps.
+
+        Records gather up to MAX_RECORDS per writev (IOV_MAX/2): the writer thread then needs
+        the GIL back ~3 times per 4 MiB instead of 3 times per caller write; with 1 MiB writes
+        that cut the time the caller's thread waited for a queue slot from 35 ms to 0.2 ms
+        per 64 MiB."""
+        for o in range(0, len(mv), self._chunk):
+            piece = mv[o : o + self._chunk]
+            if self._pending_records + -(-len(piece) // self._unit) > MAX_RECORDS:
+                self._send()
+            for fd, iov in self._records(piece):
+                self._pending.setdefault(fd, []).extend(iov)
+            self._pending_records += -(-len(piece) // self._unit)
+
+    def _send(self) -> None:
+        """Hand the gathered records to the writer thread, or write them now if there is none."""
+        if not self._pending:
+            return
+        job = list(self._pending.items())
+        self._pending, self._pending_records = {}, 0
+        if self._spool is not None:
+            self._spool.put(job)
+        else:
+            for fd, iov in job:
+                _writev_all(fd, iov)
+
+    def _records(self, mv: memoryview) -> Job:
+        """The iovecs (block, CRC, block, CRC, ...) of one chunk for each stripe this writer writes."""
         B, n, first = self._B, len(mv), self._units_done
         if not self._raid:
-            self._put(WHOLE, [mv[o : o + B] for o in range(0, n, B)], first)
             self._units_done += -(-n // B)
-            return
+            return [(self._by_role[WHOLE], self._iov(WHOLE, [mv[o : o + B] for o in range(0, n, B)], first))]
         slots1 = [mv[o : o + B] for o in range(0, n, 2 * B)]
         slots2 = [mv[o : o + B] for o in range(B, n, 2 * B)]
-        if STRIPE1 in self._by_role:
-            self._put(STRIPE1, slots1, first)
-        if STRIPE2 in self._by_role:
-            self._put(STRIPE2, slots2, first)
-        if PARITY in self._by_role:
-            pv = memoryview(xor_bytes(b"".join(slots1), b"".join(slots2)))
-            self._put(PARITY, [pv[o : o + B] for o in range(0, len(pv), B)], first)
         self._units_done += len(slots1)
+        job: Job = []
+        for role in self._by_role:
+            if role == PARITY:
+                slots = xor_blocks(slots1, slots2, B)
+            else:
+                slots = slots1 if role == STRIPE1 else slots2
+            if slots:
+                job.append((self._by_role[role], self._iov(role, slots, first)))
+        return job
 
-    def _put(self, role: int, slots: list[memoryview], first: int) -> None:
+    def _iov(self, role: int, slots: list[memoryview], first: int) -> list[memoryview]:
         k = len(slots)
-        if k == 0:
-            return
         seed = self._seeds[role] + first
-        struct.pack_into(f"<{k}I", self._crc, 0, *map(zlib.crc32, slots, range(seed, seed + k)))
-        iov: list[memoryview | None] = [None] * (2 * k)
+        crcs = memoryview(struct.pack(f"<{k}I", *map(zlib.crc32, slots, range(seed, seed + k))))
+        iov: list[memoryview] = [crcs] * (2 * k)
         iov[0::2] = slots
-        iov[1::2] = self._crcviews[:k]
-        _writev_all(self._by_role[role], iov)
+        iov[1::2] = [crcs[i : i + 4] for i in range(0, 4 * k, 4)]
+        return iov
 
     def commit(self) -> None:
         """Publish the new content atomically and durably (see the module docstring for the order)."""
@@ -200,7 +303,12 @@ class RaidWriter:
             raise ProgrammingError(f"{self.label}: commit after commit or abort")
         try:
             if self._buf:
-                self._flush()
+                self._emit(memoryview(self._buf))
+            self._send()
+            if self._spool is not None:
+                self._spool.wait()
+                self._spool.close()
+                self._spool = None
             for t in self._targets:
                 os.pwrite(t.fd, pack_header(Header(t.role, self._shift, self.write_id, self.length)), 0)
             run_parallel(os.fsync, [t.fd for t in self._targets])
@@ -220,12 +328,20 @@ class RaidWriter:
     def abort(self) -> None:
         """Drop everything written; the committed file (if any) is untouched. Safe to call twice."""
         if self._open:
+            self._stop_spool()
             for t in self._targets:
                 claims.release(t.fd, t.temp)
             self._targets = []
             self._close()
 
+    def _stop_spool(self) -> None:
+        """Let the writer thread finish before its file descriptors are closed."""
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
     def _close(self) -> None:
+        self._stop_spool()
         for t in self._targets:
             os.close(t.fd)
         for fd, temp in self._extra:
@@ -233,3 +349,4 @@ class RaidWriter:
         self._targets, self._extra = [], []
         self._open = False
         self._buf = bytearray()
+        self._pending, self._pending_records = {}, 0
