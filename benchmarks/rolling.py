@@ -2,7 +2,7 @@
 """Delta engine against librsync's `rdiff`, same files, same block size, same run.
 
     python3 benchmarks/rolling.py            # 64 MiB cases + 512 MiB case (a few minutes)
-    python3 benchmarks/rolling.py --quick    # 16 MiB cases only, under a minute
+    python3 benchmarks/rolling.py --quick    # 16 MiB cases only, ~30 s
 
 Cases, on random data and on real data (files of /usr/lib and /usr/share, concatenated):
   i    10 scattered small edits (overwrites, inserts, deletes of 1-64 bytes)
@@ -13,9 +13,12 @@ Cases, on random data and on real data (files of /usr/lib and /usr/share, concat
 
 boxbox time = `signature_of(old)` + `delta(sig, new)` + `encode_delta` to a file, measured
 inside a fresh worker process (interpreter start-up excluded), which also reports its
-peak RSS. rdiff time = `rdiff signature -b <block>` + `rdiff delta`. Both are CPU time
-(user + sys), so other work on a shared machine does not skew the ratio; the wall-clock
-ratio is printed beside it.
+peak RSS. rdiff time = `rdiff signature -b <block>` + `rdiff delta`, less rdiff's own
+process start-up (the same two commands on empty files, measured in the same run: ~2 ms),
+since boxbox's interpreter start-up is not counted either. Both are CPU time (user + sys),
+so other work on a shared machine does not skew the ratio; the wall-clock ratio is
+printed beside it. Each figure is the median of --runs runs (default 5), boxbox and rdiff
+alternating.
 Ratios are boxbox / rdiff (time: lower is better). Every boxbox delta is patched back
 and compared with the new file (untimed). Without rdiff (Debian package `rdiff`:
 `apt-get install -y rdiff`) the rdiff columns are skipped.
@@ -216,22 +219,34 @@ def run_rdiff(rdiff: str, work: Path, old: Path, new: Path, block_size: int) -> 
     return {"sig": t1 - t0, "delta": t2 - t1, "total": t2 - t0, "wall": w2 - w0, "size": os.path.getsize(out)}
 
 
+def rdiff_startup(rdiff: str, work: Path, runs: int) -> dict:
+    """rdiff's fixed cost: signature and delta of an empty file (process start-up, no data)."""
+    empty = work / "empty"
+    empty.write_bytes(b"")
+    times = [run_rdiff(rdiff, work, empty, empty, 4096) for _ in range(runs)]
+    return {k: statistics.median(t[k] for t in times) for k in ("sig", "delta", "total", "wall")}
+
+
 def measure(work: Path, name: str, old: bytes, new: bytes, block_size: int, args: argparse.Namespace,
             rdiff: str | None) -> dict:
     old_p = work / "old"
     new_p = work / "new"
     old_p.write_bytes(old)
     new_p.write_bytes(new)
-    bb_runs = [run_boxbox(work, old_p, new_p, block_size, args.hash, verify=(i == 0)) for i in range(args.runs)]
-    if bb_runs[0]["ok"] is False:
-        raise SystemExit(f"{name}: boxbox delta does not patch back to the new file")
-    rd_runs = [run_rdiff(rdiff, work, old_p, new_p, block_size) for _ in range(args.runs)] if rdiff else []
+    bb_runs = []
+    rd_runs = []
+    for i in range(args.runs):  # alternating, so a burst of load elsewhere hits both
+        bb_runs.append(run_boxbox(work, old_p, new_p, block_size, args.hash, verify=(i == 0)))
+        if i == 0 and bb_runs[0]["ok"] is False:
+            raise SystemExit(f"{name}: boxbox delta does not patch back to the new file")
+        if rdiff:
+            rd_runs.append(run_rdiff(rdiff, work, old_p, new_p, block_size))
     bb = {k: statistics.median(r[k] for r in bb_runs) for k in ("sig", "delta", "total", "wall")}
     bb["size"] = bb_runs[0]["size"]
     bb["peak_rss_mib"] = max(r["peak_rss_mib"] for r in bb_runs)
     row = {"name": name, "mib": len(old) / MIB, "block": block_size, "bb": bb}
     if rd_runs:
-        rd = {k: statistics.median(r[k] for r in rd_runs) for k in ("sig", "delta", "total", "wall")}
+        rd = {k: statistics.median(r[k] for r in rd_runs) - args.rdiff_startup[k] for k in ("sig", "delta", "total", "wall")}
         rd["size"] = rd_runs[0]["size"]
         row["rd"] = rd
         row["ratio"] = bb["total"] / rd["total"]
@@ -260,15 +275,14 @@ def main() -> int:
         worker(old, new, int(bs), out, hash_name, verify == "1")
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="16 MiB cases only (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="16 MiB cases only (~30 s)")
     parser.add_argument("--size-mib", type=int, help="size of the four cases (default 64, 16 with --quick)")
     parser.add_argument("--big-mib", type=int, default=512, help="size of the ~1%% changed case (0 skips it)")
-    parser.add_argument("--runs", type=int, help="runs per measurement, median taken (default 3, 1 with --quick)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per measurement, median taken (default 5)")
     parser.add_argument("--hash", default="sha256", choices=["sha256", "blake2b"])
     parser.add_argument("--kinds", default="random,real", help="data kinds of the four cases (empty: none)")
     args = parser.parse_args()
     size = (args.size_mib or (16 if args.quick else 64)) * MIB
-    args.runs = args.runs or (1 if args.quick else 3)
     if args.quick:
         args.big_mib = 0
     sys.path.insert(0, str(ROOT))
@@ -281,6 +295,10 @@ def main() -> int:
     print(f"hash {args.hash}, {args.runs} run(s) per figure (median); times are CPU seconds (user+sys; "
           f"robust on a shared machine), `wall` the wall-clock ratio; MB/s = 10^6 B/s of the new file "
           f"through boxbox signature+delta (CPU time)")
+    with tempfile.TemporaryDirectory(prefix="boxbox-bench-") as tmp:
+        args.rdiff_startup = rdiff_startup(rdiff, Path(tmp), 2 * args.runs + 1) if rdiff else {}
+    if rdiff:
+        print(f"rdiff start-up (subtracted from its times): {1000 * args.rdiff_startup['total']:.1f} ms CPU")
     print(f"{'case':<12} {'MiB':>6} {'block':>6} {'bb sig':>7} {'delta':>7} {'total':>7} {'MB/s':>7} "
           f"{'bb bytes':>11} {'RSS':>6} | {'rd sig':>7} {'delta':>7} {'total':>7} {'rd bytes':>11} | "
           f"{'ratio':>5} {'wall':>5} {'size':>6}")
