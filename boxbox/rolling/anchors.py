@@ -44,6 +44,9 @@ SLOTS = 8
 #: anchors lie within the first SPAN bytes of a block, so a search window needs to look
 #: only SPAN bytes past its end to see every candidate that starts inside it
 SPAN = 4096
+#: the TRIES windows lie within the first TRY_SPAN bytes (only run windows lie further), so
+#: the finder's lookahead for most anchor words is short (see delta._Index.jnear)
+TRY_SPAN = 2048
 NO_ANCHOR = 0xFFFF
 RECORD = struct.Struct("<8H8Q")
 assert RECORD.size == 80
@@ -116,9 +119,9 @@ def penalty(window: bytes) -> int:
 def tries_for(size: int) -> tuple[int, ...]:
     """The window positions u (start 8u) tried first in a block of `size` bytes, in order.
 
-    Spread over the first SPAN bytes, at the middle of TRIES equal parts.
+    Spread over the first TRY_SPAN bytes, at the middle of TRIES equal parts.
     """
-    span = size if size < SPAN else SPAN
+    span = size if size < TRY_SPAN else TRY_SPAN
     nu = (span - WINDOW) // 8 + 1
     if nu <= 0:
         return ()
