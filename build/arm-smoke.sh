@@ -196,8 +196,11 @@ EOF
                 echo "the server ran as root" >&2; exit 1
             fi
             step "$arch: boxbox server --foreground as uid 65534 on 127.0.0.1:$port"
-            in_chroot --user 65534 /opt/boxbox server --config $smoke/server.conf --foreground \
-                2>"$work/server-$arch.log" &
+            # not through in_chroot: $! must be the daemon itself (env, chroot and qemu exec
+            # in turn), not a subshell around it, or the signals below would miss it
+            env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME=$smoke SHIV_ROOT="$smoke/shiv-65534" \
+                "$chroot" --userspec=65534:65534 "$rootfs" "/usr/bin/$qemu" /usr/bin/python3 \
+                /opt/boxbox server --config $smoke/server.conf --foreground 2>"$work/server-$arch.log" &
             server_pid=$!
             i=0
             until grep -q "listening on" "$work/server-$arch.log" 2>/dev/null; do
@@ -230,7 +233,7 @@ with Client.connect("127.0.0.1", port, ctx, server_hostname="localhost") as c:
     entry = make_entry(keys, sub, b"notes.bin", 0, FILE, attrs)
     obj = io.BytesIO()
     encode_file(keys, io.BytesIO(data), obj, container_id=sub, name=b"notes.bin", attributes=attrs)
-    fid = c.store_file(sub, io.BytesIO(obj.getvalue()), mtime=entry.mtime_ns, name=entry.sealed_name,
+    fid = c.store_file(sub, entry.sealed_name, io.BytesIO(obj.getvalue()), mtime=entry.mtime_ns,
                        attributes_hash=entry.attr_hash, attributes=entry.sealed_attributes)
     [listed] = Directory.parse(c.list_directory(sub)).entries
     restored = io.BytesIO()
@@ -270,4 +273,4 @@ done
 if [ -n "$failed" ]; then
     die "failed on:$failed (see above)"
 fi
-step "all passed:$arches"
+step "all passed: ${arches# }"
