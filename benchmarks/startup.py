@@ -130,7 +130,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=None, help="runs of each measurement (default 15, --quick 5)")
     ap.add_argument("--exe", type=Path, default=None, help="the executable to measure (default dist/boxbox)")
     ap.add_argument("--build", action="store_true", help="build a fresh executable from a snapshot of the checkout")
-    ap.add_argument("--python", default=None, help="interpreter to run it with (default: python3 on " + SERVICE_PATH + ")")
+    ap.add_argument("--python", default=None,
+                    help=f"interpreter to run it with (default: python3 on {SERVICE_PATH})")
     args = ap.parse_args()
     runs = args.runs or (5 if args.quick else 15)
     if runs < 1:
@@ -182,7 +183,8 @@ def main() -> int:
         rows.append(("source  python3 -m boxbox --version (no zipapp)",
                      median_ms([python, "-m", "boxbox", "--version"], src_env, cwd, runs)))
         rows.append(("floor  python3 -c pass", median_ms([python, "-c", "pass"], warm_env, cwd, runs)))
-        rows.append(("floor  python3 -S -c pass (no site)", median_ms([python, "-S", "-c", "pass"], warm_env, cwd, runs)))
+        rows.append(("floor  python3 -S -c pass (no site)",
+                     median_ms([python, "-S", "-c", "pass"], warm_env, cwd, runs)))
 
         width = max(len(r[0]) for r in rows)
         print()
@@ -194,7 +196,8 @@ def main() -> int:
         # what a warm --version spends its imports on
         imports = imports_of([python, str(exe), "--version"], warm_env, cwd)
         print()
-        print("warm --version, -X importtime: ms of imports by who asked for them (the wall time also has interpreter start and shiv work):")
+        print("warm --version, -X importtime: ms of imports by who asked for them "
+              "(the wall time also has interpreter start and shiv's own work):")
         for group, ms in breakdown(imports).items():
             print(f"  {group:<32} {ms:7.1f}")
         top = sorted(imports, key=lambda i: -i[1])[:6]
@@ -221,7 +224,8 @@ def main() -> int:
               f"{warm_version[3]:.0f} ms CPU; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
         for f in failures:
             print(f"FAIL: {f}")
-        print(f"RESULT warm_version_ms={warm_version[0]:.0f} warm_help_ms={warm_help[0]:.0f} cold_version_ms={cold[0]:.0f}")
+        print(f"RESULT warm_version_ms={warm_version[0]:.0f} warm_help_ms={warm_help[0]:.0f} "
+              f"cold_version_ms={cold[0]:.0f}")
         return 1 if failures else 0
 
 
