@@ -1,0 +1,1 @@
+"""Restore, compare and point-in-time reconstruction: the read side of `boxbox query`."""

@@ -1,0 +1,251 @@
+"""Writing restored objects under a target directory without ever leaving it.
+
+Every name and attribute comes from the store, which may be hostile, so:
+
+- a name is exactly one path component: not empty, not `.` or `..`, no `/`, no NUL
+  (`check_name`). Anything else is refused and reported, never "cleaned up";
+- every write is relative to a directory descriptor opened O_NOFOLLOW | O_DIRECTORY one
+  component at a time from the target, so a symlink planted by an earlier entry is never
+  followed, and `..` can never be spelled;
+- a file is created O_CREAT | O_EXCL | O_NOFOLLOW under a temporary name, filled and given
+  its metadata through its descriptor, then hard-linked to its real name (link(2) neither
+  follows nor replaces what is there) and the temporary name removed. A half-written file
+  never carries a real name: that is what makes `--resume` trustworthy.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import secrets
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+from boxbox.errors import IntegrityError, UsageError
+from boxbox.objects.attributes import Attributes, FileType
+
+#: temporary files are named TEMP_PREFIX + random hex + TEMP_SUFFIX; `--resume` removes strays
+TEMP_PREFIX = b".boxbox-restore."
+TEMP_SUFFIX = b".tmp"
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+WRITE_BUFFER = 1 << 20
+_NODE_TYPES = {FileType.FIFO: stat.S_IFIFO, FileType.CHAR_DEVICE: stat.S_IFCHR,
+               FileType.BLOCK_DEVICE: stat.S_IFBLK, FileType.SOCKET: stat.S_IFSOCK}
+_STAT_TYPES = {FileType.REGULAR: stat.S_IFREG, FileType.DIRECTORY: stat.S_IFDIR, FileType.SYMLINK: stat.S_IFLNK,
+               **_NODE_TYPES}
+
+
+def check_name(name: bytes, where: str) -> None:
+    """Refuse a store name that is not one harmless path component."""
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise IntegrityError(f"{where}: the store sent the unsafe name {name[:80]!r}; refused")
+
+
+def describe(path: bytes) -> str:
+    """A restored path for messages (names need not be UTF-8)."""
+    return os.fsdecode(path) if path else "."
+
+
+def is_temp_name(name: bytes) -> bool:
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def open_dir(parent_fd: int, name: bytes) -> int:
+    """A descriptor for directory `name` under `parent_fd`; a symlink there is refused (ELOOP)."""
+    return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+
+
+def open_target(path: str | os.PathLike[str], resume: bool) -> int:
+    """The restore target: created empty, or (resuming) opened as it is; anything else is refused.
+
+    The user's own path may go through symlinks (it is theirs); nothing below it may.
+    """
+    path = Path(path)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not resume:
+            raise UsageError(f"restore target {path} already exists",
+                             hint="choose a new directory, or add --resume to continue an interrupted restore") from None
+    except OSError as e:
+        raise UsageError(f"cannot create restore target {path}: {e.strerror}") from None
+    try:
+        return os.open(path, DIR_FLAGS)
+    except OSError as e:
+        raise UsageError(f"cannot open restore target {path}: {e.strerror}") from None
+
+
+class Writer:
+    """Creates files, directories and special files under directory descriptors, with metadata."""
+
+    def __init__(self, restore_owners: bool | None = None) -> None:
+        self.restore_owners = os.geteuid() == 0 if restore_owners is None else restore_owners
+        #: one line per kind of thing that could not be restored as it was (not per file)
+        self.warnings: list[str] = []
+        self._warned: set[str] = set()
+
+    def warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            self.warnings.append(message)
+
+    # ------------------------------------------------------------ directories
+    def make_dir(self, parent_fd: int, name: bytes, resume: bool) -> int:
+        """Create directory `name` (0700 until its metadata is applied at the end); open it."""
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            if not resume:
+                raise
+        return open_dir(parent_fd, name)
+
+    # ------------------------------------------------------------ regular files
+    def create_temp(self, dir_fd: int) -> tuple[BinaryIO, bytes]:
+        """A new, empty temporary file in `dir_fd` (never an existing name) and its name."""
+        while True:
+            tmp = TEMP_PREFIX + secrets.token_hex(8).encode() + TEMP_SUFFIX
+            try:
+                fd = os.open(tmp, FILE_FLAGS, 0o600, dir_fd=dir_fd)
+            except FileExistsError:
+                continue
+            return open(fd, "wb", buffering=WRITE_BUFFER), tmp
+
+    def discard_temp(self, dir_fd: int, f: BinaryIO, tmp: bytes) -> None:
+        f.close()
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+
+    def commit_file(self, dir_fd: int, f: BinaryIO, tmp: bytes, name: bytes, attrs: Attributes | None) -> None:
+        """Metadata through the descriptor, then link the temp file to `name` (never replacing anything)."""
+        try:
+            f.flush()
+            if attrs is not None:
+                self._apply_fd(f.fileno(), attrs)
+            f.close()
+            try:
+                os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                # a file system without hard links: check, then rename (the target is ours, 0700)
+                if _exists(dir_fd, name):
+                    raise FileExistsError(errno.EEXIST, "File exists") from None
+                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                return
+        except BaseException:
+            self.discard_temp(dir_fd, f, tmp)
+            raise
+        os.unlink(tmp, dir_fd=dir_fd)
+
+    # ------------------------------------------------------------ everything else
+    def make_node(self, dir_fd: int, name: bytes, attrs: Attributes) -> None:
+        """A symlink (never followed), fifo, socket or device node, with its metadata."""
+        if attrs.file_type is FileType.SYMLINK:
+            if not attrs.symlink_target or b"\0" in attrs.symlink_target:
+                raise IntegrityError(f"symlink target {attrs.symlink_target[:80]!r} is empty or holds NUL")
+            os.symlink(attrs.symlink_target, name, dir_fd=dir_fd)
+        else:
+            kind = _NODE_TYPES.get(attrs.file_type)
+            if kind is None:
+                raise IntegrityError(f"cannot make a node of type {attrs.file_type.name}")
+            old = os.umask(0)  # the node is born with its final mode: no chmod of a path later
+            try:
+                os.mknod(name, kind | (attrs.mode & 0o7777), attrs.rdev, dir_fd=dir_fd)
+            finally:
+                os.umask(old)
+        self._apply_name(dir_fd, name, attrs)
+
+    def set_dir_metadata(self, dir_fd: int, attrs: Attributes) -> None:
+        """Applied after the directory's contents, so its mode and mtime are the last word."""
+        self._apply_fd(dir_fd, attrs)
+
+    # ------------------------------------------------------------ resume
+    def already_restored(self, dir_fd: int, name: bytes, attrs: Attributes | None) -> bool:
+        """True when `name` is there as a finished restore left it (type, mtime; target for links)."""
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if attrs is None:
+            return stat.S_ISREG(st.st_mode)
+        if stat.S_IFMT(st.st_mode) != _STAT_TYPES[attrs.file_type]:
+            return False
+        if attrs.file_type is FileType.SYMLINK:
+            return os.readlink(name, dir_fd=dir_fd) == os.fsdecode(attrs.symlink_target)
+        return st.st_mtime_ns == attrs.mtime_ns
+
+    def remove_strays(self, dir_fd: int, keep: set[bytes]) -> int:
+        """Remove temporary files an interrupted restore left in `dir_fd` (not names the store lists)."""
+        removed = 0
+        with os.scandir(dir_fd) as it:
+            names = [os.fsencode(e.name) for e in it]
+        for name in names:
+            if is_temp_name(name) and name not in keep:
+                os.unlink(name, dir_fd=dir_fd)
+                removed += 1
+        return removed
+
+    # ------------------------------------------------------------ metadata
+    def _owner(self, attrs: Attributes) -> tuple[int, int] | None:
+        if not self.restore_owners:
+            if (attrs.uid, attrs.gid) != (os.geteuid(), os.getegid()):
+                self.warn_once("owners", "not running as root: files belong to the restoring user, "
+                                         "not to their recorded owners")
+            return None
+        return _uid(attrs.user, attrs.uid), _gid(attrs.group, attrs.gid)
+
+    def _apply_fd(self, fd: int, attrs: Attributes) -> None:
+        owner = self._owner(attrs)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, attrs.mode & 0o7777)  # after chown, which clears set-id bits
+        for xname, value in attrs.xattrs:
+            try:
+                os.setxattr(fd, xname, value)
+            except OSError as e:
+                self.warn_once(f"xattr {e.errno}", f"some extended attributes were not restored: {e.strerror}")
+        os.utime(fd, ns=(attrs.mtime_ns, attrs.mtime_ns))
+
+    def _apply_name(self, dir_fd: int, name: bytes, attrs: Attributes) -> None:
+        """Metadata of a node just made in `dir_fd` (no descriptor can be opened on a link or fifo safely)."""
+        owner = self._owner(attrs)
+        if owner is not None:
+            os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
+            if attrs.file_type is not FileType.SYMLINK and attrs.mode & 0o6000:
+                self.warn_once("setid", "set-user/group-id bits on special files were dropped by chown")
+        if attrs.xattrs and attrs.file_type is not FileType.SYMLINK:
+            self.warn_once("node xattrs", "extended attributes of fifos, sockets and devices are not restored")
+        os.utime(name, ns=(attrs.mtime_ns, attrs.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _exists(dir_fd: int, name: bytes) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _uid(user: str, uid: int) -> int:
+    """The local id of the recorded user name when it exists here (like tar), else the number."""
+    if user:
+        try:
+            return pwd.getpwnam(user).pw_uid
+        except KeyError:
+            pass
+    return uid
+
+
+def _gid(group: str, gid: int) -> int:
+    if group:
+        try:
+            return grp.getgrnam(group).gr_gid
+        except KeyError:
+            pass
+    return gid
