@@ -198,7 +198,8 @@ if [ "$role" = server ]; then
     echo "  - put server.crt, server.key and ca.crt (from \`boxbox ca sign-server\`) in /etc/boxbox;"
     echo "    the key must be readable by '$user': chgrp $group /etc/boxbox/server.key; chmod 0640 /etc/boxbox/server.key"
     echo "  - edit /etc/boxbox/server.conf, then: boxbox config check server /etc/boxbox/server.conf"
-    echo "  - create accounts as '$user': boxbox accounts --config /etc/boxbox/server.conf create 1 --soft 10G --hard 12G"
+    echo "  - create accounts as '$user' (files the server must write): sudo -u $user SHIV_ROOT=$state/shiv \\"
+    echo "      boxbox accounts --config /etc/boxbox/server.conf create 1 --soft 10G --hard 12G"
 else
     echo "  - put client.crt, client.key and ca.crt (from \`boxbox ca sign-client\`) in /etc/boxbox"
     echo "  - make the keys file (boxbox client init) and copy it somewhere safe: without it nothing can be restored"
