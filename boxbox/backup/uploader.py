@@ -1,0 +1,490 @@
+"""Make the store match one changed directory at a time, pipelined, for one backup run.
+
+`StoreSession` wraps a logged-in `wire.client.Client` for one run: it keeps uploads and
+directory operations in flight (replies are read when the window fills, not per file),
+counts what it sent, and knows whether the store is full or refuses diffs.
+
+`LocationSync.sync(change)` is called for each `scan.Change` (parents first). It lists the
+store directory once, then for each local entry compares (mtime, attribute hash) with the
+store's entry by sealed name, and:
+- uploads new or changed files: as a diff when an older version is there and the file is
+  above `diffing_upload_size_threshold` (whole if the server refuses diffs), else whole;
+- sends only re-sealed attributes for an attribute-only change (a MoveObject onto itself);
+- creates or moves subdirectories (a directory whose inode had a store id is moved);
+- leaves files whose inode had a store id (renamed?) for `finish`.
+Entries on the store that are gone locally are remembered; `finish` first moves the
+remembered renamed files onto their new names (a move instead of an upload), then marks
+the rest deleted — deletions last, so moves win.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from boxbox.backup.records import NO_CHECKSUM
+from boxbox.backup.scan import Change, Scanner, upload_due
+from boxbox.backup.state import LocationState
+from boxbox.backup.streams import FileChanged, LocalReadError, RateLimit, diff_file, whole_file
+from boxbox.crypto import seal as sealing
+from boxbox.crypto.keys import Keys
+from boxbox.errors import BoxboxError, LimitExceeded, NotFound, ProtocolError, UsageError
+from boxbox.objects.attributes import Attributes, FileType, attributes_from_path
+from boxbox.objects.directory import DELETED, DIR, FILE, OLD, Directory, Entry, entry_attribute_hash, \
+    make_entry, seal_directory_attributes
+from boxbox.objects.file import HEADER as FILE_HEADER, open_index, seal_place
+from boxbox.wire import messages as m
+from boxbox.wire.client import Client, Pending
+
+log = logging.getLogger(__name__)
+
+ROOT_DIRECTORY_ID = 1
+#: replies left unread before the oldest are collected (the client caps at 256 itself)
+WINDOW = 128
+
+
+@dataclass
+class Settings:
+    """The `[client]` keys the uploader needs, typed."""
+
+    cipher: str = sealing.DEFAULT_CIPHER
+    lazy: bool = False
+    minimum_file_age: float = 6 * 3600.0
+    max_upload_wait: float = 24 * 3600.0
+    max_file_time_in_future: float = 2 * 86400.0
+    file_tracking_size_threshold: int = 65536
+    diffing_upload_size_threshold: int = 8192
+    maximum_diffing_time: float = 120.0
+    keep_alive_time: float = 120.0
+    max_upload_rate: int = 0
+
+
+@dataclass
+class RunStats:
+    """What one run did; shown by `boxbox ctl status`."""
+
+    files_uploaded: int = 0
+    diffs: int = 0
+    file_bytes: int = 0  # clear bytes of the files uploaded
+    new_bytes: int = 0  # clear bytes sent as new data (whole files + new parts of diffs)
+    attributes_changed: int = 0
+    directories_created: int = 0
+    moved: int = 0
+    deleted: int = 0
+    waiting: int = 0  # lazy mode: files not old enough yet
+    read_errors: list[str] = field(default_factory=list)
+    upload_errors: list[str] = field(default_factory=list)
+
+
+class StoreSession:
+    """One logged-in connection for a run: the pipeline window, store-full and diff state."""
+
+    def __init__(self, client: Client, keys: Keys, settings: Settings, *, store_full: bool = False) -> None:
+        self.client = client
+        self.keys = keys
+        self.settings = settings
+        self.stats = RunStats()
+        self.store_full = store_full
+        self.accepts_diffs = True
+        self.limit = RateLimit(settings.max_upload_rate)
+        self._inflight: deque[tuple[Pending, Callable[[Any], None] | None, Callable[[BoxboxError], None] | None]] \
+            = deque()
+        self._last_sent = time.monotonic()
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.client.conn.bytes_out
+
+    def submit(self, request_fn: Callable[[], Pending], on_ok: Callable[[Any], None] | None = None,
+               on_error: Callable[[BoxboxError], None] | None = None) -> None:
+        """Send without waiting; the callbacks run when the reply is read."""
+        pending = request_fn()
+        self._last_sent = time.monotonic()
+        self._inflight.append((pending, on_ok, on_error))
+        while len(self._inflight) > WINDOW:
+            self._collect_one()
+
+    def _collect_one(self) -> None:
+        pending, on_ok, on_error = self._inflight.popleft()
+        try:
+            value = pending.result()
+        except (ProtocolError, OSError):
+            raise  # the connection is gone: the run fails and is retried
+        except BoxboxError as e:
+            if isinstance(e, LimitExceeded):
+                self.store_full = True
+            if on_error is None:
+                raise
+            on_error(e)
+            return
+        if on_ok is not None:
+            on_ok(value)
+
+    def drain(self) -> None:
+        """Read every outstanding reply (running the callbacks)."""
+        while self._inflight:
+            self._collect_one()
+
+    def keep_alive(self) -> None:
+        """Called during long local work: a KeepAlive when the connection was quiet for keep_alive_time."""
+        if time.monotonic() - self._last_sent >= self.settings.keep_alive_time:
+            self.submit(self.client.keep_alive)
+
+
+def _join(*parts: bytes) -> bytes:
+    return b"/".join(p for p in parts if p)
+
+
+class LocationSync:
+    """Syncs one location's changed directories during one run; `finish` does moves and deletions."""
+
+    def __init__(self, session: StoreSession, name: str, root: str, state: LocationState, *,
+                 force: bool = False, now: float | None = None) -> None:
+        self.session = session
+        self.keys = session.keys
+        self.settings = session.settings
+        self.name = name
+        self.root = os.fsencode(os.path.abspath(root))
+        self.state = state
+        self.force = force
+        self.now = time.time() if now is None else now
+        #: store entries gone locally: object id -> (directory id, entry)
+        self.vanished: dict[int, tuple[int, Entry]] = {}
+        #: new names whose inode had a store id: (old id, directory id, name, stat, path in location)
+        self.renamed: list[tuple[int, int, bytes, os.stat_result, bytes]] = []
+        self.moved_ids: set[int] = set()
+        self.failed_paths: set[bytes] = set()
+        self.pending: dict[bytes, float] = {}
+
+    # ------------------------------------------------------------ helpers
+    def _full(self, path: bytes, name: bytes = b"") -> bytes:
+        return _join(self.root, path, name) if self.root != b"/" else b"/" + _join(path, name)
+
+    def _read_error(self, path: bytes, message: str) -> None:
+        text = f"{self.name}:{os.fsdecode(path) or '/'}: {message}"
+        log.warning("%s", text)
+        self.session.stats.read_errors.append(text)
+
+    def _fail(self, path: bytes) -> Callable[[BoxboxError], None]:
+        def on_error(e: BoxboxError) -> None:
+            text = f"{self.name}:{os.fsdecode(path) or '/'}: {e}"
+            log.warning("upload failed: %s", text)
+            self.session.stats.upload_errors.append(text)
+            self.failed_paths.add(path)
+        return on_error
+
+    def _dir_attributes(self, path: bytes, st: os.stat_result) -> Attributes | None:
+        try:
+            return attributes_from_path(self._full(path), st)
+        except (OSError, BoxboxError) as e:
+            self._read_error(path, f"cannot read attributes: {getattr(e, 'strerror', None) or e}")
+            return None
+
+    # ------------------------------------------------------------ one directory
+    def sync(self, change: Change) -> None:
+        """Make the store directory match `change.entries`; set store ids and `done`."""
+        s = self.session
+        client = s.client
+        path = change.path
+        try:
+            dst = os.stat(self._full(path), follow_symlinks=False)
+        except OSError as e:
+            self._read_error(path, f"cannot stat directory: {e.strerror}")
+            return
+        dattrs = self._dir_attributes(path, dst)
+        if change.store_id == 0:
+            if path and not change.parent_store_id:
+                return  # its parent is not on the store (failed): retried next run
+            parent = change.parent_store_id or ROOT_DIRECTORY_ID
+            name = os.path.basename(path) if path else self.name.encode("utf-8")
+            sealed_attrs = seal_directory_attributes(self.keys, parent, name, dattrs) if dattrs else b""
+            s.drain()
+            # idempotent: after a lost state this finds the directory already there, so list it
+            change.store_id = client.create_directory(parent, sealing.seal_entry_name(self.keys, parent, name),
+                                                      sealed_attrs, dattrs.mtime_ns if dattrs else 0)
+            listing = self._list(change.store_id)
+        else:
+            listing = self._list(change.store_id)
+            if dattrs is not None:
+                parent = listing.container_id
+                name = os.path.basename(path) if path else self.name.encode("utf-8")
+                sealed_attrs = seal_directory_attributes(self.keys, parent, name, dattrs)
+                s.submit(lambda: client.submit(m.ChangeDirAttributes(change.store_id, dattrs.mtime_ns, sealed_attrs)),
+                         on_error=self._fail(path))
+        dir_id = change.store_id
+        current: dict[bytes, Entry] = {}
+        for e in listing.entries:
+            if not e.flags & (OLD | DELETED):
+                current[e.sealed_name] = e
+        complete = True
+        new_dirs: list[tuple[bytes, Pending]] = []
+        for name, st in change.entries:
+            sealed = sealing.seal_entry_name(self.keys, dir_id, name)
+            existing = current.pop(sealed, None)
+            if stat.S_ISDIR(st.st_mode):
+                pending = self._sync_subdir(change, dir_id, name, sealed, st, existing)
+                if pending is not None:
+                    new_dirs.append((name, pending))
+            elif not self._sync_file(change, dir_id, name, sealed, st, existing):
+                complete = False
+            s.keep_alive()
+        for sealed, e in current.items():
+            self.vanished[e.object_id] = (dir_id, e)
+        for name, pending in new_dirs:
+            try:
+                change.subdir_ids[name] = pending.result().object_id
+                s.stats.directories_created += 1
+            except (ProtocolError, OSError):
+                raise
+            except BoxboxError as e:
+                self._fail(path)(e)
+                complete = False
+        change.done = complete
+
+    def _list(self, dir_id: int) -> Directory:
+        self.session.drain()  # earlier replies first: the listing must include them
+        return Directory.parse(self.session.client.list_directory(dir_id, flags_not_set=OLD | DELETED))
+
+    def _sync_subdir(self, change: Change, dir_id: int, name: bytes, sealed: bytes, st: os.stat_result,
+                     existing: Entry | None) -> Pending | None:
+        s = self.session
+        client = s.client
+        path = _join(change.path, name)
+        if existing is not None and existing.flags & DIR:
+            change.subdir_ids[name] = existing.object_id
+            return None
+        if existing is not None:  # a file became a directory
+            s.submit(lambda: client.submit(m.DeleteFile(dir_id, sealed)), on_error=self._fail(change.path))
+        attrs = self._dir_attributes(path, st)
+        if attrs is None:
+            return None
+        sealed_attrs = seal_directory_attributes(self.keys, dir_id, name, attrs)
+        old_id = None
+        previous = self.state.records
+        if len(previous):
+            old_id = previous.store_id_by_inode(st.st_ino)
+        if old_id and old_id not in self.moved_ids and old_id != dir_id:
+            try:
+                s.drain()
+                old = Directory.parse(client.list_directory(old_id, attributes=False))
+                if old.container_id:
+                    client.move_object(old_id, old.container_id, dir_id, sealed, place=sealed_attrs)
+                    self.moved_ids.add(old_id)
+                    self.vanished.pop(old_id, None)
+                    change.subdir_ids[name] = old_id
+                    s.stats.moved += 1
+                    log.info("%s:%s: moved on the store (directory renamed)", self.name, os.fsdecode(path))
+                    return None
+            except (ProtocolError, OSError):
+                raise
+            except BoxboxError as e:
+                log.info("%s:%s: not moved (%s); creating it", self.name, os.fsdecode(path), e)
+        s.drain()
+        return client.submit(m.CreateDirectory(dir_id, attrs.mtime_ns, sealed, sealed_attrs))
+
+    def _sync_file(self, change: Change, dir_id: int, name: bytes, sealed: bytes, st: os.stat_result,
+                   existing: Entry | None) -> bool:
+        """One non-directory entry; False if it is left for a later run (too young, failed)."""
+        s = self.session
+        client = s.client
+        path = _join(change.path, name)
+        full = self._full(change.path, name)
+        try:
+            attrs = attributes_from_path(full, st)
+        except (OSError, BoxboxError) as e:
+            self._read_error(path, f"cannot read attributes: {getattr(e, 'strerror', None) or e}")
+            return True  # not retried until it changes: the notify script reports it
+        ahash = entry_attribute_hash(self.keys, name, attrs)
+        if existing is not None and existing.flags & DIR:  # a directory became a file
+            s.submit(lambda: client.submit(m.DeleteDirectory(existing.object_id)), on_error=self._fail(change.path))
+            existing = None
+        tracked = stat.S_ISREG(st.st_mode) and st.st_size >= self.settings.file_tracking_size_threshold
+        if existing is not None and existing.mtime_ns == st.st_mtime_ns:
+            if tracked:
+                self.state.inodes.set(st.st_ino, existing.object_id)
+            if existing.attr_hash == ahash:
+                return True
+            entry = make_entry(self.keys, dir_id, name, existing.object_id, FILE, attrs)
+            s.submit(lambda: client.submit(_move(existing.object_id, dir_id, dir_id, sealed, entry)),
+                     lambda _: _count(s.stats, "attributes_changed"), self._fail(change.path))
+            return True
+        if self.settings.lazy and not self.force:
+            since = self.state.pending.get(path)
+            if not upload_due(st.st_mtime, st.st_ctime, self.now, since, minimum_file_age=self.settings.minimum_file_age,
+                              max_upload_wait=self.settings.max_upload_wait,
+                              max_file_time_in_future=self.settings.max_file_time_in_future):
+                self.pending[path] = self.now if since is None else since
+                s.stats.waiting += 1
+                return False
+        if s.store_full:
+            return False
+        if tracked and existing is None:
+            old_id = self.state.inodes.get(st.st_ino)
+            if old_id:
+                self.renamed.append((old_id, dir_id, name, st, path))
+                return True
+        return self._upload(dir_id, name, sealed, st, attrs, ahash, existing, path, full, tracked)
+
+    def _upload(self, dir_id: int, name: bytes, sealed: bytes, st: os.stat_result, attrs: Attributes, ahash: bytes,
+                existing: Entry | None, path: bytes, full: bytes, tracked: bool) -> bool:
+        s = self.session
+        client = s.client
+        entry = make_entry(self.keys, dir_id, name, 0, FILE, attrs)
+        f = None
+        if stat.S_ISREG(st.st_mode):
+            try:
+                f = open(full, "rb", buffering=0)
+            except OSError as e:
+                self._read_error(path, f"cannot read: {e.strerror}")
+                return True
+        try:
+            source = None
+            diff_stats: dict[str, int] = {}
+            if (f is not None and existing is not None and s.accepts_diffs
+                    and st.st_size >= self.settings.diffing_upload_size_threshold):
+                source = self._diff_source(dir_id, name, sealed, f, st, attrs, diff_stats)
+            diff_from = source[0] if source else 0
+            stream = source[1] if source else whole_file(self.keys, f, st, container_id=dir_id, name=name,
+                                                         attributes=attrs, cipher=self.settings.cipher,
+                                                         limit=s.limit)
+            request = _store_file(dir_id, sealed, entry, diff_from)
+
+            def on_ok(reply: Any) -> None:
+                s.stats.files_uploaded += 1
+                s.stats.file_bytes += st.st_size
+                s.stats.new_bytes += diff_stats.get("new_bytes", st.st_size) if diff_from else st.st_size
+                s.stats.diffs += bool(diff_from)
+                if tracked:
+                    self.state.inodes.set(st.st_ino, reply.object_id)
+
+            try:
+                if diff_from:
+                    s.drain()
+                    pending = client.submit(request, upload=stream)
+                    try:
+                        on_ok(pending.result())
+                        return True
+                    except UsageError as e:
+                        if "diff" not in str(e):
+                            raise
+                        log.info("the server refuses diff uploads (%s): uploading whole files", e)
+                        s.accepts_diffs = False
+                        f.seek(0)  # type: ignore[union-attr]
+                        stream = whole_file(self.keys, f, st, container_id=dir_id, name=name, attributes=attrs,
+                                            cipher=self.settings.cipher, limit=s.limit)
+                        request = _store_file(dir_id, sealed, entry, 0)
+                        diff_from = 0
+                s.submit(lambda: client.submit(request, upload=stream), on_ok, self._fail(path))
+            except FileChanged as e:
+                log.info("%s:%s: %s; retried next run", self.name, os.fsdecode(path), e)
+                self.failed_paths.add(os.path.dirname(path))
+                return False
+            except LocalReadError as e:
+                self._read_error(path, str(e))
+                return True
+            except (ProtocolError, OSError):
+                raise
+            except BoxboxError as e:
+                self._fail(os.path.dirname(path))(e)
+                return False
+        finally:
+            if f is not None:
+                f.close()
+        return True
+
+    def _diff_source(self, dir_id: int, name: bytes, sealed: bytes, f: Any, st: os.stat_result, attrs: Attributes,
+                     stats: dict[str, int]) -> tuple[int, Any] | None:
+        s = self.session
+        s.drain()
+        try:
+            object_id, stream = s.client.get_block_index_by_name(dir_id, sealed)
+            blob = stream.read()
+            index = open_index(self.keys, blob, container_id=dir_id, name=name)
+        except (ProtocolError, OSError):
+            raise
+        except BoxboxError as e:
+            log.info("no usable older version to diff against (%s): uploading whole", e)
+            return None
+        deadline = time.monotonic() + self.settings.maximum_diffing_time
+        return object_id, diff_file(self.keys, f, st, index, object_id, container_id=dir_id, name=name,
+                                    attributes=attrs, cipher=self.settings.cipher, limit=s.limit,
+                                    deadline=deadline, stats=stats)
+
+    # ------------------------------------------------------------ end of run
+    def finish(self) -> None:
+        """Renamed files become moves where their old entry vanished; the rest are uploaded; then deletions."""
+        s = self.session
+        client = s.client
+        s.drain()
+        for old_id, dir_id, name, st, path in self.renamed:
+            full = self._full(os.path.dirname(path), name)
+            sealed = sealing.seal_entry_name(self.keys, dir_id, name)
+            try:
+                attrs = attributes_from_path(full, st)
+            except (OSError, BoxboxError) as e:
+                self._read_error(path, f"cannot read attributes: {getattr(e, 'strerror', None) or e}")
+                continue
+            old = self.vanished.get(old_id)
+            if old is not None and old[1].mtime_ns == st.st_mtime_ns and old[1].flags & FILE:
+                try:
+                    self._move_file(old_id, old[0], dir_id, name, sealed, attrs)
+                    del self.vanished[old_id]
+                    self.state.inodes.set(st.st_ino, old_id)
+                    s.stats.moved += 1
+                    continue
+                except (ProtocolError, OSError):
+                    raise
+                except BoxboxError as e:
+                    log.info("%s:%s: not moved (%s); uploading", self.name, os.fsdecode(path), e)
+            ahash = entry_attribute_hash(self.keys, name, attrs)
+            if not s.store_full:
+                self._upload(dir_id, name, sealed, st, attrs, ahash, None, path, full, True)
+        s.drain()
+        for object_id, (dir_id, e) in self.vanished.items():
+            if object_id in self.moved_ids:
+                continue
+            request = m.DeleteDirectory(object_id) if e.flags & DIR else m.DeleteFile(dir_id, e.sealed_name)
+            s.submit(lambda r=request: client.submit(r), lambda _: _count(s.stats, "deleted"),
+                     lambda err: log.info("delete of %#x failed: %s", object_id, err))
+        s.drain()
+
+    def _move_file(self, object_id: int, from_dir: int, to_dir: int, name: bytes, sealed: bytes,
+                   attrs: Attributes) -> None:
+        """Move a stored file to a new name: re-sealed entry attributes and a new place for the object."""
+        client = self.session.client
+        blob = client.get_block_index(object_id).read()
+        if len(blob) < FILE_HEADER.size:
+            raise NotFound(f"file {object_id:#x}: index of {len(blob)} bytes")
+        uid = blob[8:24]
+        entry = make_entry(self.keys, to_dir, name, object_id, FILE, attrs)
+        place = seal_place(self.keys, uid, to_dir, name, attrs)
+        client.move_object(object_id, from_dir, to_dir, sealed, entry_attributes=entry.sealed_attributes,
+                           attributes_hash=entry.attr_hash, place=place)
+        log.info("moved %#x on the store (file renamed)", object_id)
+
+    def settle(self, scanner: Scanner) -> None:
+        """After a complete scan: directories with a failed upload are not recorded as in sync."""
+        for path in self.failed_paths:
+            index = scanner.records.find(path)
+            if index is not None:
+                scanner.records.set_checksum(index, NO_CHECKSUM)
+        self.state.pending = self.pending
+
+
+def _count(stats: RunStats, name: str) -> None:
+    setattr(stats, name, getattr(stats, name) + 1)
+
+
+def _store_file(dir_id: int, sealed: bytes, entry: Entry, diff_from: int) -> m.StoreFile:
+    return m.StoreFile(dir_id, entry.mtime_ns, entry.attr_hash, diff_from, sealed, entry.sealed_attributes)
+
+
+def _move(object_id: int, from_dir: int, to_dir: int, sealed: bytes, entry: Entry) -> m.MoveObject:
+    """An attribute-only change: the entry moved onto itself with re-sealed attributes (the place is unchanged)."""
+    return m.MoveObject(object_id, from_dir, to_dir, 0, entry.attr_hash, sealed, entry.sealed_attributes, b"")
