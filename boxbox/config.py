@@ -201,6 +201,7 @@ CLIENT = (
             Key("delete_redundant_locations_after", DURATION, 172800.0, "delete a location removed from config after"),
             Key("max_upload_rate", SIZE, 0, "bytes per second, 0 for no limit"),
             Key("notify_script", PATH, None, "run with an event name (backup-ok, store-full, ...)"),
+            Key("notify_repeats", BOOL, False, "run notify_script again for the same error event on every run"),
             Key("sync_allow_script", PATH, None, "prints 'now' or a delay in seconds before a run"),
             Key("metrics_textfile", PATH, None, "node_exporter textfile written after each run"),
             *LOG_KEYS,
