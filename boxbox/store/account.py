@@ -12,6 +12,7 @@ import errno
 import fcntl
 import logging
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 ROOT_DIRECTORY_ID = 1
 MAX_OBJECT_ID = (1 << 64) - 1
 MAX_ACCOUNT = 0xFFFFFFFF
+#: How long a client's login waits for housekeeping or check to notice its request and let go.
+YIELD_WAIT = 10.0
 
 
 def account_prefix(account: int) -> str:
@@ -155,10 +158,53 @@ class Store:
         """Held briefly around read-modify-write of the info file (server session or admin)."""
         return _Lock(self._lock_dir_ready() / f"{account:08x}.info", blocking=True)
 
+    def housekeeping_lock(self, account: int) -> "_Lock":
+        """Held by housekeeping and check beside the write lock, so a client can tell who has the account."""
+        return _Lock(self._lock_dir_ready() / f"{account:08x}.housekeeping", blocking=False, account=account)
+
+    def housekeeping_running(self, account: int) -> bool:
+        try:
+            self.housekeeping_lock(account).acquire().release()
+        except InUse:
+            return True
+        return False
+
+    def _yield_path(self, account: int) -> Path:
+        return self._lock_dir_ready() / f"{account:08x}.yield"
+
+    def yield_requested(self, account: int) -> bool:
+        """A client is waiting for the account (a request younger than YIELD_WAIT x 3)."""
+        try:
+            return time.time() - os.stat(self._yield_path(account)).st_mtime < 3 * YIELD_WAIT
+        except FileNotFoundError:
+            return False
+
+    def _acquire_writer(self, account: int) -> "_Lock":
+        """The write lock; if housekeeping holds it, ask it to stop and wait up to YIELD_WAIT."""
+        try:
+            return self.write_lock(account).acquire()
+        except InUse:
+            if not self.housekeeping_running(account):
+                raise  # another client holds it
+        request = self._yield_path(account)
+        request.touch()
+        deadline = time.monotonic() + YIELD_WAIT
+        try:
+            while True:
+                try:
+                    return self.write_lock(account).acquire()
+                except InUse:
+                    if time.monotonic() > deadline:
+                        raise InUse(f"account {account:08x} is being housekept or checked and did not yield "
+                                    f"within {YIELD_WAIT:.0f} s", hint="try again in a moment") from None
+                    time.sleep(0.02)
+        finally:
+            request.unlink(missing_ok=True)
+
     def open(self, account: int, write: bool) -> "Account":
-        """Open ACCOUNT for a session; a writer takes the account's lock first."""
+        """Open ACCOUNT for a session; a writer takes the account's lock first (housekeeping yields to it)."""
         backend = self.backend(account)
-        lock = self.write_lock(account).acquire() if write else None
+        lock = self._acquire_writer(account) if write else None
         try:
             info = self.read_info(account)
         except BaseException:
@@ -352,7 +398,9 @@ class Account:
             try:
                 on_disc = self.store.read_info(self.number)
                 self.info = self.info._replace(soft_limit=on_disc.soft_limit, hard_limit=on_disc.hard_limit,
-                                               enabled=on_disc.enabled, name=on_disc.name)
+                                               enabled=on_disc.enabled, name=on_disc.name,
+                                               keep_versions_days=on_disc.keep_versions_days,
+                                               keep_min_versions=on_disc.keep_min_versions)
             except (NotFound, FormatError, IntegrityError) as e:
                 log.warning("account %08x: rewriting unreadable info file: %s", self.number, e)
             self.store.write_info(self.info)

@@ -1,6 +1,6 @@
-"""The account info file: limits, usage by kind, last object id, store marker, enabled, name.
+"""The account info file: limits, usage by kind, last object id, store marker, enabled, name, retention.
 
-Byte layout (little-endian):
+Byte layout (little-endian; version 1 ends after the name, version 2 appends 16 bytes):
 
     offset  size  field
     0       4     magic b"BXAI"
@@ -23,7 +23,13 @@ Byte layout (little-endian):
     112     8     client store marker
     120     2     name length n (UTF-8)
     122     n     name
+    122+n   8     change count: bumped by every session that changed the account, so
+                  housekeeping can skip an unchanged account with one read (version 2)
+    130+n   4     keep_versions_days: old versions are kept at least this long and trimmed
+                  by age beyond it; 0 = no retention by age (version 2)
+    134+n   4     keep_min_versions: newest old versions per file never trimmed by age (version 2)
 
+Version 1 files are read as version 2 with zeros; every write is version 2.
 Written with the object store's atomic put, so a reader sees the old or the new record.
 """
 
@@ -36,10 +42,11 @@ from boxbox import magic
 from boxbox.errors import FormatError
 
 MAGIC = magic.ACCOUNT_INFO
-VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 HEADER = struct.Struct("<4sHHII13QH")
-assert HEADER.size == 122
+TRAILER = struct.Struct("<QII")
+assert HEADER.size == 122 and TRAILER.size == 16
 BLOCK_SIZE = 4096
 MAX_NAME = 1024
 FLAG_ENABLED = 0x1
@@ -62,6 +69,9 @@ class AccountInfo(NamedTuple):
     last_object_id: int = 0
     client_store_marker: int = 0
     name: str = ""
+    change_count: int = 0
+    keep_versions_days: int = 0
+    keep_min_versions: int = 0
 
     def encode(self) -> bytes:
         name = self.name.encode("utf-8")
@@ -71,7 +81,8 @@ class AccountInfo(NamedTuple):
                            self.soft_limit, self.hard_limit, self.blocks_used, self.blocks_current,
                            self.blocks_old, self.blocks_deleted, self.blocks_directories, self.count_current,
                            self.count_old, self.count_deleted, self.count_directories, self.last_object_id,
-                           self.client_store_marker, len(name)) + name
+                           self.client_store_marker, len(name)) + name + TRAILER.pack(
+                               self.change_count, self.keep_versions_days, self.keep_min_versions)
 
     @classmethod
     def decode(cls, data: bytes, where: str) -> "AccountInfo":
@@ -86,13 +97,16 @@ class AccountInfo(NamedTuple):
         if fields[4] != BLOCK_SIZE:
             raise FormatError(f"{where}: block size {fields[4]}, expected {BLOCK_SIZE}")
         name_len = fields[-1]
-        if len(data) != HEADER.size + name_len:
-            raise FormatError(f"{where}: expected {HEADER.size + name_len} bytes, got {len(data)}")
+        expected = HEADER.size + name_len + (TRAILER.size if fields[1] >= 2 else 0)
+        if len(data) != expected:
+            raise FormatError(f"{where}: expected {expected} bytes, got {len(data)}")
+        end = HEADER.size + name_len
         try:
-            name = data[HEADER.size:].decode("utf-8")
+            name = data[HEADER.size:end].decode("utf-8")
         except UnicodeDecodeError:
             raise FormatError(f"{where}: account name is not UTF-8") from None
-        return cls(fields[3], bool(fields[2] & FLAG_ENABLED), *fields[5:-1], name)
+        trailer = TRAILER.unpack_from(data, end) if fields[1] >= 2 else (0, 0, 0)
+        return cls(fields[3], bool(fields[2] & FLAG_ENABLED), *fields[5:-1], name, *trailer)
 
 
 def blocks_for_bytes(n: int) -> int:

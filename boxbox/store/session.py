@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from boxbox.crypto.seal import MAX_SEALED_NAME, OVERHEAD, SIV_SIZE
 from boxbox.errors import FormatError, NotFound, PermissionDenied, UsageError
@@ -21,8 +21,9 @@ from boxbox.objects.directory import (
     DELETED, DIR, FILE, MAGIC as DIRECTORY_MAGIC, MAX_SEALED_ATTRIBUTES, OLD, Directory, Entry,
 )
 from boxbox.objects.file import COPY_CHUNK, read_place
-from boxbox.objects.layout import read_file_layout, replace_place
+from boxbox.objects.layout import FileLayout, read_file_layout, replace_place, write_reverse_patch
 from boxbox.store.account import ROOT_DIRECTORY_ID, Account, LimitedWriter, Store
+from boxbox.store.versions import combine_diff, open_version, reused_blocks
 from boxbox.wire import messages as m
 from boxbox.wire.commands import NONE, READ, WRITE, Access, StreamReply, command
 from boxbox.wire.transport import InStream
@@ -43,6 +44,7 @@ class Session:
         self.account: Account | None = None
         self._dirs: dict[int, Directory] = {}
         self._dirty: set[int] = set()
+        self._patches: list[PendingPatch] = []
 
     @property
     def acct(self) -> Account:
@@ -69,15 +71,51 @@ class Session:
     def mark(self, d: Directory) -> None:
         self._dirty.add(d.object_id)
 
+    def patch_later(self, patch: "PendingPatch") -> None:
+        self._patches.append(patch)
+
     def sync(self) -> None:
         """Write changed directories and the account info (called before replies are flushed).
 
         A directory whose size in blocks changed updates its entry in a cached parent, which
-        is then written too (rare: only when a directory crosses a block boundary).
+        is then written too (rare: only when a directory crosses a block boundary). Old
+        versions become reverse patches only after the directory listing their new version
+        is on disc, so a crash never leaves a patch whose newer object nobody lists.
         """
         acct = self.account
         if acct is None:
             return
+        if self._dirty:
+            acct.change(change_count=acct.info.change_count + 1)  # housekeeping's dirty marker
+        self._write_directories(acct)
+        if self._patches:
+            patches, self._patches = self._patches, []
+            for patch in patches:
+                self._write_patch(acct, patch)
+            self._write_directories(acct)
+        acct.commit()
+        if not acct.writable or len(self._dirs) > DIRECTORY_CACHE:
+            self._dirs.clear()
+
+    def _write_patch(self, acct: Account, patch: "PendingPatch") -> None:
+        """Rewrite the old version as a reverse patch against the new one; credit the space saved."""
+        d = self._dirs.get(patch.dir_id)
+        entry = d.entry(patch.old_id) if d is not None else None
+        if entry is None or entry.newer != patch.new_id:
+            return  # moved or changed in the same batch: it stays whole, which is always correct
+        with acct.open_object(patch.old_id) as f:
+            old = read_file_layout(f)
+            if old.refs:
+                return
+            with acct.new_object(patch.old_id, check_limit=False) as w:
+                write_reverse_patch(old, f, patch.old_id, patch.diff, patch.new_id, w)
+        saved = entry.size_blocks - w.blocks
+        kind = _usage_kind(entry.flags)
+        acct.add(blocks_used=-saved, **{f"blocks_{kind}": -saved})
+        entry.size_blocks = w.blocks
+        self.mark(d)  # type: ignore[arg-type]
+
+    def _write_directories(self, acct: Account) -> None:
         while self._dirty:
             d = self._dirs[self._dirty.pop()]
             delta = acct.replace_object(d.object_id, d.serialize())
@@ -88,9 +126,6 @@ class Session:
                 if entry is not None:
                     entry.size_blocks = max(0, entry.size_blocks + delta)
                     self.mark(parent)
-        acct.commit()
-        if not acct.writable or len(self._dirs) > DIRECTORY_CACHE:
-            self._dirs.clear()
 
     def close(self) -> None:
         if self.account is not None:
@@ -299,35 +334,74 @@ class _Tee:
         return False
 
 
+class PendingPatch(NamedTuple):
+    """An old version to rewrite as a reverse patch once the directory listing the new one is on disc."""
+
+    dir_id: int
+    old_id: int
+    new_id: int
+    diff: FileLayout
+
+
+def _diff_base(session: Session, d: Directory, base_id: int) -> tuple[Entry, FileLayout]:
+    """The entry and layout of a diff's base: a whole file object in the same directory, or NotFound."""
+    hint = "upload the whole file instead"
+    base = d.entry(base_id)
+    if base is None or not base.flags & FILE:
+        raise NotFound(f"diff base {base_id:#x} is not a file in directory {d.object_id:#x}", hint=hint)
+    try:
+        with session.acct.open_object(base_id) as f:
+            layout = read_file_layout(f)
+    except NotFound:
+        raise NotFound(f"diff base {base_id:#x}: the object no longer exists", hint=hint) from None
+    except FormatError as e:
+        raise NotFound(f"diff base {base_id:#x} is unreadable ({e.args[0]})", hint=hint) from None
+    if base.newer or layout.refs:
+        raise NotFound(f"diff base {base_id:#x} is an older version stored as a patch, not a whole file",
+                       hint=hint)
+    return base, layout
+
+
 @command(m.StoreFile, stream_in=True)
 def store_file(session: Session, req: m.StoreFile, stream: InStream | None) -> m.Success:
     if stream is None:
         raise UsageError("StoreFile needs an upload stream")
-    if req.diff_from:
-        raise UsageError("diff uploads are not supported by this server yet; upload the whole file")
     _check_name("StoreFile", req.name)
     _check_attributes("StoreFile", req.attributes)
     acct = session.acct
     d = session.directory(req.dir_id)
+    base: Entry | None = None
+    if req.diff_from:
+        base, base_layout = _diff_base(session, d, req.diff_from)
     new_id = acct.allocate_id()
     with acct.new_object(new_id) as writer:
-        # One pass: the keyless parser checks the object while it streams to disc.
-        tee = _Tee(stream, writer)
-        layout = read_file_layout(tee)
-        tee.flush()
+        if base is not None:
+            # One pass: references are replaced by copies of the base's sealed records as they stream in.
+            with acct.open_object(req.diff_from) as base_source:
+                layout = combine_diff(stream, base_layout, base_source, req.diff_from, writer)
+        else:
+            # One pass: the keyless parser checks the object while it streams to disc.
+            tee = _Tee(stream, writer)
+            layout = read_file_layout(tee)
+            tee.flush()
+            if layout.refs:
+                raise UsageError("the uploaded object refers to blocks of other objects but the request "
+                                 "names no diff base (diff_from is 0)")
         if layout.container_id != req.dir_id:
             raise FormatError(f"uploaded object names container {layout.container_id:#x}, "
                               f"the request directory {req.dir_id:#x}")
-        if layout.refs:
-            raise UsageError("the uploaded object refers to blocks of other objects (a diff); "
-                             "this server accepts whole files only")
         if layout.sealed_name != req.name:
             raise FormatError("the sealed name in the uploaded object differs from the request's name")
     blocks = writer.blocks
     for e in d.entries:
         if e.sealed_name == req.name and e.flags & FILE and not e.flags & (OLD | DELETED):
             _move_usage(acct, e, e.flags | OLD)
-    _add(d, Entry(new_id, FILE, req.name, req.mtime, blocks, req.attributes_hash, req.attributes))
+    entry = Entry(new_id, FILE, req.name, req.mtime, blocks, req.attributes_hash, req.attributes)
+    if base is not None and reused_blocks(layout, req.diff_from):
+        entry.older = req.diff_from
+        base.newer = new_id
+        session.patch_later(PendingPatch(req.dir_id, req.diff_from, new_id, layout))
+    _add(d, entry)
     acct.add(blocks_used=blocks, blocks_current=blocks, count_current=1)
     session.mark(d)
     return m.Success(new_id)
@@ -346,7 +420,10 @@ def _object_reader(session: Session, object_id: int) -> BinaryIO:
 
 @command(m.GetFile, access=READ)
 def get_file(session: Session, req: m.GetFile, stream: InStream | None) -> StreamReply:
-    _file_entry(session, req.dir_id, req.object_id)
+    """Any version as a complete object: a patch is resolved down its chain while it streams."""
+    entry = _file_entry(session, req.dir_id, req.object_id)
+    if entry.newer:
+        return StreamReply(m.Success(req.object_id), open_version(session.acct, req.object_id))
     return StreamReply(m.Success(req.object_id), _object_reader(session, req.object_id))
 
 

@@ -1,0 +1,424 @@
+"""Housekeeping: trim old versions and deleted files to the soft limit, keep retention, recount usage.
+
+One pass over one account, holding its write lock (so never beside a writing client) and
+its housekeeping lock (so a client that wants the account can tell who has it and ask it
+to let go: `Store.yield_requested`). A pass:
+
+1. skips the account with one read of its info file and its state object when nothing
+   changed since the last complete pass: same change count (bumped by every writing
+   session), same limits and retention settings, and no retained version due to expire;
+2. otherwise reads every directory from the root, and picks what to delete:
+   a. with `keep_versions_days`, every old or deleted version first seen longer ago than
+      that, except the `keep_min_versions` newest old versions of each file;
+   b. while usage is over the soft limit, candidates in Box Backup's order - the oldest
+      versions of the most-versioned files first (highest count of newer versions of the
+      same name), then the oldest uploads (lowest object id) - skipping retained ones;
+   c. only if usage is still over the hard limit, retained ones too, same order, until under
+      the soft limit: the hard limit always wins;
+3. deletes them; a version in the middle of a chain is merged out first (the older patch
+   is rewritten to refer past it, `versions.merge_past`), so every remaining version
+   stays restorable; a whole object with a patch depending on it is merged the same way;
+4. removes deleted directories that are now empty, recounts usage from the directories
+   and writes corrected counts, and saves its state.
+
+Order on disc: the patch rewrite first, then the directories without the entry, then the
+object itself - a crash at any point leaves every listed version readable (at worst an
+unlisted object, which `check --fix` removes or reattaches).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from boxbox import magic
+from boxbox.errors import FormatError, InUse, IntegrityError, NotFound
+from boxbox.objects.directory import DELETED, DIR, FILE, OLD, Directory, Entry
+from boxbox.store.account import ROOT_DIRECTORY_ID, Account, Store, account_prefix
+from boxbox.store.versions import merge_past
+from boxbox.objects.layout import read_file_layout
+
+log = logging.getLogger(__name__)
+
+# State object `<account>/housekeeping` (little-endian):
+#   0   4   magic b"BXHK"
+#   4   2   version (1)
+#   6   2   reserved, zero
+#   8   8   change count of the account at the last complete pass
+#   16  8   soft limit, blocks, at that pass
+#   24  8   hard limit, blocks
+#   32  4   keep_versions_days
+#   36  4   keep_min_versions
+#   40  8   next expiry, seconds since the epoch: when a retained version becomes trimmable
+#           (NEVER if none)
+#   48  8   time of the pass
+#   56  4   n: number of seen-times that follow
+#   60  16n per old or deleted version: u64 object id, u64 time first seen old or deleted
+STATE_MAGIC = magic.HOUSEKEEPING_STATE
+STATE_VERSION = 1
+STATE_HEAD = struct.Struct("<4sHHQQQIIQQI")
+SEEN = struct.Struct("<QQ")
+assert STATE_HEAD.size == 60 and SEEN.size == 16
+NEVER = (1 << 64) - 1
+DAY = 86400
+#: Deletions between writes of the changed directories (bounds what a crash leaves unlisted).
+BATCH = 500
+
+
+def state_key(account: int) -> str:
+    return f"{account_prefix(account)}/housekeeping"
+
+
+class State(NamedTuple):
+    change_count: int
+    soft_limit: int
+    hard_limit: int
+    keep_days: int
+    keep_min: int
+    next_expiry: int
+    when: int
+    seen: dict[int, int]
+
+    def encode(self) -> bytes:
+        head = STATE_HEAD.pack(STATE_MAGIC, STATE_VERSION, 0, self.change_count, self.soft_limit, self.hard_limit,
+                               self.keep_days, self.keep_min, self.next_expiry, self.when, len(self.seen))
+        return head + b"".join(SEEN.pack(i, t) for i, t in sorted(self.seen.items()))
+
+    @classmethod
+    def decode(cls, data: bytes, where: str) -> "State":
+        if len(data) < STATE_HEAD.size:
+            raise FormatError(f"{where}: {len(data)} bytes, expected at least {STATE_HEAD.size}")
+        mg, version, _, cc, soft, hard, days, keep_min, expiry, when, n = STATE_HEAD.unpack_from(data)
+        if mg != STATE_MAGIC:
+            raise FormatError(f"{where}: magic {mg!r}, expected {STATE_MAGIC!r}")
+        if version != STATE_VERSION:
+            raise FormatError(f"{where}: version {version}, expected {STATE_VERSION}")
+        if len(data) != STATE_HEAD.size + n * SEEN.size:
+            raise FormatError(f"{where}: {n} entries need {STATE_HEAD.size + n * SEEN.size} bytes, got {len(data)}")
+        seen = dict(SEEN.iter_unpack(memoryview(data)[STATE_HEAD.size:]))
+        return cls(cc, soft, hard, days, keep_min, expiry, when, seen)
+
+
+def read_state(store: Store, account: int) -> State | None:
+    """The last pass's state, or None if there is none or it is unreadable (a full pass rebuilds it)."""
+    try:
+        with store.backend(account).get(state_key(account)) as f:
+            return State.decode(f.read(), f"housekeeping state of account {account:08x}")
+    except (NotFound, FormatError, IntegrityError):
+        return None
+
+
+def write_state(store: Store, account: int, state: State) -> None:
+    put = store.backend(account).put(state_key(account))
+    try:
+        put.write(state.encode())
+    except BaseException:
+        put.abort()
+        raise
+    put.commit()
+
+
+@dataclass
+class Result:
+    """What one pass did (or why it did nothing)."""
+
+    account: int
+    skipped: str = ""
+    yielded: bool = False
+    directories: int = 0
+    removed_old: int = 0
+    removed_deleted: int = 0
+    blocks_freed: int = 0
+    merged: int = 0
+    removed_directories: int = 0
+    usage_corrected: bool = False
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        who = f"account {self.account:08x}"
+        if self.skipped:
+            return f"{who}: skipped ({self.skipped})"
+        text = (f"{who}: {self.directories} directories; removed {self.removed_old} old versions and "
+                f"{self.removed_deleted} deleted files ({self.blocks_freed} blocks), merged {self.merged} "
+                f"patches, removed {self.removed_directories} empty deleted directories")
+        if self.usage_corrected:
+            text += "; usage counts corrected"
+        if self.yielded:
+            text += "; stopped early for a client"
+        return text + f" in {self.seconds:.2f} s"
+
+
+class _Pass:
+    """One housekeeping pass over an account whose locks are held."""
+
+    def __init__(self, store: Store, acct: Account, now: float, stop: threading.Event | None) -> None:
+        self.store = store
+        self.acct = acct
+        self.now = now
+        self.stop = stop
+        self.dirs: dict[int, Directory] = {}
+        self.dir_blocks: dict[int, int] = {}
+        self.where: dict[int, int] = {}  # file object id -> directory id
+        self.dirty: set[int] = set()
+        self.doomed: list[int] = []
+        self.result = Result(acct.number)
+
+    def interrupted(self) -> bool:
+        return (self.stop is not None and self.stop.is_set()) or self.store.yield_requested(self.acct.number)
+
+    # ------------------------------------------------------------ reading
+    def scan(self) -> bool:
+        """Read every directory from the root; False if a client asked for the account meanwhile."""
+        stack = [ROOT_DIRECTORY_ID]
+        while stack:
+            dir_id = stack.pop()
+            if dir_id in self.dirs:
+                continue
+            try:
+                data = self.acct.read_object(dir_id)
+                d = Directory.parse(data)
+            except (NotFound, FormatError, IntegrityError) as e:
+                self.result.errors.append(f"directory {dir_id:#x}: {e} (run `boxbox accounts check --fix`)")
+                continue
+            self.dirs[dir_id] = d
+            self.dir_blocks[dir_id] = self.acct.backend.blocks_for_length(len(data))
+            for e in d.entries:
+                if e.flags & DIR:
+                    stack.append(e.object_id)
+                else:
+                    self.where[e.object_id] = dir_id
+            if self.interrupted():
+                return False
+        self.result.directories = len(self.dirs)
+        return True
+
+    def entry(self, object_id: int) -> Entry | None:
+        dir_id = self.where.get(object_id)
+        return self.dirs[dir_id].entry(object_id) if dir_id is not None else None
+
+    def candidates(self) -> list[tuple[int, int, int]]:
+        """(newer versions of the same name, object id, rank among its old versions) per old or deleted file."""
+        out = []
+        for d in self.dirs.values():
+            by_name: dict[bytes, list[Entry]] = {}
+            for e in d.entries:
+                if e.flags & FILE:
+                    by_name.setdefault(e.sealed_name, []).append(e)
+            for versions in by_name.values():
+                versions.sort(key=lambda e: e.object_id, reverse=True)
+                old_rank = 0
+                for age, e in enumerate(versions):
+                    if e.flags & (OLD | DELETED):
+                        out.append((age, e.object_id, old_rank))
+                        old_rank += 1
+        return out
+
+    # ------------------------------------------------------------ changing
+    def remove(self, object_id: int) -> None:
+        """Drop one version from its directory, merging a patch that depends on it past it."""
+        dir_id = self.where.pop(object_id)
+        d = self.dirs[dir_id]
+        e = d.entry(object_id)
+        assert e is not None  # `where` lists only entries of loaded directories
+        older = self.entry(e.older) if e.older else None
+        newer = self.entry(e.newer) if e.newer else None
+        if older is not None:
+            self._merge(older, e)
+            older.newer = e.newer
+            self.dirty.add(self.where[older.object_id])
+        if newer is not None:
+            newer.older = older.object_id if older is not None else 0
+            self.dirty.add(self.where[newer.object_id])
+        d.entries.remove(e)
+        self.dirty.add(dir_id)
+        self.doomed.append(object_id)
+        self.result.blocks_freed += e.size_blocks
+        if e.flags & DELETED:
+            self.result.removed_deleted += 1
+        else:
+            self.result.removed_old += 1
+        if len(self.doomed) >= BATCH:
+            self.flush()
+
+    def _merge(self, older: Entry, middle: Entry) -> None:
+        acct = self.acct
+        with acct.open_object(older.object_id) as of, acct.open_object(middle.object_id) as mf:
+            olayout = read_file_layout(of)
+            if middle.object_id in {obj for obj, _ in olayout.refs.values()}:
+                mlayout = read_file_layout(mf)
+                with acct.new_object(older.object_id, check_limit=False) as w:
+                    merge_past(olayout, of, middle.object_id, mlayout, mf, w)
+                older.size_blocks = w.blocks
+                self.result.merged += 1
+
+    def remove_empty_deleted_directories(self) -> None:
+        depth: dict[int, int] = {ROOT_DIRECTORY_ID: 0}
+        order = [ROOT_DIRECTORY_ID]
+        for dir_id in order:  # breadth first: parents before children
+            for e in self.dirs[dir_id].entries:
+                if e.flags & DIR and e.object_id in self.dirs and e.object_id not in depth:
+                    depth[e.object_id] = depth[dir_id] + 1
+                    order.append(e.object_id)
+        for dir_id in reversed(order):  # children first, so a chain of empty directories goes at once
+            d = self.dirs[dir_id]
+            for e in list(d.entries):
+                child = self.dirs.get(e.object_id) if e.flags & DIR else None
+                if child is not None and e.flags & DELETED and not child.entries:
+                    d.entries.remove(e)
+                    del self.dirs[e.object_id]
+                    self.dirty.discard(e.object_id)
+                    self.dirty.add(dir_id)
+                    self.doomed.append(e.object_id)
+                    self.result.removed_directories += 1
+
+    def flush(self) -> None:
+        """Write changed directories (with their size in the parent's entry), then delete what they dropped."""
+        acct = self.acct
+        while self.dirty:
+            dir_id = self.dirty.pop()
+            d = self.dirs.get(dir_id)
+            if d is None:
+                continue
+            acct.replace_object(dir_id, d.serialize())
+            blocks = acct.backend.blocks_for_length(len(d.serialize()))
+            if blocks != self.dir_blocks.get(dir_id):
+                self.dir_blocks[dir_id] = blocks
+                parent = self.dirs.get(d.container_id)
+                entry = parent.entry(dir_id) if parent is not None else None
+                if entry is not None and entry.size_blocks != blocks:
+                    entry.size_blocks = blocks
+                    self.dirty.add(parent.object_id)  # type: ignore[union-attr]
+        for object_id in self.doomed:
+            try:
+                acct.delete_object(object_id)
+            except NotFound:
+                pass
+            self.dir_blocks.pop(object_id, None)
+        self.doomed.clear()
+
+    def recount(self) -> dict[str, int]:
+        """Usage from the directories: entries' sizes for files, the objects' own sizes for directories."""
+        c = dict(blocks_current=0, blocks_old=0, blocks_deleted=0, count_current=0, count_old=0, count_deleted=0)
+        for d in self.dirs.values():
+            for e in d.entries:
+                if e.flags & DIR:
+                    blocks = self.dir_blocks.get(e.object_id)
+                    if blocks is not None and e.size_blocks != blocks:
+                        e.size_blocks = blocks
+                        self.dirty.add(d.object_id)
+                    continue
+                kind = "deleted" if e.flags & DELETED else "old" if e.flags & OLD else "current"
+                c[f"blocks_{kind}"] += e.size_blocks
+                c[f"count_{kind}"] += 1
+        if self.dirty:
+            self.flush()
+        c["blocks_directories"] = sum(self.dir_blocks[i] for i in self.dirs)
+        c["count_directories"] = len(self.dirs)
+        c["blocks_used"] = c["blocks_current"] + c["blocks_old"] + c["blocks_deleted"] + c["blocks_directories"]
+        return c
+
+
+def housekeep(store: Store, account: int, *, force: bool = False, now: float | None = None,
+              stop: threading.Event | None = None) -> Result:
+    """One pass over ACCOUNT (see the module docstring); `force` ignores the unchanged-account shortcut.
+
+    Never waits: if a client writes to the account, or another housekeeping or check runs
+    on it, the pass is skipped and says why.
+    """
+    started = time.monotonic()
+    now = time.time() if now is None else now
+    hk_lock = store.housekeeping_lock(account)
+    try:
+        hk_lock.acquire()
+    except InUse:
+        return Result(account, skipped="housekeeping or check already running")
+    try:
+        try:
+            write_lock = store.write_lock(account).acquire()
+        except InUse:
+            return Result(account, skipped="a client is writing to it")
+        try:
+            result = _run(store, account, force, now, stop)
+        finally:
+            write_lock.release()
+    finally:
+        hk_lock.release()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _run(store: Store, account: int, force: bool, now: float, stop: threading.Event | None) -> Result:
+    info = store.read_info(account)
+    state = read_state(store, account)
+    settings = (info.change_count, info.soft_limit, info.hard_limit, info.keep_versions_days, info.keep_min_versions)
+    if not force and state is not None and state[:5] == settings and now < state.next_expiry:
+        return Result(account, skipped="unchanged since the last pass")
+    acct = Account(store, store.backend(account), info, None)
+    p = _Pass(store, acct, now, stop)
+    if not p.scan():
+        p.result.yielded = True
+        p.result.skipped = "a client asked for the account"
+        return p.result
+    seen_before = state.seen if state is not None else {}
+    candidates = p.candidates()
+    seen = {obj: seen_before.get(obj, int(now)) for _, obj, _ in candidates}
+    days, keep_min = info.keep_versions_days, info.keep_min_versions
+
+    def retained(obj: int, rank: int) -> bool:
+        return (days > 0 and now - seen[obj] < days * DAY) or rank < keep_min
+
+    initial = p.recount()
+    p.result.usage_corrected = any(getattr(info, k) != v for k, v in initial.items())
+    used = initial["blocks_used"]
+    order = sorted(candidates, key=lambda c: (-c[0], c[1]))
+    gone: set[int] = set()
+
+    def drop(obj: int) -> bool:
+        nonlocal used
+        if p.interrupted():
+            return False
+        e = p.entry(obj)
+        if e is not None:
+            used -= e.size_blocks
+            p.remove(obj)
+        gone.add(obj)
+        return True
+
+    going = True
+    if days > 0:
+        for _, obj, rank in order:
+            if going and not retained(obj, rank):
+                going = drop(obj)
+    for protect in (True, False):
+        limit = info.soft_limit if protect else info.hard_limit
+        if used <= limit:
+            continue
+        for _, obj, rank in order:
+            if not going or used <= info.soft_limit:
+                break
+            if obj not in gone and not (protect and retained(obj, rank)):
+                going = drop(obj)
+    if going:
+        p.remove_empty_deleted_directories()
+    else:
+        p.result.yielded = True
+    p.flush()
+    counts = p.recount()
+    with store.info_lock(account):
+        on_disc = store.read_info(account)
+        fresh = on_disc._replace(**counts)
+        if fresh != on_disc:
+            store.write_info(fresh)
+    if going:
+        left = {obj: t for obj, t in seen.items() if obj not in gone}
+        expiry = min((t + days * DAY for t in left.values()), default=NEVER) if days > 0 else NEVER
+        write_state(store, account, State(*settings, expiry, int(now), left))
+    for problem in p.result.errors:
+        log.warning("housekeeping account %08x: %s", account, problem)
+    return p.result
+
