@@ -17,5 +17,6 @@ ACCOUNT_INFO = b"BXAI"  # store: per-account info file
 ACCOUNT_DB = b"BXAD"  # store: account database
 CLIENT_STATE = b"BXCS"  # client: saved directory records and id map
 PATCH_OBJECT = b"BXRP"  # store: reverse patch (older version against a newer one)
+HOUSEKEEPING_STATE = b"BXHK"  # store: per-account housekeeping state (dirty marker, retention clock)
 
 ALL = {name: value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, bytes)}
