@@ -8,21 +8,23 @@ through their portable fallback.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
-import grp
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_boxbox
+from tests.conftest import ROOT, SessionCA, free_port, run_boxbox
 
 PACKAGING = ROOT / "packaging"
 UNITS = sorted((PACKAGING / "systemd").glob("*.service"))
@@ -279,6 +281,54 @@ def test_sysvinit_refuses_a_missing_config(tmp_path: Path) -> None:
     usage = subprocess.run(["sh", str(PACKAGING / "sysvinit" / "boxbox-server"), "frobnicate"],
                            capture_output=True, text=True, timeout=30)
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not is_root, reason="the init script chowns its directories")
+def test_sysvinit_runs_the_real_server(tmp_path: Path, test_ca: SessionCA) -> None:
+    """The init script's command line, SIGHUP and SIGTERM against `boxbox server` itself."""
+    port = free_port()
+    for i in range(3):
+        (tmp_path / f"d{i}").mkdir()
+    conf = tmp_path / "server.conf"
+    conf.write_text(f"""[server]
+listen = 127.0.0.1
+port = {port}
+certificate = {test_ca.server_dir}/server.crt
+private_key = {test_ca.server_dir}/server.key
+ca_certificate = {test_ca.ca_cert}
+account_database = {tmp_path}/accounts.db
+
+[discset 0]
+directories = {tmp_path}/d0
+    {tmp_path}/d1
+    {tmp_path}/d2
+""")
+    run_boxbox("accounts", "--config", str(conf), "create", "1", "--soft", "10M", "--hard", "20M")
+    # as root in a test, so the daemon needs --allow-root; the source tree stands in for the zipapp
+    daemon = tmp_path / "boxbox"
+    daemon.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m boxbox "$@" --allow-root\n')
+    daemon.chmod(0o755)
+    env = {"PATH": FULL_PATH, "DAEMON": str(daemon), "CONFIG": str(conf), "PIDDIR": str(tmp_path / "run"),
+           "LOGFILE": str(tmp_path / "log"), "STATE_DIR": str(tmp_path / "state"), "START_WAIT": "2",
+           "BOXBOX_USER": "root"}
+
+    def init(action: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", str(PACKAGING / "sysvinit" / "boxbox-server"), action], capture_output=True,
+                              text=True, env=env, timeout=60)
+
+    started = init("start")
+    assert started.returncode == 0, started.stdout + started.stderr + (tmp_path / "log").read_text()
+    try:
+        _wait_for(tmp_path / "log", f"listening on 127.0.0.1 port {port}", timeout=30)
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+        assert init("reload").returncode == 0
+        _wait_for(tmp_path / "log", "reloaded the CRL and the account database (1 accounts)", timeout=30)
+    finally:
+        stopped = init("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    _wait_for(tmp_path / "log", "stopped")
+    assert init("status").returncode == 3
 
 
 # ------------------------------------------------------------------ example configs
