@@ -50,6 +50,13 @@ class StoreServer:
             directories = {disc}
             """))
         self.proc: subprocess.Popen[bytes] | None = None
+        self._next_account = 0xC000
+
+    def new_account(self, soft: str = "500M", hard: str = "600M") -> int:
+        """A fresh account (its own client certificate): one per test, since each has its own client."""
+        self._next_account += 1
+        self.accounts("create", f"{self._next_account:x}", "--soft", soft, "--hard", hard)
+        return self._next_account
 
     def accounts(self, *args: str, exit_code: int = 0) -> subprocess.CompletedProcess[str]:
         return run_boxbox("accounts", "--config", str(self.config), *args, exit_code=exit_code)
