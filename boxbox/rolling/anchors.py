@@ -172,10 +172,25 @@ def _screen(at: int, ts: array, ws: array) -> None:
     not found at that residue, as it would not be once its word is retired.
     """
     for i in range(at, at + SLOTS):
-        w = ws[i]
-        if penalty_of_word(w) > MAX_WORD_PENALTY:
+        if penalty_of_word(ws[i]) > MAX_WORD_PENALTY:
             ts[i] = NO_ANCHOR
             ws[i] = 0
+
+
+def _screen_many(blocks: list[int], ts: array, ws: array) -> None:
+    """`_screen` of several blocks (indices into ts, ws), their words scored at once."""
+    if not blocks:
+        return
+    words = b"".join([ws[SLOTS * k:SLOTS * k + SLOTS].tobytes() for k in blocks])
+    nwords = len(words) // 8
+    x = int.from_bytes(words, "little")
+    b7f, b80, b80_7, _, _, _ = _masks(nwords)
+    flags = (_zero_bytes(x, b7f, b80) >> 7) + (_zero_bytes(x ^ (x >> 8), b7f, b80_7) >> 7)
+    scores = (flags * _ONES).to_bytes(8 * nwords + 8, "little")[7:8 * nwords:8]
+    for j in compress(count(), scores.translate(_WORD_REFUSE)):
+        i = SLOTS * blocks[j >> 3] + (j & 7)
+        ts[i] = NO_ANCHOR
+        ws[i] = 0
 
 
 def penalty_of_word(w: int) -> int:
@@ -246,6 +261,8 @@ def _penalties(lo: int, hi: int, nwords: int) -> bytes:
 #: bytes.translate table: 0 for the usual filler bytes (zero, 0xFF, space), 1 for the others
 _CLASSES = bytes(0 if c in (0x00, 0x20, 0xFF) else 1 for c in range(256))
 _RUN = b"\x01" * (WINDOW + 7)
+#: bytes.translate table: word penalty -> 1 where too common
+_WORD_REFUSE = bytes(0 if p <= MAX_WORD_PENALTY else 1 for p in range(256))
 #: bytes.translate table: penalty -> 1 where refused
 _REFUSE = bytes(0 if p <= MAX_PENALTY else 1 for p in range(256))
 
@@ -310,8 +327,7 @@ def picks(view: memoryview, block_size: int, digests: list[bytes], used: set[int
             ws_chunk[SLOTS * i:SLOTS * i + SLOTS] = array("Q", [c[o] for c in casts])
         for c in casts:
             c.release()
-        for i in refused:
-            _screen(SLOTS * i, ts_chunk, ws_chunk)
+        _screen_many(refused, ts_chunk, ws_chunk)
         ts.extend(ts_chunk)
         ws.extend(ws_chunk)
     for start in range(nfull * block_size, total, block_size):
