@@ -14,7 +14,7 @@ import pytest
 
 from boxbox import config
 from boxbox.errors import ConfigError, InUse, IntegrityError, NotFound, ProgrammingError
-from boxbox.raidfile import DiscSet, claims
+from boxbox.raidfile import DiscSet, claims, writer
 from boxbox.raidfile.layout import HEADER, PARITY, STRIPE1, STRIPE2, WHOLE, Geometry, parse_header, stripe_reference
 
 
@@ -162,6 +162,73 @@ def test_big_streaming_write_in_odd_pieces(tmp_path: Path) -> None:
         assert r.read(123) == data[:123]
         pieces = [r.read(300_000) for _ in range(20)]
     assert data[:123] + b"".join(pieces) == data
+
+
+@pytest.mark.parametrize("raid", [True, False])
+def test_writer_thread_with_reused_and_immutable_buffers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         raid: bool) -> None:
+    """Past SPOOL_AFTER a thread writes the records: a bytearray the caller refills after each write
+    must be written as it was, and bytes may be written after write() returned."""
+    monkeypatch.setattr(writer, "SPOOL_AFTER", 0)
+    monkeypatch.setattr(writer, "WRITEBACK_BYTES", 100_000)
+    ds = make_set(tmp_path, 256, raid)
+    rng = random.Random(7)
+    data = rng.randbytes(3 * 2**20 + 301)
+    buf = bytearray(200_000)
+    with ds.create("f") as w:
+        o = 0
+        for n in [70_000, 200_000, 5, 2**20, 199_999, 65_536 + 3, 1]:
+            piece = data[o : o + n]
+            if len(piece) <= len(buf) and n % 2:
+                buf[: len(piece)] = piece
+                w.write(memoryview(buf)[: len(piece)])
+                buf[:] = bytes(len(buf))  # the caller reuses its buffer at once
+            else:
+                w.write(piece)
+            o += n
+        w.write(memoryview(data)[o:])
+    assert read(ds, "f") == data
+    files = stripe_paths(ds, "f")
+    wid = parse_header(next(iter(files.values())).read_bytes()).write_id
+    assert [files[r].read_bytes() for r in sorted(files)] == stripe_reference(data, 256, wid, raid)
+    assert not temps_left(ds)
+
+
+def test_error_in_writer_thread_aborts_and_keeps_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer, "SPOOL_AFTER", 0)
+    ds = make_set(tmp_path, 4096)
+    write(ds, "f", b"old content")
+    real, calls = os.writev, [0]
+
+    def writev(fd: int, iov: list) -> int:  # type: ignore[type-arg]
+        calls[0] += 1
+        if calls[0] == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, iov)
+
+    monkeypatch.setattr(os, "writev", writev)
+    with pytest.raises(OSError, match="No space left"):
+        with ds.create("f") as w:
+            for _ in range(40):
+                w.write(bytes(1 << 20))
+    monkeypatch.setattr(os, "writev", real)
+    assert read(ds, "f") == b"old content" and not temps_left(ds)
+
+
+def test_sparse_damage_rebuilt_across_xor_pieces(tmp_path: Path) -> None:
+    ds = make_set(tmp_path, 4096)
+    data = random.Random(8).randbytes(3 * 2**20 + 5)
+    write(ds, "f", data, piece=300_000)
+    paths = stripe_paths(ds, "f")
+    geo = Geometry(len(data), 4096)
+    for role, rows in ((STRIPE1, (0, 9, 300, 383)), (STRIPE2, (8, 17, 257))):
+        b = bytearray(paths[role].read_bytes())
+        for row in rows:
+            b[geo.record_offset(row) + 100] ^= 1
+        paths[role].write_bytes(b)
+    with ds.open("f") as r:
+        assert r.read() == data and {d.split(" (")[0] for d in r.damage} == {"stripe 1", "stripe 2"}
+    assert ds.repair("f").repaired and ds.check("f").ok
 
 
 def test_exception_in_with_aborts_and_keeps_old(tmp_path: Path) -> None:
