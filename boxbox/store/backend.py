@@ -7,9 +7,9 @@ path, so an S3-compatible backend can be added by implementing `ObjectStore` alo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, BinaryIO, Iterator, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Iterator, NamedTuple, Protocol
 
-from boxbox.errors import ProgrammingError
+from boxbox.errors import InUse, IntegrityError, NotFound, ProgrammingError
 from boxbox.store.info import BLOCK_SIZE
 
 if TYPE_CHECKING:
@@ -17,6 +17,15 @@ if TYPE_CHECKING:
 
 #: The prefix under which accounts live on a disc set (Box Backup used `backup/`).
 ROOT = "backup"
+
+
+class Verified(NamedTuple):
+    """What verifying an object's redundancy found: `ok` (all copies good), `readable`, `repaired`."""
+
+    ok: bool
+    readable: bool
+    repaired: bool
+    detail: str
 
 
 class PutStream(Protocol):
@@ -48,6 +57,9 @@ class ObjectStore(Protocol):
 
     def blocks_for_length(self, length: int) -> int:
         """4 KiB blocks an object of `length` bytes will occupy (to refuse an upload early)."""
+
+    def verify(self, key: str, repair: bool) -> Verified:
+        """Check every checksum of every copy of `key`; with `repair`, rebuild bad copies from good ones."""
 
 
 def _check_key(key: str) -> str:
@@ -92,3 +104,14 @@ class RaidObjectStore:
 
     def blocks_for_length(self, length: int) -> int:
         return self.discset.blocks_for_length(length) * self.discset.block_size // BLOCK_SIZE
+
+    def verify(self, key: str, repair: bool) -> Verified:
+        path = self._path(key)
+        report = self.discset.check(path)
+        if report.ok or not repair or not report.readable:
+            return Verified(report.ok, report.readable, False, str(report))
+        try:
+            report = self.discset.repair(path)
+        except (InUse, NotFound, IntegrityError) as e:
+            return Verified(False, report.readable, False, f"{report}; not repaired: {e}")
+        return Verified(report.ok, report.readable, report.repaired, str(report))
