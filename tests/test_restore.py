@@ -1,0 +1,366 @@
+"""Restore library against a real store session (in process, no TLS): fidelity, safety, resume."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from boxbox.errors import IntegrityError, UsageError
+from boxbox.objects.attributes import Attributes, FileType
+from boxbox.objects.directory import DIR, FILE, Directory, make_entry
+from boxbox.restore import target
+from boxbox.restore.compare import compare
+from boxbox.restore.remote import ROOT_ID, Remote, select
+from boxbox.restore.restore import Options, Restore, get_file, restore
+from boxbox.store.account import Store
+from boxbox.store.accountdb import AccountDatabase
+from boxbox.wire import messages as m
+
+from tests.test_restore_support import Uploader, snapshot
+from tests.test_store import discset
+from tests.test_store_support import make_keys, session_client
+
+A = 0x5A
+ROOT = os.geteuid() == 0
+
+
+class Env:
+    """A store with one account; `writer()` / `reader()` give logged-in clients."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.store = Store(AccountDatabase(tmp / "accounts.db"), {"0": discset(tmp / "store")})
+        self.store.create_account(A, 1_000_000, 2_000_000, "0", "restore")
+        self.keys = make_keys()
+        self._clients: list[Any] = []
+        self._threads: dict[int, Any] = {}
+
+    def client(self, read_only: bool) -> Any:
+        client, thread = session_client(self.store, A)
+        client.login(read_only=read_only)
+        self._clients.append(client)
+        self._threads[id(client)] = thread
+        return client
+
+    def release(self, up: Uploader) -> None:
+        """End a writing session and wait until its server side has let go of the account."""
+        up.client.close()
+        self._threads[id(up.client)].join(10)
+
+    def upload(self) -> Uploader:
+        return Uploader(self.client(False), self.keys)
+
+    def remote(self) -> Remote:
+        return Remote(self.client(True), self.keys)
+
+    def close(self) -> None:
+        for c in self._clients:
+            c.close()
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    yield e
+    e.close()
+
+
+def make_tree(root: Path) -> None:
+    """Every kind of thing a file system holds (devices only as root)."""
+    (root / "docs" / "deep").mkdir(parents=True)
+    (root / "docs" / "a.txt").write_bytes(b"hello\n" * 1000)
+    (root / "docs" / "deep" / "random.bin").write_bytes(os.urandom(700_000))  # several blocks
+    (root / "empty").write_bytes(b"")
+    (root / "with space & 'quote'").write_bytes(b"odd name")
+    (root / os.fsdecode(b"caf\xe9-latin1")).write_bytes(b"not UTF-8")
+    (root / "exec.sh").write_bytes(b"#!/bin/sh\n")
+    os.chmod(root / "exec.sh", 0o4755)
+    os.symlink("docs/a.txt", root / "rel-link")
+    os.symlink("/etc/passwd", root / "abs-link")
+    os.symlink("nowhere", root / "dangling")
+    os.mkfifo(root / "fifo", 0o640)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(root / "sock"))
+    if ROOT:
+        os.mknod(root / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.setxattr(root / "docs" / "a.txt", "user.colour", b"blue")
+    (root / "ro").mkdir()
+    (root / "ro" / "inside").write_bytes(b"x")
+    os.chmod(root / "ro", 0o555)
+    os.utime(root / "docs" / "a.txt", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    os.utime(root / "rel-link", ns=(1_500_000_000_000_000_001,) * 2, follow_symlinks=False)
+
+
+def test_full_restore_is_identical(env: Env, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    env.upload().tree(src, name=b"home")
+    remote = env.remote()
+    out = tmp_path / "out"
+    summary = restore(remote, remote.resolve("/home", [(b"", ROOT_ID)]), out, Options())
+    assert summary.errors == [] and summary.files == 7
+    assert snapshot(out) == snapshot(src)
+    assert os.getxattr(out / "docs" / "a.txt", "user.colour") == b"blue"
+    assert os.stat(out).st_mtime_ns == os.stat(src).st_mtime_ns
+    assert stat.S_IMODE(os.stat(out).st_mode) == stat.S_IMODE(os.stat(src).st_mode)
+    assert not [n for n in os.listdir(out) if n.startswith(".boxbox-restore")]
+    # the target exists now: a second restore into it is refused unless resuming
+    with pytest.raises(UsageError, match="already exists"):
+        restore(remote, remote.resolve("/home", [(b"", ROOT_ID)]), out, Options())
+
+
+def test_old_versions_and_deleted_files(env: Env, tmp_path: Path) -> None:
+    up = env.upload()
+    home = up.mkdir(ROOT_ID, b"home")
+    attrs = Attributes(FileType.REGULAR, 0o644, os.getuid(), os.getgid(), 1_000_000_000_000_000_000)
+    versions = [os.urandom(50_000 + i) for i in range(3)]
+    ids = [up.put(home, b"f.txt", data, attrs._replace(mtime_ns=attrs.mtime_ns + i)) for i, data in enumerate(versions)]
+    up.put(home, b"gone.txt", b"deleted content", attrs)
+    up.delete(home, b"gone.txt")
+    remote = env.remote()
+    listing = remote.list(home, b"home")
+    assert [e.name for e in select(listing)] == [b"f.txt"]
+    assert [e.object_id for e in select(listing, old=True) if e.name == b"f.txt"] == sorted(ids)
+    for i, object_id in enumerate(ids):  # get -i: every version, byte-identical
+        entry = next(e for e in listing.entries if e.object_id == object_id)
+        get_file(remote, home, entry, tmp_path / f"v{i}")
+        assert (tmp_path / f"v{i}").read_bytes() == versions[i]
+        assert os.stat(tmp_path / f"v{i}").st_mtime_ns == attrs.mtime_ns + i
+    with pytest.raises(UsageError, match="already exists"):
+        get_file(remote, home, listing.entries[0], tmp_path / "v0")
+    out = tmp_path / "out"
+    restore(remote, [(b"", ROOT_ID), (b"home", home)], out, Options(deleted=True))
+    assert (out / "gone.txt").read_bytes() == b"deleted content"
+    assert (out / "f.txt").read_bytes() == versions[-1]
+    restore(remote, [(b"", ROOT_ID), (b"home", home)], tmp_path / "out2", Options())
+    assert sorted(os.listdir(tmp_path / "out2")) == ["f.txt"]
+
+
+def test_point_in_time_chooses_versions_by_mtime_and_deletions_by_directory_time(env: Env, tmp_path: Path) -> None:
+    up = env.upload()
+    t = 1_700_000_000_000_000_000
+    s = 1_000_000_000
+    a = Attributes(FileType.REGULAR, 0o644, os.getuid(), os.getgid(), t)
+    home = up.mkdir(ROOT_ID, b"home", Attributes(FileType.DIRECTORY, 0o755, os.getuid(), os.getgid(), t + 30 * s))
+    up.put(home, b"edited", b"v1", a._replace(mtime_ns=t + 1 * s))
+    up.put(home, b"edited", b"v2", a._replace(mtime_ns=t + 10 * s))
+    up.put(home, b"added", b"new", a._replace(mtime_ns=t + 20 * s))
+    up.put(home, b"removed", b"old", a._replace(mtime_ns=t + 2 * s))
+    up.delete(home, b"removed")  # the directory's mtime (t+30) says when its names last changed
+    remote = env.remote()
+    for at, expect in ((t, {}), (t + 5 * s, {"edited": b"v1", "removed": b"old"}),
+                       (t + 15 * s, {"edited": b"v2", "removed": b"old"}),
+                       (t + 25 * s, {"edited": b"v2", "added": b"new", "removed": b"old"}),
+                       (t + 35 * s, {"edited": b"v2", "added": b"new"})):
+        out = tmp_path / f"at{at}"
+        restore(remote, [(b"", ROOT_ID), (b"home", home)], out, Options(at_ns=at))
+        assert {n: (out / n).read_bytes() for n in os.listdir(out)} == expect, at
+
+
+def test_resume_after_interruption_downloads_only_the_rest(env: Env, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(40):
+        (src / "d" / f"f{i:02d}").write_bytes(os.urandom(20_000))
+    env.upload().tree(src, name=b"home")
+    remote = env.remote()
+    chain = remote.resolve("/home", [(b"", ROOT_ID)])
+    out = tmp_path / "out"
+
+    class Killed(BaseException):
+        pass
+
+    class Interrupting(target.Writer):
+        commits = 0
+
+        def commit_file(self, *a: Any) -> None:
+            if self.commits == 15:
+                raise Killed()  # as if killed while a file was being written
+            self.commits += 1
+            super().commit_file(*a)
+
+    fetched: list[int] = []
+    submit = remote.client.submit
+
+    def counting_submit(request: Any, *a: Any, **k: Any) -> Any:
+        if isinstance(request, m.GetFile):
+            fetched.append(request.object_id)
+        return submit(request, *a, **k)
+
+    remote.client.submit = counting_submit  # type: ignore[method-assign]
+    job = Restore(remote, Options(), writer=Interrupting())
+    with pytest.raises(Killed):
+        job.run(chain[-1][1], chain[-1][0], out)
+    first_run = set(fetched)  # the finished 15, the interrupted one, and requests already in flight
+    fetched.clear()
+    names = os.listdir(out / "d")
+    temps = [n for n in names if target.is_temp_name(os.fsencode(n))]
+    assert (len(names), len(temps)) == (16, 1)  # 15 finished, one half-written temporary file
+    with pytest.raises(UsageError):
+        restore(remote, chain, out, Options())
+    summary = restore(remote, chain, out, Options(resume=True))
+    assert (summary.files, summary.skipped) == (25, 15)
+    d_id = remote.lookup(chain[-1][1], b"d").object_id
+    ids = {os.fsdecode(e.name): e.object_id for e in remote.list(d_id).entries}
+    done_first = {ids[n] for n in names if n in ids}
+    assert len(done_first) == 15 and not done_first & set(fetched)  # no finished file fetched again
+    assert len(fetched) == len(set(fetched)) == 25 and first_run | set(fetched) == set(ids.values())
+    assert 25 * 20_000 < summary.downloaded < 25 * 20_000 + 40_000  # ~1 kB of headers a file + listings
+    assert snapshot(out) == snapshot(src)
+
+
+def _hostile_directory(env: Env, dir_id: int, extra: list[Any]) -> None:
+    acct = env.store.open(A, write=True)
+    try:
+        d = Directory.parse(acct.read_object(dir_id))
+        d.entries.extend(extra)
+        acct.replace_object(dir_id, d.serialize())
+        acct.commit()
+    finally:
+        acct.close()
+
+
+def test_hostile_store_names_never_write_outside(env: Env, tmp_path: Path) -> None:
+    keys = env.keys
+    up = env.upload()
+    home = up.mkdir(ROOT_ID, b"home")
+    a = Attributes(FileType.REGULAR, 0o644, os.getuid(), os.getgid(), 1_700_000_000_000_000_000)
+    good = up.put(home, b"good", b"fine", a)
+    sub = up.mkdir(home, b"sub")
+    up.put(sub, b"payload", b"would land outside", a)
+    env.release(up)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = a._replace(file_type=FileType.SYMLINK, symlink_target=os.fsencode(outside))
+    bad = [make_entry(keys, home, n, good, FILE, a) for n in (b"../x", b"/etc/passwd", b"a/b", b"nul\0name", b"..")]
+    bad += [make_entry(keys, home, b"esc", good, FILE, link), make_entry(keys, home, b"esc", sub, DIR, None),
+            make_entry(keys, home, b"loop", home, DIR, None)]
+    _hostile_directory(env, home, bad)
+    remote = env.remote()
+    out = tmp_path / "out"
+    summary = restore(remote, [(b"", ROOT_ID), (b"home", home)], out, Options(continue_on_error=True))
+    assert os.listdir(outside) == []
+    text = "\n".join(summary.errors)
+    for name in (b"../x", b"/etc/passwd", b"a/b", b"nul\0name", b".."):
+        assert repr(name) in text, name
+    assert "twice" in text and "loop" in text
+    assert (out / "good").read_bytes() == b"fine"
+    assert os.path.islink(out / "esc") or os.path.isdir(out / "esc")
+    assert not (outside / "payload").exists()
+    with pytest.raises(IntegrityError, match="unsafe name"):
+        restore(remote, [(b"", ROOT_ID), (b"home", home)], tmp_path / "out2", Options())
+
+
+def test_writer_never_follows_a_planted_symlink(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "t"
+    fd = target.open_target(root, resume=False)
+    try:
+        os.symlink(outside, root / "trap")
+        w = target.Writer()
+        with pytest.raises(OSError):
+            w.make_dir(fd, b"trap", resume=True)  # exists as a link: O_NOFOLLOW refuses it
+        f, tmp = w.create_temp(fd)
+        f.write(b"data")
+        with pytest.raises(FileExistsError):
+            w.commit_file(fd, f, tmp, b"trap", None)
+        assert os.listdir(outside) == [] and sorted(os.listdir(root)) == ["trap"]
+        for name in (b"", b".", b"..", b"a/b", b"a\0b"):
+            with pytest.raises(IntegrityError):
+                target.check_name(name, "test")
+    finally:
+        os.close(fd)
+
+
+def test_damaged_object_is_named_and_the_rest_restored(env: Env, tmp_path: Path) -> None:
+    up = env.upload()
+    home = up.mkdir(ROOT_ID, b"home")
+    a = Attributes(FileType.REGULAR, 0o644, os.getuid(), os.getgid(), 1_700_000_000_000_000_000)
+    bad_id = up.put(home, b"bad", os.urandom(100_000), a)
+    up.put(home, b"ok", b"intact", a)
+    env.release(up)
+    acct = env.store.open(A, write=True)
+    try:
+        data = bytearray(acct.read_object(bad_id))
+        data[len(data) // 2] ^= 0x01
+        acct.replace_object(bad_id, bytes(data))
+        acct.commit()
+    finally:
+        acct.close()
+    remote = env.remote()
+    chain = [(b"", ROOT_ID), (b"home", home)]
+    summary = restore(remote, chain, tmp_path / "out", Options(continue_on_error=True))
+    assert len(summary.errors) == 1 and summary.errors[0].startswith("bad: integrity check failed")
+    assert sorted(os.listdir(tmp_path / "out")) == ["ok"]  # no half-written file, no temp file left
+    with pytest.raises(IntegrityError, match="bad"):
+        restore(remote, chain, tmp_path / "out2", Options())
+
+
+def test_quick_compare_finds_a_change_without_downloading_data(env: Env, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(2_000_000))
+    (src / "small").write_bytes(b"same")
+    env.upload().tree(src, name=b"home")
+    remote = env.remote()
+    chain = remote.resolve("/home", [(b"", ROOT_ID)])
+    result = compare(remote, chain, src, quick=True)
+    assert (result.exit_code, result.files) == (0, 2)
+    with open(src / "big", "r+b") as f:  # same size, same mtime: only the checksums can tell
+        st = os.fstat(f.fileno())
+        f.seek(1_500_000)
+        f.write(b"X")
+    os.utime(src / "big", ns=(st.st_atime_ns, st.st_mtime_ns))
+    before = remote.client.conn.bytes_in
+    result = compare(remote, chain, src, quick=True)
+    assert result.exit_code == 1 and result.differences == ["big: contents differ"]
+    assert remote.client.conn.bytes_in - before < 100_000  # the index (108 B a block), not 2 MB of data
+    full = compare(remote, chain, src, quick=False)
+    assert full.differences == ["big: contents differ"]
+    (src / "extra").write_bytes(b"")
+    os.unlink(src / "small")
+    result = compare(remote, chain, src, quick=True)
+    assert sorted(result.differences) == ["big: contents differ", "extra: only on local disc",
+                                          "small: missing on local disc (No such file or directory)"]
+    assert compare(remote, chain, tmp_path / "nope").exit_code == 2
+
+
+def test_decoded_listing_skips_a_tampered_entry(env: Env) -> None:
+    up = env.upload()
+    home = up.mkdir(ROOT_ID, b"home")
+    a = Attributes(FileType.REGULAR, 0o644, 0, 0, 1)
+    up.put(home, b"one", b"1", a)
+    up.put(home, b"two", b"2", a)
+    env.release(up)
+    acct = env.store.open(A, write=True)
+    try:
+        d = Directory.parse(acct.read_object(home))
+        d.entries[0].mtime_ns += 1  # the clear mtime no longer matches the sealed attributes
+        acct.replace_object(home, d.serialize())
+        acct.commit()
+    finally:
+        acct.close()
+    listing = env.remote().list(home, b"home")
+    assert [e.name for e in listing.entries] == [b"two"] and "mtime" in listing.errors[0]
+
+
+def test_get_file_writes_exclusively(env: Env, tmp_path: Path) -> None:
+    up = env.upload()
+    home = up.mkdir(ROOT_ID, b"home")
+    up.put(home, b"f", b"content", Attributes(FileType.REGULAR, 0o600, 0, 0, 5))
+    remote = env.remote()
+    entry = remote.lookup(home, b"f")
+    os.symlink(tmp_path / "victim", tmp_path / "link")
+    with pytest.raises(UsageError):
+        get_file(remote, home, entry, tmp_path / "link")
+    assert not (tmp_path / "victim").exists()
+    assert get_file(remote, home, entry, tmp_path / "copy") == 7
+    assert io.open(tmp_path / "copy", "rb").read() == b"content"
