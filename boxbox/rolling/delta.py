@@ -4,7 +4,9 @@ The finder never sees the old data, only its `Signature`. Its order of work:
 
 1. **Fast path.** Hash the new data where the next old block would sit (right after the
    last match) and look the digest up; an unchanged file costs one strong hash per block
-   (~1 GB/s here, against `rdiff`'s ~450 MB/s).
+   (~1 GB/s here, against `rdiff`'s ~450 MB/s). If that block does not match but the
+   one after it does where it would sit, the first was rewritten in place: it becomes
+   literal bytes without a search.
 2. **Search on a miss**, in windows of candidate start offsets that grow (the expected
    block's size, then 2x, 4x ... up to 1 MiB) so that a local edit costs a small search
    and all-new data a few large ones. Candidates come from
@@ -364,12 +366,30 @@ class _Finder:
                 d = strong(mv[pos - base:pos - base + s])
                 if e < n and strongs[e] == d:
                     k = e
-                elif s == max_size and s >= MIN_SEARCH:
-                    k = by_strong.get(d, -1)
-                    if k >= 0 and sizes[k] != s:
-                        k = -1
                 else:
                     k = -1
+                    if e + 1 < n:
+                        # block e rewritten in place: the next one where it would sit. Saves a
+                        # search per rewritten block (10% of 16 MiB of /usr/lib rewritten:
+                        # delta 77 -> ~50 ms)
+                        s1 = sizes[e + 1]
+                        at = pos + s
+                        if at + s1 > end:
+                            self._fill(at + s1, lit)
+                            end = self.end
+                            base = self.base
+                            mv = self.mv
+                        if at + s1 <= end and strong(mv[at - base:at - base + s1]) == strongs[e + 1]:
+                            yield from self._literals(lit, at)
+                            yield e + 1
+                            pos = lit = at + s1
+                            e += 2
+                            batch = 2
+                            continue
+                    if s == max_size and s >= MIN_SEARCH:
+                        k = by_strong.get(d, -1)
+                        if k >= 0 and sizes[k] != s:
+                            k = -1
                 if k >= 0:
                     if lit < pos:
                         yield from self._literals(lit, pos)

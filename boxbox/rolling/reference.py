@@ -4,7 +4,8 @@ The fast finder in `delta.py` must copy exactly the same bytes as `reference_del
 data where every block has selective anchors (and always produce a correct delta). The
 rules they share:
 - at the position right after a match (or the file start), the expected next block is
-  tried first, whatever its size;
+  tried first, whatever its size; if it does not match there, the block after it is tried
+  right behind it (the expected block was rewritten in place: it becomes literal);
 - otherwise the earliest offset at which any block of at least MIN_SEARCH bytes matches
   wins; at equal offsets the larger block, then the lower index;
 - a match needs the weak rolling checksum and the strong digest to agree.
@@ -48,6 +49,19 @@ def reference_delta(sig: Signature, new: bytes) -> list[Op]:
             if len(window) == b.size and weak_checksum(window) == b.weak \
                     and strong_checksum(window, sig.hash_name) == b.strong:
                 match = e
+        if match < 0 and fresh and e + 1 < len(blocks):
+            # block e rewritten in place: block e + 1 where it would sit
+            b1 = blocks[e + 1]
+            q = p + blocks[e].size
+            window = new[q:q + b1.size]
+            if len(window) == b1.size and weak_checksum(window) == b1.weak \
+                    and strong_checksum(window, sig.hash_name) == b1.strong:
+                ops.append(new[lit:q])
+                ops.append(e + 1)
+                p = lit = q + b1.size
+                e += 2
+                rolls.clear()
+                continue
         if match < 0:
             for s in sizes:
                 if p + s > len(new):
