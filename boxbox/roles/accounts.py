@@ -1,8 +1,13 @@
-"""`boxbox accounts`: create, inspect, limit, rename, enable/disable and delete store accounts.
+"""`boxbox accounts`: create, inspect, limit, rename, enable/disable, delete, housekeep and check accounts.
 
 Works while the server runs: the account database is replaced atomically under a lock and
 the server re-reads it on the next login; info edits take the account's info lock, and
-deleting an account takes its writer lock (refused while a client is writing).
+deleting an account takes its writer lock (refused while a client is writing). `housekeep`
+and `check` take the account's writer lock too; housekeeping lets go of it when a client
+logs in, check does not (the client waits, then is refused with "being checked").
+
+`check` exit codes (like fsck, but distinct from boxbox's own 1 and 2): 0 clean,
+3 errors found and all fixed, 4 errors remain (found without --fix, or not repairable).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Callable
 
 from boxbox import config
 from boxbox.ca.names import parse_account
@@ -46,6 +52,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("delete", help="delete the account and every object in it")
     p.add_argument("account")
     p.add_argument("--yes", action="store_true", help="really delete (required)")
+    p = sub.add_parser("retention", help="keep old versions for a time even under the soft limit")
+    p.add_argument("account")
+    p.add_argument("--keep-days", type=_count, default=None,
+                   help="keep old and deleted versions at least this many days, trim them after (0: off)")
+    p.add_argument("--keep-versions", type=_count, default=None,
+                   help="never trim the newest N old versions of a file by age (0: off)")
+    p = sub.add_parser("housekeep", help="trim old versions and deleted files now; recount usage")
+    p.add_argument("account", nargs="?")
+    p.add_argument("--all", action="store_true", help="every account")
+    p = sub.add_parser("check", help="verify every object and directory; repair with --fix")
+    p.add_argument("account", nargs="?")
+    p.add_argument("--all", action="store_true", help="every account (a scrub of every stripe)")
+    p.add_argument("--fix", action="store_true", help="repair what is wrong (default: change nothing)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+#: `check` exit codes
+CLEAN, FIXED, ERRORS_REMAIN = 0, 3, 4
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= n <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"expected 0 to 4294967295, got {n}")
+    return n
 
 
 def _blocks(text: str, what: str) -> int:
@@ -85,6 +119,8 @@ def _print_info(info: AccountInfo, discset: str) -> None:
         ("old versions", f"{info.count_old} files, {_size(info.blocks_old)}"),
         ("deleted files", f"{info.count_deleted} files, {_size(info.blocks_deleted)}"),
         ("directories", f"{info.count_directories} directories, {_size(info.blocks_directories)}"),
+        ("retention", f"{info.keep_versions_days} days, at least {info.keep_min_versions} versions"
+         if info.keep_versions_days or info.keep_min_versions else "none (only the soft limit trims)"),
         ("last object id", f"{info.last_object_id:#x}"),
         ("client store marker", f"{info.client_store_marker:#x}"),
     ]
@@ -103,6 +139,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"{account:08x}  {discset:<8} {state:<8} used {_size(info.blocks_used):>8} of "
                   f"{_size(info.hard_limit):>8}  {info.name}")
         return 0
+    if action in ("housekeep", "check"):
+        return _maintain(store, args)
     account = parse_account(args.account)
     if action == "create":
         discset = args.discset
@@ -140,4 +178,68 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(f"deleting account {account:08x} removes all its backups; add --yes to do it")
         removed = store.delete_account(account)
         print(f"account {account:08x} deleted ({removed} objects removed)")
+    elif action == "retention":
+        if args.keep_days is None and args.keep_versions is None:
+            raise UsageError("retention needs --keep-days, --keep-versions or both")
+        changes = {}
+        if args.keep_days is not None:
+            changes["keep_versions_days"] = args.keep_days
+        if args.keep_versions is not None:
+            changes["keep_min_versions"] = args.keep_versions
+        info = store.update_info(account, **changes)
+        print(f"account {account:08x}: keep old versions {info.keep_versions_days} days, "
+              f"at least {info.keep_min_versions} per file")
     return 0
+
+
+def _targets(store: Store, args: argparse.Namespace) -> list[int]:
+    if args.all == (args.account is not None):
+        raise UsageError(f"{args.action} needs an ACCOUNT or --all (not both)")
+    if args.all:
+        return sorted(store.database.accounts())
+    account = parse_account(args.account)
+    store.database.discset_of(account)  # NotFound for an unknown account
+    return [account]
+
+
+def _progress(account: int) -> Callable[[int, int], None] | None:
+    """A progress line on a terminal (stderr), rewritten in place; None when not a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\r\033[K" if done >= total else ""
+        sys.stderr.write(f"\rchecking {account:08x}: {done}/{total} objects{end}")
+        sys.stderr.flush()
+
+    return show
+
+
+def _maintain(store: Store, args: argparse.Namespace) -> int:
+    from boxbox.store.check import check_account
+    from boxbox.store.housekeep import housekeep
+
+    accounts = _targets(store, args)
+    if args.action == "housekeep":
+        for account in accounts:
+            result = housekeep(store, account, force=True)
+            print(result.summary())
+            for problem in result.errors:
+                print(f"  {problem}")
+        return 0
+    reports = []
+    for account in accounts:
+        report = check_account(store, account, fix=args.fix, progress=None if args.json else _progress(account))
+        reports.append(report)
+        if not args.json:
+            for problem in report.problems:
+                print(f"  {problem}")
+            print(f"account {account:08x}: {report.objects} objects ({report.directories} directories, "
+                  f"{report.files} files), {report.errors} errors, {report.errors - report.remaining} fixed, "
+                  f"{report.remaining} remain ({report.seconds:.2f} s)")
+    if args.json:
+        json.dump(reports[0].as_json() if args.account else [r.as_json() for r in reports], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    if any(r.remaining for r in reports):
+        return ERRORS_REMAIN
+    return FIXED if any(r.errors for r in reports) else CLEAN

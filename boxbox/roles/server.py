@@ -112,7 +112,59 @@ class Server:
             log.error("reload failed, keeping the previous settings: %s", e)
 
     # ------------------------------------------------------------ main loop
+    # ------------------------------------------------------------ housekeeping
+    def _maintenance(self) -> None:
+        """Background thread: housekeep every account each `housekeeping_interval`, scrub each `scrub_interval`.
+
+        An account a client is writing to is skipped until the next pass; a client that logs
+        in while its account is being housekept makes the pass stop (Store.yield_requested).
+        """
+        from boxbox.store.check import scrub_account
+        from boxbox.store.housekeep import housekeep
+
+        interval = self.settings["housekeeping_interval"]
+        scrub_every = self.settings["scrub_interval"]
+        if interval <= 0 and scrub_every <= 0:
+            return  # both off: `boxbox accounts housekeep` / `check --all` by hand
+        tick = min(t for t in (interval, scrub_every) if t > 0)
+        next_scrub = time.monotonic() + scrub_every if scrub_every > 0 else None
+        while not self._stopping.wait(tick):
+            try:
+                self.store.database.refresh()
+                accounts = sorted(self.store.database.accounts())
+            except BoxboxError as e:
+                log.error("housekeeping: cannot read the account database: %s", e)
+                continue
+            for account in accounts if interval > 0 else []:
+                if self._stopping.is_set():
+                    return
+                try:
+                    result = housekeep(self.store, account, stop=self._stopping)
+                except BoxboxError as e:
+                    log.error("housekeeping account %08x failed: %s", account, e)
+                    continue
+                if not result.skipped or result.yielded:
+                    log.info("housekeeping %s", result.summary())
+                else:
+                    log.debug("housekeeping %s", result.summary())
+            if next_scrub is not None and time.monotonic() >= next_scrub:
+                next_scrub = time.monotonic() + scrub_every
+                for account in accounts:
+                    if self._stopping.is_set():
+                        return
+                    try:
+                        keys, repaired, failed = scrub_account(self.store, account)
+                    except BoxboxError as e:
+                        log.error("scrub of account %08x failed: %s", account, e)
+                        continue
+                    log.info("scrub of account %08x: %d objects, %d rebuilt, %d unrecoverable", account, keys,
+                             repaired, len(failed))
+                    for detail in failed:
+                        log.error("scrub of account %08x: %s", account, detail)
+
     def serve_forever(self) -> None:
+        maintenance = threading.Thread(target=self._maintenance, daemon=True, name="housekeeping")
+        maintenance.start()
         sel = selectors.DefaultSelector()
         for sock in self.listeners:
             sel.register(sock, selectors.EVENT_READ)
@@ -127,6 +179,7 @@ class Server:
                 self.reload()
         sel.close()
         self.shutdown()
+        maintenance.join(SHUTDOWN_GRACE)
 
     def _accept(self, listener: socket.socket) -> None:
         try:

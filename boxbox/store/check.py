@@ -453,3 +453,24 @@ def check_account(store: Store, account: int, fix: bool = False,
             return _Check(store, account, fix, progress).run()
     finally:
         hk_lock.release()
+
+
+def scrub_account(store: Store, account: int) -> tuple[int, int, list[str]]:
+    """Verify every stripe of every object of ACCOUNT and rebuild damaged ones: (keys, repaired, failures).
+
+    Only redundancy is touched (no tree repairs), so the server can run it on a schedule
+    beside clients: a raidfile repair is atomic per stripe and readers never see a mix.
+    """
+    backend = store.backend(account)
+    keys = repaired = 0
+    failed: list[str] = []
+    for key in backend.list(account_prefix(account)):
+        keys += 1
+        try:
+            v = backend.verify(key, True)
+        except NotFound:
+            continue  # deleted meanwhile
+        repaired += v.repaired
+        if not v.ok and not v.repaired:
+            failed.append(v.detail)
+    return keys, repaired, failed
