@@ -97,7 +97,7 @@ class StoreServer:
 
 
 def client_config(tmp: Path, server: StoreServer, account: int, location: Path, *, name: str = "client",
-                  extra: str = "", location_extra: str = "", keys: Path | None = None) -> Path:
+                  extra: str = "", location_extra: str = "", keys: Path | None = None, lazy: bool = False) -> Path:
     """A client config in tmp/NAME (keys file made unless given); returns its path."""
     d = server.ca.client_dir(account)
     base = tmp / name
@@ -117,7 +117,7 @@ def client_config(tmp: Path, server: StoreServer, account: int, location: Path, 
         ca_certificate = {d / 'ca.crt'}
         keys_file = {keys}
         data_directory = {base / 'data'}
-        automatic_backup = no
+        automatic_backup = {'yes' if lazy else 'no'}
         log_level = info
         """) + textwrap.dedent(extra) + textwrap.dedent(f"""
         [location home]

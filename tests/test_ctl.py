@@ -1,0 +1,137 @@
+"""`boxbox ctl` against a real client daemon subprocess (snapshot and lazy mode) and a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.clientutil import StoreServer, client_config, store_tree
+from tests.conftest import boxbox_command, boxbox_env, run_boxbox
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, test_ca: Any) -> Iterator[StoreServer]:
+    srv = StoreServer(tmp_path_factory.mktemp("ctlserver"), test_ca)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+class Daemon:
+    def __init__(self, conf: Path, log: Path) -> None:
+        self.conf = conf
+        self.log = log
+        self.proc = subprocess.Popen([*boxbox_command(), "client", "--config", str(conf), "--foreground"],
+                                     env=boxbox_env(), stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+        sock = conf.parent / "data" / "command.sock"
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"daemon did not start: {log.read_text()}")
+            time.sleep(0.05)
+        self.socket = sock
+
+    def ctl(self, *args: str, exit_code: int = 0, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return run_boxbox("ctl", "--config", str(self.conf), *args, exit_code=exit_code, timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.ctl("status", "--json").stdout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(20)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.stop()
+
+
+def test_snapshot_daemon_commands(server: StoreServer, tmp_path: Path, daemons: list[Daemon]) -> None:
+    account = server.new_account()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a").write_bytes(b"first")
+    events = tmp_path / "events"
+    script = tmp_path / "notify.sh"
+    script.write_text(f"#!/bin/sh\necho \"$1\" >> {events}\n")
+    script.chmod(0o755)
+    conf = client_config(tmp_path, server, account, tree, extra=f"notify_script = {script}\n")
+    d = Daemon(conf, tmp_path / "daemon.log")
+    daemons.append(d)
+    assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
+    status = d.status()
+    assert status["state"] == "idle" and status["mode"] == "snapshot" and status["last_run"] is None
+    assert status["next_run"] is None  # snapshot mode: only on request
+    out = d.ctl("sync-and-wait").stdout
+    assert "run ok: 1 files uploaded" in out
+    status = d.status()
+    assert status["last_run"]["ok"] and status["totals"]["files_uploaded"] == 1
+    assert "last run:" in d.ctl("status").stdout
+    assert events.read_text().split() == ["backup-start", "backup-ok", "backup-finish"]
+    keys = tmp_path / "client" / "keys.dat"
+    assert store_tree(server, account, keys)[b"a"][1] == b"first"
+
+    # wait-for-end returns after a run started by another ctl
+    (tree / "b").write_bytes(b"second")
+    waiter = subprocess.Popen([*boxbox_command(), "ctl", "--config", str(conf), "wait-for-end"], env=boxbox_env(),
+                              stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    assert waiter.poll() is None
+    d.ctl("sync")
+    assert waiter.wait(30) == 0
+    assert store_tree(server, account, keys)[b"b"][1] == b"second"
+
+    d.ctl("reload")
+    assert "terminating" in d.ctl("terminate").stdout
+    assert d.proc.wait(20) == 0
+    assert not d.socket.exists()
+    err = d.ctl("status", exit_code=1).stderr
+    assert "no client daemon is running" in err
+
+
+def test_lazy_mode_waits_for_file_age(server: StoreServer, tmp_path: Path, daemons: list[Daemon]) -> None:
+    account = server.new_account()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    old = tree / "old"
+    old.write_bytes(b"old enough")
+    time.sleep(2.5)
+    (tree / "young").write_bytes(b"too young")
+    conf = client_config(tmp_path, server, account, tree, lazy=True, extra="""\
+        update_store_interval = 1h
+        minimum_file_age = 2s
+        max_upload_wait = 4s
+        """)
+    d = Daemon(conf, tmp_path / "daemon.log")
+    daemons.append(d)
+    deadline = time.monotonic() + 30
+    while d.status()["last_run"] is None:  # lazy mode runs at start
+        assert time.monotonic() < deadline, d.log.read_text()
+        time.sleep(0.2)
+    keys = tmp_path / "client" / "keys.dat"
+    stored = store_tree(server, account, keys)
+    assert stored[b"old"][1] == b"old enough" and b"young" not in stored
+    status = d.status()
+    assert status["last_run"]["waiting"] == 1 and status["next_run"] > time.time() + 3000
+    # keeps changing, so never old enough: uploaded once it has waited max_upload_wait
+    deadline = time.monotonic() + 30
+    while b"young" not in store_tree(server, account, keys):
+        assert time.monotonic() < deadline, d.log.read_text()
+        (tree / "young").write_bytes(b"still changing %f" % time.time())
+        d.ctl("sync-and-wait")
+        time.sleep(0.5)
