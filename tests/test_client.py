@@ -109,3 +109,19 @@ def test_nothing_changed_does_not_connect(server: StoreServer, tmp_path: Path) -
     out = run_once(conf).stderr
     assert "nothing changed" in out
     assert server.sessions() == before
+
+
+def test_changed_big_file_is_sent_as_a_diff(server: StoreServer, tmp_path: Path) -> None:
+    A = server.new_account()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    data = os.urandom(4 << 20)
+    (tree / "big.bin").write_bytes(data)
+    conf = client_config(tmp_path, server, A, tree)
+    keys = tmp_path / "client" / "keys.dat"
+    run_once(conf)
+    (tree / "big.bin").write_bytes(b"inserted at the start" + data[:1 << 20] + b"in the middle" + data[1 << 20:])
+    stats = _stats(run_once(conf).stderr)
+    assert stats["uploaded"] == 1 and stats["diffs"] == 1, stats
+    assert stats["sent"] < 200_000, stats  # a few changed blocks, not 4 MiB
+    assert store_tree(server, A, keys)[b"big.bin"][1] == (tree / "big.bin").read_bytes()
