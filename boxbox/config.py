@@ -154,8 +154,7 @@ SERVER = (
             Key("account_database", PATH, REQUIRED, "account database file", "accounts.db"),
             Key("pid_file", PATH, None, "where the daemon writes its process id"),
             Key("housekeeping_interval", DURATION, 900.0, "how often old and deleted files are trimmed"),
-            Key("scrub_interval", DURATION, 0.0, "how often every RAID stripe of every account is verified and "
-                "rebuilt if damaged (0: never; `boxbox accounts check --all` does it on demand)"),
+            Key("scrub_interval", DURATION, 0.0, "how often every RAID stripe is verified and rebuilt (0: never)"),
             Key("idle_timeout", DURATION, 900.0, "drop a client connection silent for this long"),
             Key("read_timeout", DURATION, 120.0, "drop a client that stalls this long inside a message or upload"),
             Key("max_connections", INT, 100, "connections served at once; more are refused"),
