@@ -36,6 +36,7 @@ Memory: the new data is read in `READ_SIZE` pieces and only the part still neede
 from __future__ import annotations
 
 import struct
+import sys
 import time
 import zlib
 from array import array
@@ -120,31 +121,36 @@ class _Index:
                 ts[8 * k:8 * k + 8] = blank_ts
                 ws[8 * k:8 * k + 8] = blank_ws
             anchored = set(range(n))
+            empty_slots = 0  # bit 8i set where slot i is empty
+            # high bytes of the positions: 0xff only in NO_ANCHOR (positions stay below SPAN / 8)
+            high = ts.tobytes()[1::2] if sys.byteorder == "little" else ts.tobytes()[0::2]
             if no_anchor in ts:
-                # the eight positions of a block are 16 bytes; two 0xff bytes in a row there
-                # can only be part of NO_ANCHOR (positions stay below 0xff00)
-                chunks = list(_chunks16(ts.tobytes()))
-                all_empty = set(compress(count(), map((b"\xff" * 16).__eq__, chunks)))
-                partial = set(compress(count(), map(bytes.__contains__, chunks, repeat(b"\xff\xff"))))
-                partial -= all_empty
+                # empty slots per block: the bytes of one 8-byte group summed by one multiplication
+                empty_slots = int.from_bytes(high.translate(_IS_FF), "little")
+                empties = (empty_slots * 0x0101010101010101).to_bytes(len(high) + 8, "little")[7:len(high):8]
+                all_empty = set(compress(count(), empties.translate(_IS_8)))
+                partial = set(compress(count(), empties.translate(_IS_1_TO_7)))
                 anchored -= all_empty
             # empty slots hold the word 0, which no usable anchor is (it is all zero bytes)
             amap = dict(zip(ws, count()))
             amap.pop(0, None)
             if len(amap) < len(ws):
-                kept = bytearray(len(ws))  # 1 at the slot each word maps to
+                # the slots no word maps to (ascending) are the earlier ones of repeated words
+                kept = bytearray(len(ws))
                 deque(map(kept.__setitem__, amap.values(), repeat(1)), 0)  # consumed at C speed
-                # slots whose word another slot also has (or 0)
-                multi = set(map(ws.__getitem__, compress(count(), kept.translate(_INVERT))))
-                multi.discard(0)
-                amulti = {w: [] for w in multi}
-                for i in compress(count(), map(multi.__contains__, ws)) if multi else ():
-                    slots = amulti[ws[i]]
-                    if len(slots) < WORD_FANOUT:
+                if empty_slots:
+                    kept = (int.from_bytes(kept, "little") | empty_slots).to_bytes(len(ws), "little")
+                for i in compress(count(), kept.translate(_INVERT)):
+                    w = ws[i]
+                    slots = amulti.get(w)
+                    if slots is None:
+                        slots = amulti[w] = []
+                    if len(slots) < WORD_FANOUT - 1:
                         slots.append(i)
                     else:
                         partial.add(i >> 3)
                 for w, slots in amulti.items():
+                    slots.append(amap[w])
                     amap[w] = slots[0]
             tset = set(ts)
             tset.discard(no_anchor)
@@ -152,11 +158,9 @@ class _Index:
             # words placed past TRY_SPAN (mostly-zero blocks) are few: only they are looked for
             # in the lookahead beyond jnear (measured: 10% of blocks rewritten in 16 MiB of
             # /usr/lib, 4 KiB blocks: delta 71 -> 52 ms with all anchors within 1 KiB)
-            far_t = (anchors_mod.TRY_SPAN - 8) // 8
-            jnear = 8 * max((t for t in tset if t <= far_t), default=0) + 7
-            if jmax > jnear:
-                far_words = set(compress(ws, map(far_t.__lt__, ts)))
-                far_words.discard(0)
+            jnear = min(jmax, anchors_mod.TRY_SPAN - 1)
+            if jmax > jnear:  # positions of 256 and more (TRY_SPAN / 8) have a high byte 1 .. 0xfe
+                far_words = set(compress(ws, high.translate(_IS_FAR)))
         uniform: dict[tuple[int, int], int] = {}
         rolling: dict[int, dict[int, dict[bytes, int]]] = {}
         fallback_sizes: set[int] = set()
@@ -189,7 +193,13 @@ class _Index:
         self.min_search = min(searchable, default=0)
 
 
-_INVERT = bytes([1]) + bytes(255)  # bytes.translate table: 0 -> 1, anything else -> 0
+# bytes.translate tables
+_INVERT = bytes([1]) + bytes(255)  # 0 -> 1, anything else -> 0
+_IS_FF = bytes(255) + bytes([1])
+_IS_8 = bytes(8) + bytes([1]) + bytes(247)
+_IS_1_TO_7 = bytes([0]) + bytes([1]) * 7 + bytes(248)
+_IS_FAR = bytes([0]) + bytes([1]) * 254 + bytes([0])
+assert anchors_mod.TRY_SPAN == 8 * 256
 
 
 def _chunks16(data: bytes) -> Iterator[bytes]:
