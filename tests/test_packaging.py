@@ -197,7 +197,8 @@ def init_sandbox():
 def _init(base: Path, action: str, user: str, path: str, daemon: str = "daemon") -> subprocess.CompletedProcess[str]:
     env = {"PATH": path, "DAEMON": str(base / daemon), "CONFIG": str(base / "server.conf"),
            "PIDDIR": str(base / "run"), "LOGFILE": str(base / "log"), "STATE_DIR": str(base / "state"),
-           "START_WAIT": "1", "STOP_TIMEOUT": "10", "BOXBOX_USER": user}
+           "START_WAIT": "1", "STOP_TIMEOUT": "10", "BOXBOX_USER": user,
+           "SHIV_ROOT": "/root/.shiv"}  # the administrator's own: must not reach the daemon
     return subprocess.run(["sh", str(PACKAGING / "sysvinit" / "boxbox-server"), action], capture_output=True,
                           text=True, env=env, timeout=60)
 
@@ -529,3 +530,13 @@ def test_arm_smoke() -> None:
                           timeout=3600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "all passed: aarch64 armv7l" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not is_root, reason="packaging/service-smoke.sh needs root (chroot)")
+def test_service_smoke() -> None:
+    """install.sh for real in a fresh Debian system, then the server through its init script."""
+    proc = subprocess.run(["sh", str(PACKAGING / "service-smoke.sh")], capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "runs as boxbox" in proc.stdout and proc.stdout.rstrip().endswith("passed")
