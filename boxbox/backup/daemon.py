@@ -210,8 +210,7 @@ class Daemon:
         return result
 
     def _after_run(self, number: int, result: RunResult) -> None:
-        in_use = result.error.startswith("the store was written by another client")
-        self.paused = result.error if in_use else ""
+        self.paused = result.error if result.marker_conflict else ""
         for text in result.stats.read_errors:
             self.notify("read-error", text)
         if result.store_full:

@@ -50,6 +50,8 @@ class RunResult:
     error: str = ""
     connected: bool = False
     store_full: bool = False
+    #: another client's store marker: the daemon pauses
+    marker_conflict: bool = False
     started: float = 0.0
     finished: float = 0.0
     bytes_sent: int = 0
@@ -130,6 +132,7 @@ class BackupRun:
                                 "this run rebuilds it from the store", marker, ours)
                     self._rebuild = True
                 else:
+                    self.result.marker_conflict = True
                     raise InUse(f"the store was written by another client (store marker {marker:#x}, "
                                 f"ours {ours:#x}); backups are paused",
                                 hint="two machines must not share an account; if this machine replaces the "
@@ -166,7 +169,7 @@ class BackupRun:
             r.error = "stopped"
             self._close(False)
         except BoxboxError as e:
-            r.error = str(e)
+            r.error = f"{e}; hint: {e.hint}" if e.hint else str(e)
             self._close(False)
             log.error("backup run failed: %s", e)
         except OSError as e:
