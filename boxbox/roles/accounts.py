@@ -240,6 +240,13 @@ def _maintain(store: Store, args: argparse.Namespace) -> int:
     if args.json:
         json.dump(reports[0].as_json() if args.account else [r.as_json() for r in reports], sys.stdout, indent=2)
         sys.stdout.write("\n")
-    if any(r.remaining for r in reports):
+    remaining = sum(r.remaining for r in reports)
+    errors = sum(r.errors for r in reports)
+    if remaining:
+        hint = "" if args.fix else " (run again with --fix to repair)"
+        print(f"boxbox: {remaining} of {errors} errors remain{hint}", file=sys.stderr)
         return ERRORS_REMAIN
-    return FIXED if any(r.errors for r in reports) else CLEAN
+    if errors:
+        print(f"boxbox: {errors} errors found and fixed", file=sys.stderr)
+        return FIXED
+    return CLEAN

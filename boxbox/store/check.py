@@ -145,9 +145,11 @@ class _Check:
                 continue
             v = self.backend.verify(key, self.fix)
             if not v.ok:
-                self.problem("stripes", object_id, v.detail)
-                if not v.repaired:
-                    self.report.problems[-1].fixed = False
+                if v.readable:
+                    self.problem("stripes", object_id, v.detail)
+                    self.report.problems[-1].fixed = v.repaired
+                else:
+                    self.problem("stripes", object_id, f"{v.detail}; unrecoverable, the object is removed")
             if object_id is None:
                 continue
             self.report.objects += 1
