@@ -130,7 +130,7 @@ def _build_parsers() -> dict[str, _ArgParser]:
     lcd.add_argument("path")
     get = p["get"] = _parser("get", "download one file: `get NAME [LOCAL]`, or any version: `get -i ID LOCAL`")
     get.add_argument("-i", "--id", metavar="ID", help="object id (hex, from `ls -l -o -d`): any version, even deleted")
-    get.add_argument("name")
+    get.add_argument("name", help="remote file (with -i: the local file name)")
     get.add_argument("local", nargs="?")
     rs = p["restore"] = _parser("restore", "restore a remote directory tree into a new local directory")
     rs.add_argument("-d", "--deleted", action="store_true", help="also restore deleted files and directories")
@@ -289,13 +289,13 @@ class Shell:
         from boxbox.restore.restore import get_file
 
         if a.id is not None:
-            if a.local is None:
-                raise UsageError("get -i ID LOCAL: give the local file name")
+            if a.local is not None:
+                raise UsageError("get -i ID LOCAL: one local file name, no remote name")
             try:
                 object_id = int(a.id, 16)
             except ValueError:
                 raise UsageError(f"get -i: {a.id!r} is not a hex object id") from None
-            chain, local = self.cwd, a.local
+            chain, local = self.cwd, a.name
             listing = self.remote.list(chain[-1][1], chain[-1][0])
             entry = next((e for e in listing.entries if e.object_id == object_id and e.is_file), None)
             if entry is None:
@@ -358,6 +358,8 @@ class Shell:
             for problem in result.errors:
                 self.err.write(f"boxbox: {problem}\n")
             self.say(f"{remote_path} vs {local}: {result.line()}")
+            if result.differences:
+                self.err.write(f"boxbox: {remote_path} and {local} differ ({len(result.differences)} differences)\n")
             worst = max(worst, result.exit_code)
         return worst
 
@@ -414,17 +416,30 @@ class Shell:
         return 0
 
     def do_versions(self, a: argparse.Namespace) -> int:
+        from boxbox.objects.file import open_index
         from boxbox.restore.remote import flag_string, versions_of
+        from boxbox.wire import messages as m
 
         chain, name = self._split(a.name)
-        listing = self.remote.list(chain[-1][1], chain[-1][0])
-        found = versions_of(listing, name)
+        dir_id = chain[-1][1]
+        listing = self.remote.list(dir_id, chain[-1][0])
+        found = [e for e in versions_of(listing, name) if e.is_file]
         if not found:
             raise NotFound(f"no version of {a.name!r} in {self.remote.path_of(chain)}")
-        for e in found:
-            self.out.write(f"{e.object_id:08x} {flag_string(e.flags)} {show_time(e.mtime_ns)} "
-                           f"{e.size_blocks * 4096:>12} {show_name(e.name)}\n")
-        return 0
+        # exact sizes are sealed in each version's block index: fetch them all in one round trip
+        pending = [self.remote.client.submit(m.GetBlockIndexByID(e.object_id), download=True) for e in found]
+        status = 0
+        for e, p in zip(found, pending):
+            try:
+                blob = p.result()[1].read()
+                size = str(open_index(self.remote.keys, blob, show_name(e.name), container_id=dir_id,
+                                      name=e.name).size)
+            except BoxboxError as err:
+                self.err.write(f"boxbox: version {e.object_id:08x}: {err}\n")
+                size, status = "?", 1
+            self.out.write(f"{e.object_id:08x} {flag_string(e.flags)} {show_time(e.mtime_ns)} {size:>12} "
+                           f"{show_name(e.name)}\n")
+        return status
 
     def do_help(self, a: argparse.Namespace) -> int:
         if a.command:
