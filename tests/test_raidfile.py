@@ -165,11 +165,10 @@ def test_big_streaming_write_in_odd_pieces(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("raid", [True, False])
-def test_writer_thread_with_reused_and_immutable_buffers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         raid: bool) -> None:
-    """Past SPOOL_AFTER a thread writes the records: a bytearray the caller refills after each write
-    must be written as it was, and bytes may be written after write() returned."""
-    monkeypatch.setattr(writer, "SPOOL_AFTER", 0)
+def test_big_writes_from_reused_buffers_with_early_writeback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              raid: bool) -> None:
+    """Big writes are cut into records straight from the caller's buffer: a bytearray the caller
+    refills after each write must be written as it was; rows straddle writes of every size."""
     monkeypatch.setattr(writer, "WRITEBACK_BYTES", 100_000)
     ds = make_set(tmp_path, 256, raid)
     rng = random.Random(7)
@@ -194,8 +193,7 @@ def test_writer_thread_with_reused_and_immutable_buffers(tmp_path: Path, monkeyp
     assert not temps_left(ds)
 
 
-def test_error_in_writer_thread_aborts_and_keeps_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(writer, "SPOOL_AFTER", 0)
+def test_write_error_aborts_and_keeps_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = make_set(tmp_path, 4096)
     write(ds, "f", b"old content")
     real, calls = os.writev, [0]

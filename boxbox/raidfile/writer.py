@@ -22,12 +22,19 @@ reading the old content (POSIX keeps renamed-over inodes alive while open).
 
 Nothing is ever written in place to a committed stripe: writes, repairs, deletes and
 renames all go through temps that the writer holds an flock on (`boxbox.raidfile.claims`).
+
+Speed: per 2 MiB chunk of clear data the Python work is a few list comprehensions of block
+views, one `map(zlib.crc32, ...)` and one writev per stripe, and the XOR in 32 KiB pieces
+(`layout.xor_blocks`). Those two primitives hold the GIL (zlib releases it only above 5 KiB)
+and are most of the time: ~65 ms XOR + ~27 ms CRC per 64 MiB here. A writer thread for the
+writevs was tried: on the shared 2-core machine it saved nothing (median ratio 0.32 vs 0.33
+over 5 interleaved runs) and cost ~20 ms more CPU per 64 MiB, so writes stay in the caller's
+thread.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import struct
 import threading
 import zlib
@@ -52,12 +59,11 @@ from boxbox.raidfile.layout import (
 from boxbox.raidfile.reader import CHUNK_BYTES, MAX_RECORDS
 
 DIRECT_BYTES = 64 << 10  # a write at least this big is cut into records straight from the caller's buffer
-SPOOL_AFTER = CHUNK_BYTES  # a file past this size gets a writer thread (~0.1 ms to start; small files skip it)
-SPOOL_DEPTH = 4  # jobs queued for the writer thread (each <= MAX_RECORDS rows): bounds the memory held
-# Start the disc writing every 4 MiB of a stripe: 64 MiB commit's fsyncs took 49 ms without, 9 ms with.
+# Start the disc writing every 4 MiB of a stripe (posix_fadvise DONTNEED submits the dirty pages
+# without waiting for them, as PostgreSQL's pg_flush_data does where sync_file_range is missing),
+# so the disc works while the next rows are computed instead of all at commit: 64 MiB commit's
+# fsyncs took 49 ms without it, 9 ms with it.
 WRITEBACK_BYTES = 4 << 20
-
-Job = list[tuple[int, list[memoryview]]]  # (fd, iovecs) for each stripe of one piece
 
 
 def run_parallel(fn, args: list) -> None:  # type: ignore[no-untyped-def]
@@ -90,71 +96,6 @@ def _writev_all(fd: int, iov: list[memoryview]) -> None:
             rest = rest[os.write(fd, rest):]
 
 
-def _immutable(data: object) -> bool:
-    """True if nobody can change these bytes after write() returns, so the thread may write them later."""
-    if isinstance(data, memoryview):
-        return data.readonly and isinstance(data.obj, bytes)
-    return isinstance(data, bytes)
-
-
-class Spooler:
-    """A thread that writes records to the stripe files while the caller's thread computes the next
-    piece's CRCs and parity: writev and the disc release the GIL, the int XOR does not, so the two
-    overlap when a second core is free. It also starts writeback every WRITEBACK_BYTES of a
-    stripe (posix_fadvise DONTNEED submits the dirty pages without waiting, as PostgreSQL's
-    pg_flush_data does where sync_file_range is missing), so the disc works during the
-    computation instead of all at commit's fsync. 64 MiB in 1 MiB writes on the shared 2-core
-    machine: 202 ms without the thread, 217 ms with it but no early writeback, 180 ms with both."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.Queue[Job | None] = queue.Queue(SPOOL_DEPTH)
-        self._error: BaseException | None = None
-        self._written: dict[int, tuple[int, int]] = {}  # fd -> (bytes written, bytes handed to writeback)
-        self._thread = threading.Thread(target=self._run, name="raidfile-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                if job is None:
-                    return
-                if self._error is None:
-                    for fd, iov in job:
-                        self.write(fd, iov)
-            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by put/wait
-                self._error = e
-            finally:
-                self._jobs.task_done()
-
-    def write(self, fd: int, iov: list[memoryview]) -> None:
-        _writev_all(fd, iov)
-        end, flushed = self._written.get(fd, (HEADER.size, 0))
-        end += sum(map(len, iov))
-        if end - flushed >= WRITEBACK_BYTES:
-            os.posix_fadvise(fd, flushed, end - flushed, os.POSIX_FADV_DONTNEED)
-            flushed = end
-        self._written[fd] = (end, flushed)
-
-    def put(self, job: Job) -> None:
-        self._raise()
-        self._jobs.put(job)
-
-    def wait(self) -> None:
-        """Return once everything queued is written; raise the first error the thread met."""
-        self._jobs.join()
-        self._raise()
-
-    def close(self) -> None:
-        """Stop the thread after what is queued (no error raised: the caller is aborting or done)."""
-        self._jobs.put(None)
-        self._thread.join()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-
 class Target:
     """One stripe being written: its role, claimed temp, and the committed name it will take."""
 
@@ -182,9 +123,7 @@ class RaidWriter:
         self._chunk = max(1, min(MAX_RECORDS, CHUNK_BYTES // unit)) * unit  # clear bytes per writev
         self._unit = unit
         self._buf = bytearray()  # small writes collected, or the part of a row a big write left over
-        self._spool: Spooler | None = None
-        self._pending: dict[int, list[memoryview]] = {}  # iovecs per fd not yet written, up to MAX_RECORDS
-        self._pending_records = 0
+        self._written = {t.fd: (HEADER.size, 0) for t in self._targets}  # fd -> (end, handed to writeback)
         self._units_done = 0
         self.length = 0
         self._open = True
@@ -227,17 +166,11 @@ class RaidWriter:
                 buf += mv[:take]
                 mv = mv[take:]
                 if len(buf) == self._chunk or (mv and len(buf) % unit == 0):
-                    self._emit(memoryview(bytes(buf)))
-                    buf.clear()
+                    self._emit(memoryview(buf))
+                    buf = self._buf = bytearray()
             whole = len(mv) - len(mv) % unit if len(mv) >= DIRECT_BYTES else 0
             if whole:
-                if self._spool is None and self.length >= SPOOL_AFTER:
-                    self._spool = Spooler()
                 self._emit(mv[:whole])
-                if not _immutable(data):  # the caller may reuse its buffer once we return
-                    self._send()
-                    if self._spool is not None:
-                        self._spool.wait()
             buf += mv[whole:]
         except BaseException:
             self.abort()
@@ -245,33 +178,18 @@ class RaidWriter:
         return n
 
     def _emit(self, mv: memoryview) -> None:
-        """Queue whole rows of clear data (the last row may be partial) for the stripe temps.
-
-        Records gather up to MAX_RECORDS per writev (IOV_MAX/2): the writer thread then needs
-        the GIL back ~3 times per 4 MiB instead of 3 times per caller write; with 1 MiB writes
-        that cut the time the caller's thread waited for a queue slot from 35 ms to 0.2 ms
-        per 64 MiB."""
+        """Write whole rows of clear data (the last row may be partial) to the stripe temps, a chunk per writev."""
         for o in range(0, len(mv), self._chunk):
-            piece = mv[o : o + self._chunk]
-            if self._pending_records + -(-len(piece) // self._unit) > MAX_RECORDS:
-                self._send()
-            for fd, iov in self._records(piece):
-                self._pending.setdefault(fd, []).extend(iov)
-            self._pending_records += -(-len(piece) // self._unit)
-
-    def _send(self) -> None:
-        """Hand the gathered records to the writer thread, or write them now if there is none."""
-        if not self._pending:
-            return
-        job = list(self._pending.items())
-        self._pending, self._pending_records = {}, 0
-        if self._spool is not None:
-            self._spool.put(job)
-        else:
-            for fd, iov in job:
+            for fd, iov in self._records(mv[o : o + self._chunk]):
                 _writev_all(fd, iov)
+                end, flushed = self._written[fd]
+                end += sum(map(len, iov))
+                if end - flushed >= WRITEBACK_BYTES:
+                    os.posix_fadvise(fd, flushed, end - flushed, os.POSIX_FADV_DONTNEED)
+                    flushed = end
+                self._written[fd] = (end, flushed)
 
-    def _records(self, mv: memoryview) -> Job:
+    def _records(self, mv: memoryview) -> list[tuple[int, list[memoryview]]]:
         """The iovecs (block, CRC, block, CRC, ...) of one chunk for each stripe this writer writes."""
         B, n, first = self._B, len(mv), self._units_done
         if not self._raid:
@@ -280,7 +198,7 @@ class RaidWriter:
         slots1 = [mv[o : o + B] for o in range(0, n, 2 * B)]
         slots2 = [mv[o : o + B] for o in range(B, n, 2 * B)]
         self._units_done += len(slots1)
-        job: Job = []
+        job: list[tuple[int, list[memoryview]]] = []
         for role in self._by_role:
             if role == PARITY:
                 slots = xor_blocks(slots1, slots2, B)
@@ -306,11 +224,6 @@ class RaidWriter:
         try:
             if self._buf:
                 self._emit(memoryview(self._buf))
-            self._send()
-            if self._spool is not None:
-                self._spool.wait()
-                self._spool.close()
-                self._spool = None
             for t in self._targets:
                 os.pwrite(t.fd, pack_header(Header(t.role, self._shift, self.write_id, self.length)), 0)
             run_parallel(os.fsync, [t.fd for t in self._targets])
@@ -330,20 +243,12 @@ class RaidWriter:
     def abort(self) -> None:
         """Drop everything written; the committed file (if any) is untouched. Safe to call twice."""
         if self._open:
-            self._stop_spool()
             for t in self._targets:
                 claims.release(t.fd, t.temp)
             self._targets = []
             self._close()
 
-    def _stop_spool(self) -> None:
-        """Let the writer thread finish before its file descriptors are closed."""
-        if self._spool is not None:
-            self._spool.close()
-            self._spool = None
-
     def _close(self) -> None:
-        self._stop_spool()
         for t in self._targets:
             os.close(t.fd)
         for fd, temp in self._extra:
@@ -351,4 +256,3 @@ class RaidWriter:
         self._targets, self._extra = [], []
         self._open = False
         self._buf = bytearray()
-        self._pending, self._pending_records = {}, 0
