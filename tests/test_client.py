@@ -125,3 +125,63 @@ def test_changed_big_file_is_sent_as_a_diff(server: StoreServer, tmp_path: Path)
     assert stats["uploaded"] == 1 and stats["diffs"] == 1, stats
     assert stats["sent"] < 200_000, stats  # a few changed blocks, not 4 MiB
     assert store_tree(server, A, keys)[b"big.bin"][1] == (tree / "big.bin").read_bytes()
+
+
+def test_every_kind_of_entry(server: StoreServer, tmp_path: Path) -> None:
+    A = server.new_account()
+    tree = tmp_path / "tree"
+    (tree / "target-dir").mkdir(parents=True)
+    os.mkfifo(tree / "fifo")
+    with open(tree / "sparse", "wb") as f:
+        f.truncate(3 << 20)
+        f.seek(1 << 20)
+        f.write(b"island")
+    (tree / "future").write_bytes(b"from the future")
+    future = time.time() + 10 * 86400
+    os.utime(tree / "future", (future, future))
+    os.symlink("target-dir", tree / "link")
+    os.symlink("/nonexistent/dangling", tree / "dangling")
+    (tree / "x").write_bytes(b"xattr holder")
+    try:
+        os.setxattr(tree / "x", b"user.boxbox", b"value")
+        have_xattr = True
+    except OSError:
+        have_xattr = False
+    # a path longer than PATH_MAX
+    fd = os.open(tree, os.O_RDONLY)
+    for _ in range(24):
+        os.mkdir("d" * 200, dir_fd=fd)
+        nfd = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    wfd = os.open("deep.txt", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd)
+    os.write(wfd, b"deep down")
+    os.close(wfd)
+    os.close(fd)
+    conf = client_config(tmp_path, server, A, tree)
+    keys = tmp_path / "client" / "keys.dat"
+    run_once(conf)
+    stored = store_tree(server, A, keys)
+    assert stored[b"fifo"][2].file_type.name == "FIFO"
+    assert stored[b"sparse"][1] == (tree / "sparse").read_bytes()
+    assert stored[b"future"][1] == b"from the future"
+    assert stored[b"future"][2].mtime_ns == os.lstat(tree / "future").st_mtime_ns
+    assert stored[b"link"][2].symlink_target == b"target-dir"
+    assert stored[b"dangling"][2].symlink_target == b"/nonexistent/dangling"
+    deep = b"/".join([b"d" * 200] * 24) + b"/deep.txt"
+    assert len(deep) > 4096 and stored[deep][1] == b"deep down"
+    if have_xattr:
+        assert (b"user.boxbox", b"value") in stored[b"x"][2].xattrs
+
+    # symlink to a directory and back
+    os.unlink(tree / "link")
+    os.rename(tree / "target-dir", tree / "link")
+    run_once(conf)
+    stored = store_tree(server, A, keys)
+    assert stored[b"link"][0] == "dir" and b"target-dir" not in stored
+    os.rename(tree / "link", tree / "target-dir")
+    os.symlink("target-dir", tree / "link")
+    run_once(conf)
+    stored = store_tree(server, A, keys)
+    assert stored[b"link"][0] == "file" and stored[b"link"][2].symlink_target == b"target-dir"
+    assert stored[b"target-dir"][0] == "dir"

@@ -25,17 +25,13 @@ from pathlib import Path
 from boxbox.backup import state as state_mod
 from boxbox.backup.rules import Rules
 from boxbox.backup.scan import Scanner
-from boxbox.backup.uploader import LocationSync, RunStats, Settings, StoreSession
+from boxbox.backup.uploader import LocationSync, RunStats, Settings, Stopped, StoreSession
 from boxbox.config import Config
 from boxbox.crypto.keys import Keys
 from boxbox.errors import BoxboxError, InUse
 from boxbox.wire.client import Client
 
 log = logging.getLogger(__name__)
-
-
-class Stopped(Exception):
-    """The daemon was asked to stop mid-run (internal: the run ends without saving)."""
 
 
 class _Rebuild(Exception):
@@ -149,7 +145,7 @@ class BackupRun:
             client.close()
             raise
         self.result.connected = True
-        return StoreSession(client, self.keys, self.settings, store_full=full)
+        return StoreSession(client, self.keys, self.settings, store_full=full, should_stop=self.should_stop)
 
     def run(self) -> RunResult:
         r = self.result

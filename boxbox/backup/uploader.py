@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 ROOT_DIRECTORY_ID = 1
 #: replies left unread before the oldest are collected (the client caps at 256 itself)
 WINDOW = 128
+#: directories with a longer path are reached through an fd (PATH_MAX is 4096 on Linux)
+LONG_PATH = 3072
 
 
 @dataclass
@@ -82,11 +84,17 @@ class RunStats:
     upload_errors: list[str] = field(default_factory=list)
 
 
+class Stopped(Exception):
+    """The daemon was asked to stop mid-run (internal: the run ends without saving)."""
+
+
 class StoreSession:
     """One logged-in connection for a run: the pipeline window, store-full and diff state."""
 
-    def __init__(self, client: Client, keys: Keys, settings: Settings, *, store_full: bool = False) -> None:
+    def __init__(self, client: Client, keys: Keys, settings: Settings, *, store_full: bool = False,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
         self.client = client
+        self.should_stop = should_stop
         self.keys = keys
         self.settings = settings
         self.stats = RunStats()
@@ -132,7 +140,9 @@ class StoreSession:
             self._collect_one()
 
     def keep_alive(self) -> None:
-        """Called during long local work: a KeepAlive when the connection was quiet for keep_alive_time."""
+        """Called between entries and during long scans: stop if asked; a KeepAlive when the line was quiet."""
+        if self.should_stop():
+            raise Stopped()
         if time.monotonic() - self._last_sent >= self.settings.keep_alive_time:
             self.submit(self.client.keep_alive)
 
@@ -161,6 +171,7 @@ class LocationSync:
         self.moved_ids: set[int] = set()
         self.failed_paths: set[bytes] = set()
         self.pending: dict[bytes, float] = {}
+        self._base = b""
 
     # ------------------------------------------------------------ helpers
     def _full(self, path: bytes, name: bytes = b"") -> bytes:
@@ -179,9 +190,26 @@ class LocationSync:
             self.failed_paths.add(path)
         return on_error
 
-    def _dir_attributes(self, path: bytes, st: os.stat_result) -> Attributes | None:
+    def _open_base(self, path: bytes) -> tuple[bytes, int | None]:
+        """How to name entries of directory `path`: its full path, or past LONG_PATH bytes an fd of it
+        opened name by name (no symlink followed) and named through /proc/self/fd."""
+        full = self._full(path)
+        if len(full) < LONG_PATH:
+            return full, None
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            return attributes_from_path(self._full(path), st)
+            for part in filter(None, path.split(b"/")):
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except OSError:
+            os.close(fd)
+            raise
+        return b"/proc/self/fd/%d/." % fd, fd
+
+    def _dir_attributes(self, path: bytes, full: bytes, st: os.stat_result) -> Attributes | None:
+        try:
+            return attributes_from_path(full, st)
         except (OSError, BoxboxError) as e:
             self._read_error(path, f"cannot read attributes: {getattr(e, 'strerror', None) or e}")
             return None
@@ -189,15 +217,28 @@ class LocationSync:
     # ------------------------------------------------------------ one directory
     def sync(self, change: Change) -> None:
         """Make the store directory match `change.entries`; set store ids and `done`."""
+        path = change.path
+        try:
+            self._base, fd = self._open_base(path)
+        except OSError as e:
+            self._read_error(path, f"cannot open directory: {e.strerror}")
+            return
+        try:
+            self._sync(change)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _sync(self, change: Change) -> None:
         s = self.session
         client = s.client
         path = change.path
         try:
-            dst = os.stat(self._full(path), follow_symlinks=False)
+            dst = os.stat(self._base, follow_symlinks=False)
         except OSError as e:
             self._read_error(path, f"cannot stat directory: {e.strerror}")
             return
-        dattrs = self._dir_attributes(path, dst)
+        dattrs = self._dir_attributes(path, self._base, dst)
         if change.store_id == 0:
             if path and not change.parent_store_id:
                 return  # its parent is not on the store (failed): retried next run
@@ -261,7 +302,7 @@ class LocationSync:
             return None
         if existing is not None:  # a file became a directory
             s.submit(lambda: client.submit(m.DeleteFile(dir_id, sealed)), on_error=self._fail(change.path))
-        attrs = self._dir_attributes(path, st)
+        attrs = self._dir_attributes(path, self._base + b"/" + name, st)
         if attrs is None:
             return None
         sealed_attrs = seal_directory_attributes(self.keys, dir_id, name, attrs)
@@ -294,7 +335,7 @@ class LocationSync:
         s = self.session
         client = s.client
         path = _join(change.path, name)
-        full = self._full(change.path, name)
+        full = self._base + b"/" + name
         try:
             attrs = attributes_from_path(full, st)
         except (OSError, BoxboxError) as e:
