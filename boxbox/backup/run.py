@@ -169,7 +169,7 @@ class BackupRun:
             self._close(False)
             log.error("backup run failed: %s", e)
         except OSError as e:
-            r.error = f"{e.strerror or e}"
+            r.error = f"{os.fsdecode(e.filename)}: {e.strerror}" if e.filename else f"{e.strerror or e}"
             self._close(False)
             log.error("backup run failed: %s", r.error)
         r.finished = time.time()

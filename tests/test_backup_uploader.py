@@ -1,0 +1,110 @@
+"""Upload streams and the uploader's fallbacks, in process."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from boxbox.backup import state as state_mod
+from boxbox.backup.run import BackupRun
+from boxbox.backup.daemon import load_config
+from boxbox.backup.streams import FileChanged, RateLimit, whole_file
+from boxbox.crypto.keys import Keys, load_keys
+from boxbox.errors import UsageError
+from boxbox.objects.attributes import attributes_from_path
+from boxbox.objects.file import decode_file
+from boxbox.wire import messages as m
+from boxbox.wire.client import Client, Pending
+
+from tests.clientutil import StoreServer, client_config, store_tree
+
+
+def test_whole_file_stream_decodes(tmp_path: Path) -> None:
+    keys = Keys.from_master(os.urandom(1024))
+    p = tmp_path / "f"
+    data = os.urandom(700_000)
+    p.write_bytes(data)
+    st = os.lstat(p)
+    with open(p, "rb", buffering=0) as f:
+        blob = b"".join(whole_file(keys, f, st, container_id=5, name=b"f", attributes=attributes_from_path(p, st),
+                                   cipher="aes-256-gcm", limit=RateLimit(0)))
+    out = io.BytesIO()
+    decode_file(keys, io.BytesIO(blob), out, container_id=5, name=b"f")
+    assert out.getvalue() == data
+
+
+def test_a_file_changing_while_read_is_refused(tmp_path: Path) -> None:
+    keys = Keys.from_master(os.urandom(1024))
+    p = tmp_path / "f"
+    p.write_bytes(os.urandom(2 << 20))
+    st = os.lstat(p)
+    with open(p, "rb", buffering=0) as f:
+        gen = whole_file(keys, f, st, container_id=5, name=b"f", attributes=attributes_from_path(p, st),
+                         cipher="aes-256-gcm", limit=RateLimit(0))
+        next(gen)
+        with open(p, "ab") as w:
+            w.write(b"more")
+        with pytest.raises(FileChanged):
+            list(gen)
+    # changed between the scan and the open
+    with open(p, "rb", buffering=0) as f:
+        with pytest.raises(FileChanged):
+            next(whole_file(keys, f, st, container_id=5, name=b"f", attributes=attributes_from_path(p, st),
+                            cipher="aes-256-gcm", limit=RateLimit(0)))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, test_ca: Any) -> Iterator[StoreServer]:
+    srv = StoreServer(tmp_path_factory.mktemp("userver"), test_ca)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+class NoDiffClient(Client):
+    """A client whose server refuses diff uploads, as servers before the versions work did."""
+
+    refused = 0
+
+    def submit(self, request: Any, upload: Any = None, download: bool = False) -> Pending:
+        if isinstance(request, m.StoreFile) and request.diff_from:
+            NoDiffClient.refused += 1
+            pending = Pending(self, False)
+            pending.done = True
+            pending.error = UsageError("diff uploads are not supported by this server yet; upload the whole file")
+            return pending
+        return super().submit(request, upload, download)
+
+
+@pytest.mark.e2e
+def test_refused_diff_falls_back_to_a_whole_upload(server: StoreServer, tmp_path: Path) -> None:
+    account = server.new_account()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    big = tree / "big"
+    big.write_bytes(os.urandom(1 << 20))
+    conf = client_config(tmp_path, server, account, tree)
+    cfg = load_config(conf)
+    keys = load_keys(cfg["client"]["keys_file"])
+    cfg["client"]["data_directory"].mkdir()
+    d = server.ca.client_dir(account)
+
+    def connector() -> Client:
+        from boxbox.wire import tls
+        ctx = tls.client_context(d / "client.crt", d / "client.key", d / "ca.crt")
+        return NoDiffClient.connect("127.0.0.1", server.port, ctx, server_hostname="localhost")
+
+    def run() -> Any:
+        st = state_mod.load_or_rebuild(cfg["client"]["data_directory"] / "state")
+        return BackupRun(cfg, keys, st, cid=7, connector=connector).run()
+
+    assert run().ok
+    big.write_bytes(b"changed" + big.read_bytes())
+    result = run()
+    assert result.ok and result.stats.diffs == 0 and result.stats.files_uploaded == 1
+    assert NoDiffClient.refused == 1
+    assert store_tree(server, account, cfg["client"]["keys_file"])[b"big"][1] == big.read_bytes()
