@@ -135,3 +135,56 @@ def test_lazy_mode_waits_for_file_age(server: StoreServer, tmp_path: Path, daemo
         (tree / "young").write_bytes(b"still changing %f" % time.time())
         d.ctl("sync-and-wait")
         time.sleep(0.5)
+
+
+def test_sigterm_mid_run_keeps_the_state_consistent(server: StoreServer, tmp_path: Path,
+                                                    daemons: list[Daemon]) -> None:
+    account = server.new_account()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(6):
+        (tree / f"f{i}").write_bytes(os.urandom(1 << 20))
+    conf = client_config(tmp_path, server, account, tree, extra="max_upload_rate = 2M\n")
+    d = Daemon(conf, tmp_path / "daemon.log")
+    daemons.append(d)
+    d.ctl("sync")
+    time.sleep(1.0)
+    os.kill(d.proc.pid, signal.SIGTERM)
+    assert d.proc.wait(30) == 0
+    assert "event backup-error: stopped" in d.log.read_text()  # the run was cut short
+    d2 = Daemon(conf, tmp_path / "daemon2.log")
+    daemons.append(d2)
+    d2.ctl("sync-and-wait")
+    stored = store_tree(server, account, tmp_path / "client" / "keys.dat")
+    assert {p: v[1] for p, v in stored.items()} == {os.fsencode(p.name): p.read_bytes() for p in tree.iterdir()}
+    server.accounts("check", f"{account:x}")
+
+
+def test_client_init(tmp_path: Path, server: StoreServer) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    conf = tmp_path / "client.conf"
+    conf.write_text(f"""\
+[client]
+server = localhost
+account = 5a
+certificate = {tmp_path / 'etc' / 'client.crt'}
+private_key = {tmp_path / 'etc' / 'client.key'}
+ca_certificate = {tmp_path / 'etc' / 'ca.crt'}
+keys_file = {tmp_path / 'etc' / 'keys.dat'}
+data_directory = {tmp_path / 'state'}
+
+[location home]
+path = {tree}
+""")
+    out = run_boxbox("client", "init", "--config", str(conf)).stdout
+    assert "created keys file" in out and "client.csr" in out and "still missing" in out
+    assert stat.S_IMODE(os.stat(tmp_path / "etc" / "keys.dat").st_mode) == 0o600
+    assert (tmp_path / "etc" / "keys.dat").stat().st_size == 1024
+    assert (tmp_path / "etc" / "client.csr").exists() and (tmp_path / "state").is_dir()
+    keys_before = (tmp_path / "etc" / "keys.dat").read_bytes()
+    out = run_boxbox("client", "init", "--config", str(conf)).stdout  # idempotent: never overwrites
+    assert "already exists" in out and (tmp_path / "etc" / "keys.dat").read_bytes() == keys_before
+    conf.write_text(conf.read_text().replace(str(tree), str(tmp_path / "missing")))
+    err = run_boxbox("client", "init", "--config", str(conf), exit_code=1).stderr
+    assert "location home.path" in err and "not a directory" in err
