@@ -173,10 +173,10 @@ def test_big_writes_from_reused_buffers_with_early_writeback(tmp_path: Path, mon
     ds = make_set(tmp_path, 256, raid)
     rng = random.Random(7)
     data = rng.randbytes(3 * 2**20 + 301)
-    buf = bytearray(200_000)
+    buf = bytearray(1_100_000)
     with ds.create("f") as w:
         o = 0
-        for n in [70_000, 200_000, 5, 2**20, 199_999, 65_536 + 3, 1]:
+        for n in [70_000, 200_000, 5, 2**20 + 4097, 199_999, 2**20, 65_536 + 3, 1]:
             piece = data[o : o + n]
             if len(piece) <= len(buf) and n % 2:
                 buf[: len(piece)] = piece

@@ -58,7 +58,10 @@ from boxbox.raidfile.layout import (
 )
 from boxbox.raidfile.reader import CHUNK_BYTES, MAX_RECORDS
 
-DIRECT_BYTES = 64 << 10  # a write at least this big is cut into records straight from the caller's buffer
+# A write at least this big is cut into records straight from the caller's buffer; smaller ones are
+# gathered into a chunk first. 32 MiB in 64 KiB writes: 226 MB/s cut directly, 421 MB/s gathered;
+# in 1 MiB writes: 497 MB/s directly, 481 MB/s gathered (without commit).
+DIRECT_BYTES = 1 << 20
 # Start the disc writing every 4 MiB of a stripe (posix_fadvise DONTNEED submits the dirty pages
 # without waiting for them, as PostgreSQL's pg_flush_data does where sync_file_range is missing),
 # so the disc works while the next rows are computed instead of all at commit: 64 MiB commit's
