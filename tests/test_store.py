@@ -202,7 +202,7 @@ def test_full_command_coverage(store: Store, alice: Any) -> None:
 def test_errors_for_bad_requests(alice: Any) -> None:
     keys = make_keys()
     kwargs, obj = file_object(keys, 1, b"x", b"data")
-    with pytest.raises(UsageError, match="diff uploads are not supported"):
+    with pytest.raises(NotFound, match="diff base 0x5 is not a file"):
         alice.store_file(1, source=io.BytesIO(obj), diff_from=5, **kwargs)
     with pytest.raises(FormatError, match="container"):
         alice.store_file(1, source=io.BytesIO(file_object(keys, 7, b"x", b"data")[1]), **kwargs)

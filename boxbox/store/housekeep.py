@@ -343,6 +343,8 @@ def housekeep(store: Store, account: int, *, force: bool = False, now: float | N
         except InUse:
             return Result(account, skipped="a client is writing to it")
         try:
+            if store.yield_requested(account):  # a client is waiting for the lock: let it have it
+                return Result(account, skipped="a client asked for the account", yielded=True)
             result = _run(store, account, force, now, stop)
         finally:
             write_lock.release()
