@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+from array import array
 import struct
 import time
 import tracemalloc
@@ -177,6 +178,57 @@ def test_signature_constructor_checks_fields() -> None:
         Signature("sha256", [good], anchors=bytes(79))
 
 
+# -- anchors -----------------------------------------------------------------------
+def picks_of(data: bytes, block_size: int) -> bytes:
+    """`anchors.picks` of `data` cut into `block_size` blocks, as records."""
+    ts, ws = array("H"), array("Q")
+    anchors.picks(memoryview(data), block_size, [], set(), ts, ws)
+    return anchors.to_bytes(ts, ws)
+
+
+@pytest.mark.parametrize("size", [1, 7, 8, 9, 14, 15, 16, 17, 23, 24, 40])
+def test_picks_takes_blocks_of_any_size(size: int) -> None:
+    """An 8-byte block once raised IndexError in picks' batched path."""
+    block = bytes(range(1, size + 1))
+    rec = picks_of(block, size)
+    assert rec == anchors.record_of(block)
+    ts, ws = anchors.from_bytes(rec, 1)
+    for r in range(anchors.SLOTS):  # every anchor is the word where its position says
+        if ts[r] != anchors.NO_ANCHOR:
+            j = r + 8 * ts[r]
+            assert ws[r] == int.from_bytes(block[j:j + 8], "little")
+    fits = [r for r in range(anchors.SLOTS) if ts[r] != anchors.NO_ANCHOR]
+    assert fits == list(range(min(anchors.SLOTS, max(0, size - 7))))
+
+
+def test_anchors_are_one_window_of_rare_words() -> None:
+    rnd = random.Random(20)
+    block = bytes(1000) + rnd.randbytes(40) + bytes(3056)  # an island of data in zero padding
+    ts, ws = anchors.from_bytes(anchors.record_of(block), 1)
+    assert len(set(ts)) == 1 and ts[0] != anchors.NO_ANCHOR  # eight residues, one window
+    j = 8 * ts[0]
+    assert 1000 <= j and j + anchors.WINDOW <= 1040
+    for r in range(anchors.SLOTS):
+        assert ws[r] == int.from_bytes(block[j + r:j + r + 8], "little")
+    # no window avoids zero-padded integers: only the words that are not common stay
+    table = b"".join(struct.pack("<QQQ", 0x1AC00 + 8 * i, 7 + (i << 32), 0) for i in range(170))[:4096]
+    ts, ws = anchors.from_bytes(anchors.record_of(table), 1)
+    for r in range(anchors.SLOTS):
+        if ts[r] != anchors.NO_ANCHOR:
+            assert anchors.penalty_of_word(ws[r]) <= anchors.MAX_WORD_PENALTY
+    assert anchors.record_of(bytes(4096)) == anchors.EMPTY_RECORD
+
+
+def test_picks_does_not_depend_on_batching() -> None:
+    rnd = random.Random(21)
+    parts = [rnd.randbytes(4096), bytes(4096), bytes(2000) + rnd.randbytes(30) + bytes(2066),
+             b"ab" * 2048, (b"word " * 900)[:4096], rnd.randbytes(4096)]
+    data = b"".join(parts * 6) + b"tail"
+    whole = picks_of(data, 4096)
+    by_block = b"".join(picks_of(data[i:i + 4096], 4096) for i in range(0, len(data), 4096))
+    assert whole == by_block
+
+
 # -- delta -------------------------------------------------------------------------
 def test_delta_edge_cases() -> None:
     data = random.Random(6).randbytes(5000)
@@ -221,6 +273,25 @@ def test_fast_finder_agrees_with_reference_on_random_data() -> None:
         for with_anchors in (True, False):
             sig, ops = run_delta(old, new, bs, anchors=with_anchors)
             assert copied_ranges(ops, sig) == copied_ranges(reference_delta(sig, new), sig)
+
+
+def test_sparse_blocks_are_found_after_small_shifts() -> None:
+    """Blocks of zero-padded tables have no rare words; the block expected after an edit is
+    still found within NEAR_SHIFT bytes, and one rewritten in place costs no search."""
+    rnd = random.Random(22)
+    table = [b"".join(struct.pack("<QQQ", rnd.randrange(1 << 20), rnd.randrange(1 << 8), 0) for _ in range(171))[:4096]
+             for _ in range(64)]
+    old = b"".join(table)
+    sig = signature_of(io.BytesIO(old), 4096, "sha256")
+    assert delta_mod._index_for(sig).bare  # the case this is about
+    for at, edit in ((10_000, b"xyz"), (70_000, b""), (150_000, rnd.randbytes(200))):
+        new = old[:at] + edit + old[at + (5 if not edit else 0):]
+        ops = list(delta(sig, io.BytesIO(new)))
+        assert reference_apply(ops, blocks_of(old, 4096)) == new
+        assert literal_bytes(ops) <= 4096 + len(edit)
+    new = old[:8192] + rnd.randbytes(4096) + old[12288:]
+    ops = list(delta(sig, io.BytesIO(new)))
+    assert ops[:2] == [0, 1] and ops[3:] == list(range(3, 64)) and literal_bytes(ops) == 4096
 
 
 def test_literals_are_bounded() -> None:
