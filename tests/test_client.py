@@ -185,3 +185,25 @@ def test_every_kind_of_entry(server: StoreServer, tmp_path: Path) -> None:
     stored = store_tree(server, A, keys)
     assert stored[b"link"][0] == "file" and stored[b"link"][2].symlink_target == b"target-dir"
     assert stored[b"target-dir"][0] == "dir"
+
+
+def test_location_removed_from_config_is_deleted_after_the_delay(server: StoreServer, tmp_path: Path) -> None:
+    A = server.new_account()
+    home, other = tmp_path / "home", tmp_path / "other"
+    home.mkdir()
+    other.mkdir()
+    (home / "a").write_bytes(b"a")
+    (other / "b").write_bytes(b"b")
+    both = f"\n[location other]\npath = {other}\n"
+    conf = client_config(tmp_path, server, A, home, location_extra=both)
+    keys = tmp_path / "client" / "keys.dat"
+    run_once(conf)
+    assert store_tree(server, A, keys, "other")[b"b"][1] == b"b"
+    conf = client_config(tmp_path, server, A, home, extra="delete_redundant_locations_after = 1s\n")
+    (home / "c").write_bytes(b"c")  # something to do, so the run connects
+    assert "deleted from the store in" in run_once(conf).stderr
+    assert store_tree(server, A, keys, "other")  # not yet
+    time.sleep(1.1)
+    (home / "d").write_bytes(b"d")
+    assert "no longer configured: deleted from the store" in run_once(conf).stderr
+    assert store_tree(server, A, keys, "other") == {}

@@ -14,6 +14,7 @@ pauses until `ctl force-sync` takes the account over.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import ssl
@@ -25,10 +26,13 @@ from pathlib import Path
 from boxbox.backup import state as state_mod
 from boxbox.backup.rules import Rules
 from boxbox.backup.scan import Scanner
-from boxbox.backup.uploader import LocationSync, RunStats, Settings, Stopped, StoreSession
+from boxbox.backup.uploader import ROOT_DIRECTORY_ID, LocationSync, RunStats, Settings, Stopped, StoreSession
+from boxbox.atomic import write_atomic
 from boxbox.config import Config
+from boxbox.crypto import seal as sealing
 from boxbox.crypto.keys import Keys
 from boxbox.errors import BoxboxError, InUse
+from boxbox.objects.directory import DELETED, DIR, OLD, Directory
 from boxbox.wire.client import Client
 
 log = logging.getLogger(__name__)
@@ -75,8 +79,6 @@ def settings_from(cfg: Config) -> Settings:
 
 def client_id(data_directory: Path) -> int:
     """This client's 32-bit identity, kept beside the state (made on first use)."""
-    from boxbox.atomic import write_atomic
-
     path = data_directory / "client-id"
     try:
         value = int(path.read_text().strip(), 16)
@@ -221,6 +223,7 @@ class BackupRun:
             return
         s = self.session
         s.drain()
+        self._retire_locations(s, set(locations))
         marker = (self.cid << 32) | ((state.store_marker + 1) & 0xFFFFFFFF or 1)
         s.client.set_client_store_marker(marker)
         state.store_marker = marker
@@ -228,6 +231,42 @@ class BackupRun:
         state_mod.save(cfg["client"]["data_directory"] / "state", state)
         log.info("backup run done: %d files uploaded (%d as diffs), %d moved, %d deleted, %d bytes sent",
                  s.stats.files_uploaded, s.stats.diffs, s.stats.moved, s.stats.deleted, self.result.bytes_sent)
+
+    def _retire_locations(self, s: StoreSession, configured: set[str]) -> None:
+        """Locations on the store but no longer configured are deleted after delete_redundant_locations_after.
+
+        When each was first seen unconfigured is kept in data_directory/redundant-locations (JSON).
+        """
+        path = self.cfg["client"]["data_directory"] / "redundant-locations"
+        try:
+            seen: dict[str, float] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            seen = {}
+        root = Directory.parse(s.client.list_directory(ROOT_DIRECTORY_ID, flags_not_set=OLD | DELETED))
+        now = time.time()
+        after = self.cfg["client"]["delete_redundant_locations_after"]
+        current: dict[str, float] = {}
+        for e in root.entries:
+            if not e.flags & DIR:
+                continue
+            try:
+                name = sealing.open_entry_name(self.keys, ROOT_DIRECTORY_ID, e.sealed_name, "location").decode()
+            except (BoxboxError, UnicodeDecodeError):
+                continue  # not one of ours (other keys): leave it alone
+            if name in configured:
+                continue
+            since = seen.get(name, now)
+            if now - since >= after:
+                s.client.delete_directory(e.object_id)
+                self.state.locations.pop(name, None)
+                log.warning("location %r is no longer configured: deleted from the store (marked deleted; "
+                            "housekeeping removes it)", name)
+            else:
+                current[name] = since
+                log.info("location %r is no longer configured: deleted from the store in %.0f s", name,
+                         since + after - now)
+        if current != seen:
+            write_atomic(path, json.dumps(current).encode(), mode=0o600)
 
     def _progress(self) -> None:
         if self.should_stop():
