@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -180,3 +181,29 @@ def local_tree(root: Path) -> dict[bytes, tuple[str, bytes | None]]:
             else:
                 out[rel] = ("file", b"")
     return out
+
+
+class Daemon:
+    def __init__(self, conf: Path, log: Path) -> None:
+        self.conf = conf
+        self.log = log
+        self.proc = subprocess.Popen([*boxbox_command(), "client", "--config", str(conf), "--foreground"],
+                                     env=boxbox_env(), stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+        sock = conf.parent / "data" / "command.sock"
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"daemon did not start: {log.read_text()}")
+            time.sleep(0.05)
+        self.socket = sock
+
+    def ctl(self, *args: str, exit_code: int = 0, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return run_boxbox("ctl", "--config", str(self.conf), *args, exit_code=exit_code, timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.ctl("status", "--json").stdout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(20)

@@ -11,9 +11,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.clientutil import StoreServer, client_config, local_tree, run_once, store_tree
+from tests.clientutil import Daemon, StoreServer, client_config, local_tree, run_once, store_tree
 from tests.conftest import boxbox_command, boxbox_env
-from tests.test_ctl import Daemon, daemons  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -24,6 +23,14 @@ def server(tmp_path_factory: pytest.TempPathFactory, test_ca: Any) -> Iterator[S
     srv.start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.stop()
 
 
 def _same(server: StoreServer, account: int, keys: Path, tree: Path) -> None:

@@ -35,7 +35,7 @@ from boxbox.backup.streams import FileChanged, LocalReadError, RateLimit, diff_f
 from boxbox.crypto import seal as sealing
 from boxbox.crypto.keys import Keys
 from boxbox.errors import BoxboxError, LimitExceeded, NotFound, ProtocolError, UsageError
-from boxbox.objects.attributes import Attributes, FileType, attributes_from_path
+from boxbox.objects.attributes import Attributes, attributes_from_path
 from boxbox.objects.directory import DELETED, DIR, FILE, OLD, Directory, Entry, entry_attribute_hash, \
     make_entry, seal_directory_attributes
 from boxbox.objects.file import HEADER as FILE_HEADER, open_index, seal_place
