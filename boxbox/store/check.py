@@ -25,6 +25,7 @@ deleted, then the info file - a second check finds nothing.
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, NamedTuple
@@ -42,6 +43,8 @@ from boxbox.store.info import AccountInfo
 #: `dir-<hex id>` / `file-<hex id>` for what is reattached in it.
 STORE_NAME_PREFIX = bytes(16)
 LOST_FOUND_NAME = STORE_NAME_PREFIX + b"lost+found"
+#: Objects up to this size are read whole and parsed in memory; bigger ones are skipped through.
+WHOLE_READ = 1 << 20
 COUNT_FIELDS = ("blocks_used", "blocks_current", "blocks_old", "blocks_deleted", "blocks_directories",
                 "count_current", "count_old", "count_deleted", "count_directories")
 
@@ -124,6 +127,7 @@ class _Check:
         self.dirty: set[int] = set()
         self.doomed_keys: list[str] = []
         self.max_id = ROOT_DIRECTORY_ID
+        self._blocks: dict[int, int] = {}
 
     def problem(self, kind: str, object_id: int | None, message: str) -> None:
         self.report.problems.append(Problem(kind, object_id, message, self.fix))
@@ -163,11 +167,16 @@ class _Check:
 
     def _read(self, object_id: int) -> None:
         try:
-            with self.backend.get(object_key(self.account, object_id)) as f:
+            with self.backend.get(object_key(self.account, object_id)) as raw:
+                size = raw.seek(0, 2)
+                raw.seek(0)
+                # Small objects (most) are read in one call and parsed from memory: ~3x fewer reads.
+                f = io.BytesIO(raw.read()) if size <= WHOLE_READ else raw
                 head = f.read(4)
-                size = f.seek(0, 2)
                 f.seek(0)
-                blocks = self.backend.blocks_for_length(size)
+                blocks = self._blocks.get(size)
+                if blocks is None:
+                    blocks = self._blocks[size] = self.backend.blocks_for_length(size)
                 if head == DIRECTORY_MAGIC:
                     d = Directory.parse(f.read())
                     if d.object_id != object_id:
