@@ -161,3 +161,55 @@ path = {tree}
     conf.write_text(conf.read_text().replace(str(tree), str(tmp_path / "missing")))
     err = run_boxbox("client", "init", "--config", str(conf), exit_code=1).stderr
     assert "location home.path" in err and "not a directory" in err
+
+
+def test_sync_allow_script_defers_and_force_sync_does_not_ask(server: StoreServer, tmp_path: Path,
+                                                               daemons: list[Daemon]) -> None:
+    account = server.new_account()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_bytes(b"data")
+    answer = tmp_path / "answer"
+    answer.write_text("3600\n")
+    script = tmp_path / "allow.sh"
+    script.write_text(f"#!/bin/sh\ncat {answer}\n")
+    script.chmod(0o755)
+    conf = client_config(tmp_path, server, account, tree, extra=f"sync_allow_script = {script}\n")
+    d = Daemon(conf, tmp_path / "daemon.log")
+    daemons.append(d)
+    waiter = subprocess.Popen([*boxbox_command(), "ctl", "--config", str(conf), "wait-for-sync"], env=boxbox_env(),
+                              stdout=subprocess.PIPE, text=True)
+    d.ctl("sync")
+    time.sleep(1.0)
+    status = d.status()
+    assert status["runs_started"] == 0 and status["next_run"] > time.time() + 3000  # deferred by the script
+    assert waiter.poll() is None
+    d.ctl("force-sync")
+    assert waiter.wait(30) == 0  # wait-for-sync returns once a run starts
+    deadline = time.monotonic() + 30
+    while (d.status()["last_run"] or {}).get("ok") is not True:
+        assert time.monotonic() < deadline, d.log.read_text()
+        time.sleep(0.2)
+    answer.write_text("now\n")
+    (tree / "g").write_bytes(b"more")
+    assert "run ok: 1 files uploaded" in d.ctl("sync-and-wait").stdout
+
+
+def test_sighup_reloads_the_config(server: StoreServer, tmp_path: Path, daemons: list[Daemon]) -> None:
+    account = server.new_account()
+    tree, extra = tmp_path / "tree", tmp_path / "extra"
+    tree.mkdir()
+    extra.mkdir()
+    (extra / "e").write_bytes(b"extra")
+    conf = client_config(tmp_path, server, account, tree)
+    d = Daemon(conf, tmp_path / "daemon.log")
+    daemons.append(d)
+    d.ctl("sync-and-wait")
+    conf.write_text(conf.read_text() + f"\n[location extra]\npath = {extra}\n")
+    os.kill(d.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while "reloaded" not in d.log.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    d.ctl("sync-and-wait")
+    assert store_tree(server, account, tmp_path / "client" / "keys.dat", "extra")[b"e"][1] == b"extra"

@@ -64,6 +64,7 @@ class Daemon:
         self._apply_config()
         self.cond = threading.Condition()
         self.request: str | None = None  # "sync" or "force"
+        self.deferred: str | None = None  # a "sync" that sync_allow_script put off until next_run
         self.stopping = False
         self.reload_requested = False
         self.running = False
@@ -273,7 +274,7 @@ class Daemon:
                         break
                     if self.next_run is not None and time.time() >= self.next_run and not self.paused:
                         break
-                    timeout = None if self.next_run is None else max(0.0, self.next_run - time.time())
+                    timeout = None if self.next_run is None or self.paused else max(0.0, self.next_run - time.time())
                     self.cond.wait(timeout)
                 if self.reload_requested:
                     self.reload_requested = False
@@ -281,16 +282,21 @@ class Daemon:
                 else:
                     reload = False
                 kind, self.request = self.request, None
+                if kind != "force" and self.deferred is not None and time.time() >= (self.next_run or 0):
+                    kind = self.deferred  # a sync the script deferred: due now
+                if kind == "force" or kind == self.deferred:
+                    self.deferred = None
             if reload:
                 self.reload()
                 if kind is None:
                     continue
             force = kind == "force"
-            if kind is None and self.lazy:
+            if not force and (kind is not None or self.lazy):
                 delay = self.sync_allowed()
                 if delay:
                     log.info("sync_allow_script: waiting %.0f s", delay)
                     self.next_run = time.time() + delay
+                    self.deferred = kind
                     continue
             if self.paused and not force:
                 log.warning("backups are paused: %s", self.paused)
