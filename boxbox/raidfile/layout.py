@@ -142,9 +142,9 @@ def xor_bytes(a: bytes | memoryview, b: bytes | memoryview) -> bytes:
 def xor_blocks(a: list[memoryview], b: list[memoryview], block_size: int) -> list[memoryview]:
     """Block j of the result is a[j] XOR b[j] (b[j] zero-padded; zeros past the end of b), as long as a[j].
 
-    Every a[j] but the last is block_size long and no b[j] is longer than a[j]. The XOR runs on XOR_PIECE bytes of rows at a
-    time (two joins, one from_bytes pair, one to_bytes per piece), so Python work is a few
-    calls per 32 KiB, never per byte, and the big integers stay in cache."""
+    Every a[j] but the last is block_size long and no b[j] is longer than a[j]. The XOR runs on
+    XOR_PIECE bytes of rows at a time (two joins, one from_bytes pair, one to_bytes per piece),
+    so Python work is a few calls per 32 KiB, never per byte, and the big integers stay in cache."""
     B = block_size
     g = max(1, XOR_PIECE // B)
     out: list[memoryview] = []

@@ -48,7 +48,6 @@ from boxbox.raidfile.layout import (
     PARITY,
     RAID_ROLES,
     STRIPE1,
-    STRIPE2,
     WHOLE,
     Geometry,
     Header,
