@@ -108,3 +108,22 @@ def test_refused_diff_falls_back_to_a_whole_upload(server: StoreServer, tmp_path
     assert result.ok and result.stats.diffs == 0 and result.stats.files_uploaded == 1
     assert NoDiffClient.refused == 1
     assert store_tree(server, account, cfg["client"]["keys_file"])[b"big"][1] == big.read_bytes()
+
+
+@pytest.mark.e2e
+def test_lazy_mode_moves_a_renamed_file_at_once(server: StoreServer, tmp_path: Path) -> None:
+    account = server.new_account()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "big").write_bytes(os.urandom(200_000))
+    conf = client_config(tmp_path, server, account, tree, lazy=True, extra="minimum_file_age = 1h\n")
+    cfg = load_config(conf)
+    keys = load_keys(cfg["client"]["keys_file"])
+    cfg["client"]["data_directory"].mkdir()
+    state = state_mod.ClientState()
+    assert BackupRun(cfg, keys, state, cid=9, force=True).run().ok
+    os.rename(tree / "big", tree / "renamed")  # the rename makes its ctime new: too young to upload
+    result = BackupRun(cfg, keys, state, cid=9).run()
+    assert result.ok and result.stats.moved == 1 and result.stats.files_uploaded == 0
+    stored = store_tree(server, account, cfg["client"]["keys_file"])
+    assert set(stored) == {b"renamed"} and stored[b"renamed"][1] == (tree / "renamed").read_bytes()

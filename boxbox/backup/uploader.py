@@ -341,7 +341,6 @@ class LocationSync:
         except (OSError, BoxboxError) as e:
             self._read_error(path, f"cannot read attributes: {getattr(e, 'strerror', None) or e}")
             return True  # not retried until it changes: the notify script reports it
-        ahash = entry_attribute_hash(self.keys, name, attrs)
         if existing is not None and existing.flags & DIR:  # a directory became a file
             s.submit(lambda: client.submit(m.DeleteDirectory(existing.object_id)), on_error=self._fail(change.path))
             existing = None
@@ -349,12 +348,19 @@ class LocationSync:
         if existing is not None and existing.mtime_ns == st.st_mtime_ns:
             if tracked:
                 self.state.inodes.set(st.st_ino, existing.object_id)
-            if existing.attr_hash == ahash:
+            if existing.attr_hash == entry_attribute_hash(self.keys, name, attrs):
                 return True
             entry = make_entry(self.keys, dir_id, name, existing.object_id, FILE, attrs)
             s.submit(lambda: client.submit(_move(existing.object_id, dir_id, dir_id, sealed, entry)),
                      lambda _: _count(s.stats, "attributes_changed"), self._fail(change.path))
             return True
+        if tracked and existing is None and not s.store_full:
+            # a rename is sorted out at the end of the run (before any lazy-mode wait: the old name
+            # is deleted at the end of this run, so the new one must not wait hours to appear)
+            old_id = self.state.inodes.get(st.st_ino)
+            if old_id:
+                self.renamed.append((old_id, dir_id, name, st, path))
+                return True
         if self.settings.lazy and not self.force:
             since = self.state.pending.get(path)
             if not upload_due(st.st_mtime, st.st_ctime, self.now, since, minimum_file_age=self.settings.minimum_file_age,
@@ -365,14 +371,9 @@ class LocationSync:
                 return False
         if s.store_full:
             return False
-        if tracked and existing is None:
-            old_id = self.state.inodes.get(st.st_ino)
-            if old_id:
-                self.renamed.append((old_id, dir_id, name, st, path))
-                return True
-        return self._upload(dir_id, name, sealed, st, attrs, ahash, existing, path, full, tracked)
+        return self._upload(dir_id, name, sealed, st, attrs, existing, path, full, tracked)
 
-    def _upload(self, dir_id: int, name: bytes, sealed: bytes, st: os.stat_result, attrs: Attributes, ahash: bytes,
+    def _upload(self, dir_id: int, name: bytes, sealed: bytes, st: os.stat_result, attrs: Attributes,
                 existing: Entry | None, path: bytes, full: bytes, tracked: bool) -> bool:
         s = self.session
         client = s.client
@@ -483,9 +484,10 @@ class LocationSync:
                     raise
                 except BoxboxError as e:
                     log.info("%s:%s: not moved (%s); uploading", self.name, os.fsdecode(path), e)
-            ahash = entry_attribute_hash(self.keys, name, attrs)
-            if not s.store_full:
-                self._upload(dir_id, name, sealed, st, attrs, ahash, None, path, full, True)
+            if s.store_full:
+                self.failed_paths.add(os.path.dirname(path))  # its directory is retried next run
+            else:
+                self._upload(dir_id, name, sealed, st, attrs, None, path, full, True)
         s.drain()
         for object_id, (dir_id, e) in self.vanished.items():
             if object_id in self.moved_ids:
