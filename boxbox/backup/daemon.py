@@ -38,12 +38,9 @@ ERROR_EVENTS = frozenset(("backup-error", "store-full", "read-error"))
 
 
 def load_config(path: str | Path) -> config.Config:
-    """The client config, checked: at least one location, each an existing directory."""
+    """The client config, checked: every location an existing directory (config requires one)."""
     cfg = config.load(path, "client")
-    locations = cfg.groups.get("location", {})
-    if not locations:
-        raise ConfigError(f"{cfg.path}: no [location NAME] section: nothing to back up")
-    for name, loc in locations.items():
+    for name, loc in cfg.groups.get("location", {}).items():
         if not Path(loc["path"]).is_dir():
             raise ConfigError(f"{cfg.path}:location {name}.path: {loc['path']} is not a directory")
     parse_account(cfg["client"]["account"])
