@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from boxbox.store.housekeep import housekeep  # noqa: E402
 from boxbox.store.backend import ROOT  # noqa: E402
 
 ACCOUNT = 0x1234
+LINKS_PER_TEMPLATE = 50_000
 
 
 class Bench:
@@ -63,6 +65,7 @@ class Bench:
             os.link(self._stripe(i, self.template_id), self.template[i])
         self.file_blocks = self.backend.usage_blocks(object_key(ACCOUNT, self.template_id))
         self.next_id = 3
+        self.links = 0
         self.dir_ids: list[int] = []
         self.dirs: dict[int, Directory] = {}
         root_dir = Directory(ROOT_DIRECTORY_ID, 0)
@@ -91,6 +94,12 @@ class Bench:
 
     def _file(self, k: int) -> Entry:
         object_id = self._id()
+        self.links += 1
+        if self.links % LINKS_PER_TEMPLATE == 0:  # a filesystem allows ~65,000 links to one inode
+            for i in range(3):
+                fresh = self.root / f"template{i}-{self.links}.rf"
+                shutil.copyfile(self.template[i], fresh)
+                self.template[i] = fresh
         for i in range(3):
             path = self._stripe(i, object_id)
             path.parent.mkdir(parents=True, exist_ok=True)
