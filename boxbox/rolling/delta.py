@@ -63,7 +63,7 @@ MIN_SEARCH = 16
 FAIL_LIMIT = 16
 #: most blocks one anchor word may point at (repetitive data); the rest lose that anchor
 WORD_FANOUT = 16
-#: shifts tried for the expected block when it has no anchors (see _Finder._near)
+#: shifts tried for the block after a missed one before searching (see _Finder._near)
 NEAR_SHIFT = 256
 #: seconds between keepalive calls during long work
 KEEPALIVE_INTERVAL = 0.5
@@ -86,8 +86,8 @@ class _Index:
 
     def __init__(self, sig: Signature) -> None:
         # built once per signature but timed with the delta: C-level maps, zips and set
-        # operations; Python loops only over the exceptions (measured: 9 ms -> 2 ms for
-        # 4096 blocks of random data, 17 ms -> 4 ms for /usr/lib's)
+        # operations; Python loops only over the exceptions (measured for 4096 blocks with
+        # search_tables: 9 -> 4.5 ms for random data, 17 -> 8 ms for /usr/lib's)
         blocks = sig.blocks
         self.hash_name = sig.hash_name
         self.strong = strong_function(sig.hash_name)
@@ -98,6 +98,20 @@ class _Index:
         counts = Counter(sizes)
         self.main_size = max(counts, key=lambda s: (counts[s], s)) if counts else 0
         by_strong = self.by_strong = dict(zip(reversed(strongs), range(n - 1, -1, -1)))  # the first block wins
+        searchable = [s for s in sizes if s >= MIN_SEARCH]
+        self.min_search = min(searchable, default=0)
+        self.sig = sig
+        self.searchable = False  # search_tables() done
+
+    def search_tables(self) -> None:
+        """The tables of the search, on its first need: a file with only small edits never
+        needs them (building them takes 4.5-8 ms for 4096 blocks; its delta 25-30 ms)."""
+        if self.searchable:
+            return
+        sig = self.sig
+        blocks = sig.blocks
+        n = self.n
+        sizes, strongs, by_strong = self.sizes, self.strongs, self.by_strong
         # tiny blocks and duplicates are never searched for
         unsearched = set(compress(count(), map(MIN_SEARCH.__gt__, sizes)))
         if len(by_strong) < n:
@@ -112,7 +126,6 @@ class _Index:
         amap: dict[int, int] = {}
         amulti: dict[int, list[int]] = {}
         anchored: set[int] = set()  # blocks with a usable anchor
-        partial: set[int] = set()  # ... and a residue without one
         if raw is not None:
             ts, ws = anchors_mod.from_bytes(raw, n)
             no_anchor = anchors_mod.NO_ANCHOR
@@ -130,7 +143,6 @@ class _Index:
                 empty_slots = int.from_bytes(high.translate(_IS_FF), "little")
                 empties = (empty_slots * 0x0101010101010101).to_bytes(len(high) + 8, "little")[7:len(high):8]
                 all_empty = set(compress(count(), empties.translate(_IS_8)))
-                partial = set(compress(count(), empties.translate(_IS_1_TO_7)))
                 anchored -= all_empty
             # empty slots hold the word 0, which no usable anchor is (it is all zero bytes)
             amap = dict(zip(ws, count()))
@@ -148,8 +160,6 @@ class _Index:
                         slots = amulti[w] = []
                     if len(slots) < WORD_FANOUT - 1:
                         slots.append(i)
-                    else:
-                        partial.add(i >> 3)
                 for w, slots in amulti.items():
                     slots.append(amap[w])
                     amap[w] = slots[0]
@@ -165,7 +175,6 @@ class _Index:
         uniform: dict[tuple[int, int], int] = {}
         rolling: dict[int, dict[int, dict[bytes, int]]] = {}
         fallback_sizes: set[int] = set()
-        bare: set[int] = set()
         for k in sorted(set(range(n)) - anchored - unsearched):
             b = blocks[k]
             if b.size not in fallback_sizes and len(fallback_sizes) >= MAX_SEARCH_SIZES:
@@ -176,9 +185,8 @@ class _Index:
                 uniform.setdefault((b.size, c), k)
             elif raw is None:
                 rolling.setdefault(b.size, {}).setdefault(b.weak, {}).setdefault(b.strong, k)
-            else:  # with anchors, a block whose words were all too common: see _Finder._near
-                bare.add(k)
-        bare.update(partial)
+            # else: with anchors, a block whose words were all too common is not searched for
+            # (_Finder._near still finds it after a small edit)
         self.ts = ts
         self.ws = ws
         self.amap = amap
@@ -189,23 +197,15 @@ class _Index:
         # largest first so that equal starts prefer the larger block
         self.uniform = sorted(((s, bytes((c,)) * s, k) for (s, c), k in uniform.items()), reverse=True)
         self.rolling = rolling
-        self.bare = bare
-        searchable = [s for s in sizes if s >= MIN_SEARCH]
-        self.min_search = min(searchable, default=0)
+        self.searchable = True
 
 
 # bytes.translate tables
 _INVERT = bytes([1]) + bytes(255)  # 0 -> 1, anything else -> 0
 _IS_FF = bytes(255) + bytes([1])
 _IS_8 = bytes(8) + bytes([1]) + bytes(247)
-_IS_1_TO_7 = bytes([0]) + bytes([1]) * 7 + bytes(248)
 _IS_FAR = bytes([0]) + bytes([1]) * 254 + bytes([0])
 assert anchors_mod.TRY_SPAN == 8 * 256
-
-
-def _chunks16(data: bytes) -> Iterator[bytes]:
-    """`data` in 16-byte pieces (one block's eight u16 positions each)."""
-    return map(data.__getitem__, map(slice, range(0, len(data), 16), range(16, len(data) + 16, 16)))
 
 
 def _index_for(sig: Signature) -> _Index:
@@ -245,13 +245,23 @@ class _Finder:
         self.base = 0  # file offset of buf[0]
         self.end = 0  # file offset just past the buffered data
         self.eof = False
-        self.akeys = set(index.amap)  # anchor words still trusted in this run
-        self.fkeys = self.akeys & index.far_words  # those placed past TRY_SPAN in their block
-        self.rkeys = {s: set(table) for s, table in index.rolling.items()}
+        self.akeys: set[int] = set()  # anchor words still trusted in this run (see _prepare)
+        self.fkeys: set[int] = set()  # those placed past TRY_SPAN in their block
+        self.rkeys: dict[int, set[int]] = {}
         self.fails: dict[int, int] = {}  # failed candidates per anchor word
         self.rfails: dict[tuple[int, int], int] = {}  # failed strong checks per (size, weak) (rolling fallback)
-        # lookahead a search window needs beyond its last candidate start
-        self.lookahead = index.max_size + index.jmax + 8
+        self.lookahead = -1  # bytes a search window needs beyond its last candidate start
+
+    def _prepare(self) -> None:
+        """The search's state, before its first search."""
+        if self.lookahead >= 0:
+            return
+        ix = self.ix
+        ix.search_tables()
+        self.akeys = set(ix.amap)
+        self.fkeys = self.akeys & ix.far_words
+        self.rkeys = {s: set(table) for s, table in ix.rolling.items()}
+        self.lookahead = ix.max_size + ix.jmax + 8
 
     # -- input -----------------------------------------------------------------
     def _fill(self, need_end: int, keep_from: int) -> None:
@@ -418,6 +428,19 @@ class _Finder:
                             e += 2
                             batch = 2
                             continue
+                        if s1 >= MIN_SEARCH:
+                            # a small insertion or deletion in block e: block e + 1 near its place
+                            q = self._near(e + 1, at, pos, lit)
+                            end = self.end
+                            base = self.base
+                            mv = self.mv
+                            if q >= 0:
+                                yield from self._literals(lit, q)
+                                yield e + 1
+                                pos = lit = q + s1
+                                e += 2
+                                batch = 2
+                                continue
                     if s == max_size and s >= MIN_SEARCH:
                         k = by_strong.get(d, -1)
                         if k >= 0 and sizes[k] != s:
@@ -444,7 +467,7 @@ class _Finder:
             # probed by strong hash where they would sit, however far the search goes
             xp = pos + s
             xk = e + 1
-            near = None if e + 1 >= n else self._near(e + 1, xp)
+            self._prepare()
             while True:
                 if self._tick():
                     yield from self._rest(lit)
@@ -471,9 +494,6 @@ class _Finder:
                             break
                     xp += s2
                     xk += 1
-                if near is not None and a <= near[0] < b and (probe is None or near[0] < probe[0]):
-                    probe = near
-                    b = near[0] + 1
                 found = self._search(a, b, probe)
                 if found is not None:
                     break
@@ -636,36 +656,44 @@ class _Finder:
                     self.fkeys.discard(w)
         return None
 
-    def _near(self, k: int, at: int) -> tuple[int, int] | None:
-        """Block k by rolling Adler-32 within NEAR_SHIFT bytes of `at`, if it lacks anchors.
+    def _near(self, k: int, at: int, lo: int, keep: int) -> int:
+        """The first start in [max(lo, at - NEAR_SHIFT), at + NEAR_SHIFT] where block k
+        matches (rolling Adler-32, then the strong hash), or -1; `keep`: where the pending
+        literal starts.
 
-        A block's residue has no anchor when its words were all too common (sparse,
-        mostly-zero data) or shared by more than WORD_FANOUT blocks (repeated tables), or
-        loses it when the word is retired in this run (shared words are the ones that
-        recur), so at some shifts the anchors cannot find it; after a small insertion or deletion the block expected next is
-        looked for here instead (~0.2 ms), or every such edit would cost it whole
-        (measured: 1 of 10 edits in 16 MiB of /usr/lib, 2 of 10 in 64 MiB).
+        After a small insertion or deletion in the block expected at `lo`, the one after
+        it sits near `at`: 513 offsets rolled in Python (~0.2 ms) find it without the
+        search and its tables, whatever its anchors (some blocks have none usable at some
+        shifts: 1-2 of the benchmark's 10 small edits in /usr/lib cost a second block).
         """
         ix = self.ix
-        if k not in ix.bare:
-            ts = ix.ts
-            if ts is None:
-                return None
-            akeys = self.akeys
-            amulti = ix.amulti
-            ws = ix.ws
-            no_anchor = anchors_mod.NO_ANCHOR
-            if all(ws[i] in akeys and ws[i] not in amulti for i in range(8 * k, 8 * k + 8) if ts[i] != no_anchor):
-                return None  # the anchors will find it (words shared by blocks recur, and get retired)
         s = ix.sizes[k]
-        self._fill(at + NEAR_SHIFT + s, self.base)
-        if at + s <= self.end and ix.strong(self.mv[at - self.base:at - self.base + s]) == ix.strongs[k]:
-            return at, k  # in place (an overwrite before it): the probes' case, found cheaply
-        return self._roll(s, {ix.weaks[k]: {ix.strongs[k]: k}}, max(at - NEAR_SHIFT, self.base), at + NEAR_SHIFT + 1,
-                          {ix.weaks[k]})
+        self._fill(at + NEAR_SHIFT + s, keep)
+        base = self.base
+        i = (at - NEAR_SHIFT if at - NEAR_SHIFT > lo else lo) - base
+        stop = (at + NEAR_SHIFT if at + NEAR_SHIFT < self.end - s else self.end - s) - base
+        if i > stop:
+            return -1
+        buf = self.buf
+        mv = self.mv
+        weak = ix.weaks[k]
+        digest = ix.strongs[k]
+        strong = ix.strong
+        x = zlib.adler32(mv[i:i + s])
+        lo16 = x & 0xFFFF
+        hi16 = x >> 16
+        mod = ADLER_MOD
+        while True:
+            if (hi16 << 16) | lo16 == weak and strong(mv[i:i + s]) == digest:
+                return i + base
+            if i >= stop:
+                return -1
+            out = buf[i]
+            i += 1
+            lo16 = (lo16 - out + buf[i + s - 1]) % mod
+            hi16 = (hi16 - s * out + lo16 - 1) % mod
 
-    def _roll(self, s: int, table: dict[int, dict[bytes, int]], a: int, b: int,
-              keys: set[int] | None = None) -> tuple[int, int] | None:
+    def _roll(self, s: int, table: dict[int, dict[bytes, int]], a: int, b: int) -> tuple[int, int] | None:
         """Rolling Adler-32 over starts [a, b) for blocks of size s: the first confirmed match."""
         buf = self.buf
         mv = self.mv
@@ -677,8 +705,7 @@ class _Finder:
             stop = last + 1
         if i >= stop:
             return None
-        if keys is None:
-            keys = self.rkeys[s]
+        keys = self.rkeys[s]
         if not keys:
             return None
         strong = self.ix.strong

@@ -5,7 +5,9 @@ data where every block has selective anchors (and always produce a correct delta
 rules they share:
 - at the position right after a match (or the file start), the expected next block is
   tried first, whatever its size; if it does not match there, the block after it is tried
-  right behind it (the expected block was rewritten in place: it becomes literal);
+  right behind it (the expected block was rewritten in place: it becomes literal), then
+  (if it has at least MIN_SEARCH bytes) at the first offset within NEAR_SHIFT of there
+  (a small insertion or deletion);
 - otherwise the earliest offset at which any block of at least MIN_SEARCH bytes matches
   wins; at equal offsets the larger block, then the lower index;
 - a match needs the weak rolling checksum and the strong digest to agree.
@@ -14,7 +16,7 @@ rules they share:
 from __future__ import annotations
 
 from boxbox.rolling.checksum import RollingAdler32, strong_checksum, weak_checksum
-from boxbox.rolling.delta import MIN_SEARCH
+from boxbox.rolling.delta import MIN_SEARCH, NEAR_SHIFT
 from boxbox.rolling.signature import BlockSig, Signature
 
 Op = int | bytes
@@ -60,6 +62,25 @@ def reference_delta(sig: Signature, new: bytes) -> list[Op]:
                 ops.append(e + 1)
                 p = lit = q + b1.size
                 e += 2
+                rolls.clear()
+                continue
+        if match < 0 and fresh and e + 1 < len(blocks) and blocks[e + 1].size >= MIN_SEARCH \
+                and p + blocks[e].size <= len(new):
+            # a small insertion or deletion in block e: block e + 1 within NEAR_SHIFT of its place
+            b1 = blocks[e + 1]
+            q = p + blocks[e].size
+            for start in range(max(p, q - NEAR_SHIFT), min(q + NEAR_SHIFT, len(new) - b1.size) + 1):
+                window = new[start:start + b1.size]
+                if weak_checksum(window) == b1.weak and strong_checksum(window, sig.hash_name) == b1.strong:
+                    if lit < start:
+                        ops.append(new[lit:start])
+                    ops.append(e + 1)
+                    p = lit = start + b1.size
+                    e += 2
+                    break
+            else:
+                start = -1
+            if start >= 0:
                 rolls.clear()
                 continue
         if match < 0:
