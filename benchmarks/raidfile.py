@@ -64,8 +64,14 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - t
 
 
-def primitives(repeat: int) -> dict[str, float]:
-    """MB/s of the GIL-bound primitives on this machine now (median of `repeat`)."""
+XOR_ONE = "xor 32 MiB pair, one call (MB/s of each buffer)"
+XOR_PIECES = f"xor in {XOR_PIECE >> 10} KiB pieces (MB/s of each buffer)"
+CRC_BLOCKS = "crc32 of 4 KiB blocks"
+
+
+def primitives() -> dict[str, Callable[[], None]]:
+    """The GIL-bound primitives, each over 32 MiB, timed in every repetition beside the cases
+    (the load on a shared machine changes from one second to the next)."""
     half = 32 << 20
     a, b = os.urandom(half), os.urandom(half)
     blocks = [memoryview(a)[o : o + 4096] for o in range(0, half, 4096)]
@@ -74,10 +80,8 @@ def primitives(repeat: int) -> dict[str, float]:
         for o in range(0, half, XOR_PIECE):
             xor_bytes(a[o : o + XOR_PIECE], b[o : o + XOR_PIECE])
 
-    cases = {"xor 32 MiB pair, one call (MB/s of each buffer)": lambda: xor_bytes(a, b),
-             f"xor in {XOR_PIECE >> 10} KiB pieces (MB/s of each buffer)": xor_pieces,
-             "crc32 of 4 KiB blocks": lambda: list(map(zlib.crc32, blocks))}
-    return {k: half / statistics.median(timed(fn) for _ in range(repeat)) / 1e6 for k, fn in cases.items()}
+    return {XOR_ONE: lambda: xor_bytes(a, b), XOR_PIECES: xor_pieces,
+            CRC_BLOCKS: lambda: list(map(zlib.crc32, blocks))}
 
 
 def main() -> int:
@@ -143,9 +147,12 @@ def main() -> int:
         def rec(name: str, seconds: float) -> None:
             results.setdefault(name, []).append(size_mib * PIECE / seconds / 1e6)
 
+        prims = primitives()
         write_plain()
         write_raid()  # so that the first timed writes replace a file too
         for _ in range(repeat):
+            for name, fn in prims.items():
+                results.setdefault(name, []).append((32 << 20) / timed(fn) / 1e6)
             rec("write plain atomic", timed(write_plain_atomic))
             rec("write plain", timed(write_plain))
             rec("write raid", timed(write_raid))
@@ -164,7 +171,6 @@ def main() -> int:
             shutil.move(moved, victim)
 
         med = {k: statistics.median(v) for k, v in results.items()}
-        prim = primitives(repeat)
         print(f"{size_mib} MiB, block size {ds.block_size}, median of {repeat} (MB/s = 10^6 B/s), "
               f"load average before/after {load0} / {os.getloadavg()[0]:.2f}")
         print(f"{'case':<20} {'plain MB/s':>11} {'raid MB/s':>10} {'ratio':>7}")
@@ -180,10 +186,9 @@ def main() -> int:
         print(f"{'write, plain atomic':<20} {med['write plain atomic']:>11.0f} {med['write raid']:>10.0f} "
               f"{med['write raid'] / med['write plain atomic']:>7.2f}   (temp + fsync + rename + fsync dir)")
         print("primitives holding the GIL, same run:")
-        for k, v in prim.items():
-            print(f"  {k:<48} {v:>7.0f} MB/s")
-        xor = prim[f"xor in {XOR_PIECE >> 10} KiB pieces (MB/s of each buffer)"]
-        crc = prim["crc32 of 4 KiB blocks"]
+        for k in prims:
+            print(f"  {k:<48} {med[k]:>7.0f} MB/s")
+        xor, crc = med[XOR_PIECES], med[CRC_BLOCKS]
         # per clear byte: XOR touches half of it (one stripe's worth), CRC 1.5x on write and 1x on a degraded read
         write_cap = 1 / (0.5 / xor + 1.5 / crc)
         degraded_cap = 1 / (0.5 / xor + 1.0 / crc)
