@@ -201,8 +201,8 @@ def ensure_account(home: Home) -> tuple[Step, str]:
     soft, hard = size_limits(free)
     store.create_account(ACCOUNT, soft, hard, "0", ACCOUNT_NAME)
     detail = f"soft limit {human_bytes(soft * BLOCK_SIZE)}, hard limit {human_bytes(hard * BLOCK_SIZE)}"
-    sizing = (f"{human_bytes(free)} free at {home.root}: the hard limit is a third of it (the store may fill "
-              f"half, and RAID writes {RAID_COST} bytes per byte)")
+    sizing = (f"sized from the {human_bytes(free)} free at {home.root}: the store may fill half of it,\n"
+              f"and RAID writes {RAID_COST} bytes per byte, so the hard limit is a third")
     return Step(f"account {ACCOUNT:08x}", detail, True), sizing
 
 

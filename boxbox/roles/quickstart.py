@@ -56,12 +56,12 @@ def main(args: argparse.Namespace) -> int:
     _report(qs.ensure_server_config(home, port))
     step, sizing = qs.ensure_account(home)
     _report(step)
-    if sizing:
-        print(f"        ({sizing})")
+    for line in sizing.splitlines():
+        print(f"        {line}")
     step, locations = qs.ensure_client_config(home, port, dirs)
     _report(step)
     if moved:
-        print(f"        (the old port was taken by another program: both configs now say port {port})")
+        print(f"        the old port was taken by another program: both configs now say port {port}")
     pid = _ensure_server(home, command, port, as_root)
 
     print(f"backing up {', '.join(str(p) for p in locations.values())}")
@@ -111,8 +111,8 @@ def _ensure_server(home: qs.Home, command: list[str], port: int, as_root: bool) 
         print(f"  kept  {'store server':<19} pid {pid}, 127.0.0.1 port {port}, log {home.server_log}")
         return pid
     if as_root:
-        print("        (running as root: the store server, which refuses root, is started with --allow-root; "
-              "a real store server runs as its own user, see docs/PACKAGING.md)")
+        print("        running as root: the store server, which refuses root, is started with --allow-root\n"
+              "        (a real store server runs as its own user: see docs/PACKAGING.md)")
     pid = launch.start_server(command, home.server_conf, home.server_log, context, port, allow_root=as_root)
     print(f"  made  {'store server':<19} pid {pid}, 127.0.0.1 port {port}, log {home.server_log}")
     return pid
@@ -143,6 +143,9 @@ class _ProgressLine:
         self.stream.flush()
 
     def _loop(self) -> None:
+        stream = self.stream
+        if stream is None:
+            return
         while not self._stop.wait(REDRAW):
             session = self.run.session
             elapsed = time.monotonic() - self.started
@@ -151,9 +154,8 @@ class _ProgressLine:
             else:
                 line = progress_line(session.stats.files_uploaded, session.stats.file_bytes, session.bytes_sent,
                                      elapsed)
-            assert self.stream is not None
-            self.stream.write("\r" + line.ljust(self._width))
-            self.stream.flush()
+            stream.write("\r" + line.ljust(self._width))
+            stream.flush()
             self._width = len(line)
 
 
@@ -190,18 +192,27 @@ def _summary(home: qs.Home, result: RunResult) -> None:
     if not result.connected:
         print(f"nothing changed since the last backup: nothing sent ({took})")
     else:
-        extra = [f"{n} {what}" for n, what in ((s.diffs, "as diffs"), (s.directories_created, "directories made"),
-                                               (s.moved, "moved"), (s.deleted, "deleted")) if n]
-        print(f"backed up {s.files_uploaded} files ({human_bytes(s.file_bytes)}) in {took}; "
-              f"{human_bytes(result.bytes_sent)} sent{'; ' + ', '.join(extra) if extra else ''}")
+        extra = [text for n, text in ((s.diffs, f"{s.diffs} as diffs"),
+                                      (s.directories_created, _count(s.directories_created, "new directory")),
+                                      (s.moved, f"{s.moved} moved"), (s.deleted, f"{s.deleted} deleted"),
+                                      (s.attributes_changed, f"{s.attributes_changed} with new attributes only"))
+                 if n]
+        done = (f"backed up {_count(s.files_uploaded, 'file')} ({human_bytes(s.file_bytes)})" if s.files_uploaded
+                else "no file needed uploading")
+        print(f"{done} in {took}; {human_bytes(result.bytes_sent)} sent{'; ' + ', '.join(extra) if extra else ''}")
     for text in s.read_errors[:SHOW_ERRORS]:
         print(f"boxbox: warning: not readable: {text}", file=sys.stderr)
     if len(s.read_errors) > SHOW_ERRORS:
         print(f"boxbox: warning: {len(s.read_errors) - SHOW_ERRORS} more not readable", file=sys.stderr)
     info = Store.from_config(config.load(home.server_conf, "server")).read_info(qs.ACCOUNT)
-    print(f"the store holds {info.count_current} files in {info.count_directories} directories "
-          f"({info.count_old} old versions) and uses {human_bytes(info.blocks_used * qs.BLOCK_SIZE)} of "
+    print(f"the store holds {_count(info.count_current, 'file')} in {_count(info.count_directories, 'directory')} "
+          f"({_count(info.count_old, 'old version')}) and uses {human_bytes(info.blocks_used * qs.BLOCK_SIZE)} of "
           f"{human_bytes(info.hard_limit * qs.BLOCK_SIZE)}")
+
+
+def _count(n: int, noun: str) -> str:
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{n} {noun if n == 1 else plural}"
 
 
 def _next_steps(home: qs.Home, command: list[str], locations: dict[str, Path], pid: int) -> None:
@@ -212,7 +223,7 @@ def _next_steps(home: qs.Home, command: list[str], locations: dict[str, Path], p
     print("  browse the backup (a shell: ls, cd, get, versions, restore; `help` lists them):")
     print(f"    {show(query)}")
     first = next(iter(locations))
-    print(f"  list a location without the shell:")
+    print("  list a location without the shell:")
     print(f"    {show([*query, 'ls', '-l', first])}")
     print("  restore into a new directory (here):")
     for name in locations:
@@ -228,9 +239,10 @@ def keys_box(keys_file: Path) -> str:
     lines = [
         "COPY THE KEYS FILE SOMEWHERE SAFE, OFF THIS MACHINE:",
         f"    {keys_file}",
-        "Every backup is encrypted with it. Without it nothing can be restored,",
-        "by you or by anyone: a lost disc means lost backups. It is 1 KiB; keep",
-        "it on a USB stick or in a password manager (base64), and keep it secret.",
+        "Every backup is encrypted with it: without it nothing can be restored,",
+        "by you or by anyone. If this machine's disc dies and the keys file was",
+        "only here, the backups die with it. It is 1 KiB: keep a copy on a USB",
+        "stick or in a password manager (base64), and keep it secret.",
     ]
     width = max(len(ln) for ln in lines)
     rule = "+" + "-" * (width + 4) + "+"
