@@ -43,7 +43,9 @@ def test_snapshot_daemon_commands(server: StoreServer, tmp_path: Path, daemons: 
     script = tmp_path / "notify.sh"
     script.write_text(f"#!/bin/sh\necho \"$1\" >> {events}\n")
     script.chmod(0o755)
-    conf = client_config(tmp_path, server, account, tree, extra=f"notify_script = {script}\n")
+    metrics = tmp_path / "boxbox.prom"
+    conf = client_config(tmp_path, server, account, tree,
+                         extra=f"notify_script = {script}\nmetrics_textfile = {metrics}\n")
     d = Daemon(conf, tmp_path / "daemon.log")
     daemons.append(d)
     assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
@@ -56,6 +58,8 @@ def test_snapshot_daemon_commands(server: StoreServer, tmp_path: Path, daemons: 
     assert status["last_run"]["ok"] and status["totals"]["files_uploaded"] == 1
     assert "last run:" in d.ctl("status").stdout
     assert events.read_text().split() == ["backup-start", "backup-ok", "backup-finish"]
+    assert "boxbox_client_last_run_ok 1\n" in metrics.read_text()
+    assert "boxbox_client_last_run_files_uploaded 1\n" in metrics.read_text()
     keys = tmp_path / "client" / "keys.dat"
     assert store_tree(server, account, keys)[b"a"][1] == b"first"
 

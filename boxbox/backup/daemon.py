@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from boxbox import config
+from boxbox.atomic import write_atomic
 from boxbox.backup import state as state_mod
 from boxbox.backup.run import BackupRun, RunResult, client_id
 from boxbox.ca.names import parse_account
@@ -218,6 +219,7 @@ class Daemon:
         else:
             self.notify("backup-error", result.error)
         self.notify("backup-finish")
+        self._write_metrics(result)
         with self.cond:
             self.totals["runs"] += 1
             self.totals["files_uploaded"] += result.stats.files_uploaded
@@ -228,6 +230,25 @@ class Daemon:
             self.finished = number
             self.running = False
             self.cond.notify_all()
+
+    def _write_metrics(self, result: RunResult) -> None:
+        """node_exporter textfile (metrics_textfile), replaced atomically after each run."""
+        path = self.cfg["client"]["metrics_textfile"]
+        if path is None:
+            return
+        s = result.stats
+        lines = [f"boxbox_client_last_run_timestamp_seconds {result.finished:.0f}",
+                 f"boxbox_client_last_run_duration_seconds {result.finished - result.started:.3f}",
+                 f"boxbox_client_last_run_ok {int(result.ok)}",
+                 f"boxbox_client_last_run_bytes_sent {result.bytes_sent}",
+                 f"boxbox_client_last_run_files_uploaded {s.files_uploaded}",
+                 f"boxbox_client_last_run_read_errors {len(s.read_errors)}",
+                 f"boxbox_client_store_full {int(result.store_full)}",
+                 f"boxbox_client_paused {int(bool(self.paused))}"]
+        try:
+            write_atomic(path, ("\n".join(lines) + "\n").encode(), mode=0o644)
+        except OSError as e:
+            log.error("metrics_textfile %s: %s", path, e.strerror)
 
     def reload(self) -> None:
         try:
