@@ -200,3 +200,31 @@ def test_housekeeping_unchanged_account_is_skipped(store: Store) -> None:
     c.finish()
     t.join(5)
     assert not housekeep(store, A).skipped
+
+
+def test_reading_an_old_version_streams_in_bounded_memory(store: Store) -> None:
+    """A 24 MiB old version is served through its chain with memory far below its size."""
+    import tracemalloc
+
+    from boxbox.store.versions import open_version
+
+    rng = random.Random(11)
+    store.update_info(A, soft_limit=1 << 30, hard_limit=1 << 31)
+    c, t = session_client(store, A)
+    c.login()
+    data = rng.randbytes(24 << 20)
+    v1 = upload(c, KEYS, 1, b"big", data)
+    v2 = upload_diff(c, KEYS, 1, b"big", v1, data[:1000] + b"x" + data[1001:])
+    c.finish()
+    t.join(5)
+    acct = store.open(A, write=False)
+    tracemalloc.start()
+    total = 0
+    for piece in open_version(acct, v1):
+        total += len(piece)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert total > len(data)
+    # ~4.2 MiB at 8 MiB, ~5.8 MiB at 32 MiB here: raidfile's read buffers, not the file
+    assert peak < len(data) // 3, f"peak {peak} bytes while streaming {total}"
+    assert v2 != v1
