@@ -4,10 +4,9 @@ The fast finder in `delta.py` must copy exactly the same bytes as `reference_del
 data where every block has selective anchors (and always produce a correct delta). The
 rules they share:
 - at the position right after a match (or the file start), the expected next block is
-  tried first, whatever its size; if it does not match there, the block after it is tried
-  right behind it (the expected block was rewritten in place: it becomes literal), then
-  (if it has at least MIN_SEARCH bytes) at the first offset within NEAR_SHIFT of there
-  (a small insertion or deletion);
+  tried first, whatever its size; if it misses, the block after it where it would sit,
+  then (if it has at least MIN_SEARCH bytes) at the first offset within NEAR_SHIFT of
+  there (not before the miss); then the same for the block after that;
 - otherwise the earliest offset at which any block of at least MIN_SEARCH bytes matches
   wins; at equal offsets the larger block, then the lower index;
 - a match needs the weak rolling checksum and the strong digest to agree.
@@ -51,36 +50,34 @@ def reference_delta(sig: Signature, new: bytes) -> list[Op]:
             if len(window) == b.size and weak_checksum(window) == b.weak \
                     and strong_checksum(window, sig.hash_name) == b.strong:
                 match = e
-        if match < 0 and fresh and e + 1 < len(blocks):
-            # block e rewritten in place: block e + 1 where it would sit
-            b1 = blocks[e + 1]
+        if match < 0 and fresh and e + 1 < len(blocks) and p + blocks[e].size <= len(new):
+            # the next block or the one after where it would sit, else within NEAR_SHIFT of
+            # there (block e rewritten, or a small insertion or deletion)
+            found = None
             q = p + blocks[e].size
-            window = new[q:q + b1.size]
-            if len(window) == b1.size and weak_checksum(window) == b1.weak \
-                    and strong_checksum(window, sig.hash_name) == b1.strong:
-                ops.append(new[lit:q])
-                ops.append(e + 1)
-                p = lit = q + b1.size
-                e += 2
-                rolls.clear()
-                continue
-        if match < 0 and fresh and e + 1 < len(blocks) and blocks[e + 1].size >= MIN_SEARCH \
-                and p + blocks[e].size <= len(new):
-            # a small insertion or deletion in block e: block e + 1 within NEAR_SHIFT of its place
-            b1 = blocks[e + 1]
-            q = p + blocks[e].size
-            for start in range(max(p, q - NEAR_SHIFT), min(q + NEAR_SHIFT, len(new) - b1.size) + 1):
-                window = new[start:start + b1.size]
-                if weak_checksum(window) == b1.weak and strong_checksum(window, sig.hash_name) == b1.strong:
-                    if lit < start:
-                        ops.append(new[lit:start])
-                    ops.append(e + 1)
-                    p = lit = start + b1.size
-                    e += 2
+            for j in (e + 1, e + 2):
+                if j >= len(blocks):
                     break
-            else:
-                start = -1
-            if start >= 0:
+                bj = blocks[j]
+                starts = [q]
+                if bj.size >= MIN_SEARCH:
+                    starts += range(max(p, q - NEAR_SHIFT), min(q + NEAR_SHIFT, len(new) - bj.size) + 1)
+                for start in starts:
+                    window = new[start:start + bj.size]
+                    if len(window) == bj.size and weak_checksum(window) == bj.weak \
+                            and strong_checksum(window, sig.hash_name) == bj.strong:
+                        found = start, j
+                        break
+                if found is not None:
+                    break
+                q += bj.size
+            if found is not None:
+                start, j = found
+                if lit < start:
+                    ops.append(new[lit:start])
+                ops.append(j)
+                p = lit = start + blocks[j].size
+                e = j + 1
                 rolls.clear()
                 continue
         if match < 0:
