@@ -66,6 +66,7 @@ DIRECT_BYTES = 1 << 20
 # so the disc works while the next rows are computed instead of all at commit: 64 MiB commit's
 # fsyncs took 49 ms without it, 9 ms with it.
 WRITEBACK_BYTES = 4 << 20
+HAVE_FADVISE = hasattr(os, "posix_fadvise")  # not on macOS: there all writeback waits for commit's fsync
 
 
 def run_parallel(fn, args: list) -> None:  # type: ignore[no-untyped-def]
@@ -186,7 +187,7 @@ class RaidWriter:
                 _writev_all(fd, iov)
                 end, flushed = self._written[fd]
                 end += sum(map(len, iov))
-                if end - flushed >= WRITEBACK_BYTES:
+                if end - flushed >= WRITEBACK_BYTES and HAVE_FADVISE:
                     os.posix_fadvise(fd, flushed, end - flushed, os.POSIX_FADV_DONTNEED)
                     flushed = end
                 self._written[fd] = (end, flushed)
