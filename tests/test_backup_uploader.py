@@ -127,3 +127,29 @@ def test_lazy_mode_moves_a_renamed_file_at_once(server: StoreServer, tmp_path: P
     assert result.ok and result.stats.moved == 1 and result.stats.files_uploaded == 0
     stored = store_tree(server, account, cfg["client"]["keys_file"])
     assert set(stored) == {b"renamed"} and stored[b"renamed"][1] == (tree / "renamed").read_bytes()
+
+
+@pytest.mark.e2e
+def test_unreadable_file_is_reported_and_skipped(server: StoreServer, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    account = server.new_account()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "secret").write_bytes(b"no access")
+    (tree / "fine").write_bytes(b"readable")
+    conf = client_config(tmp_path, server, account, tree)
+    cfg = load_config(conf)
+    keys = load_keys(cfg["client"]["keys_file"])
+    cfg["client"]["data_directory"].mkdir()
+    real_open = open
+
+    def deny(path: Any, *args: Any, **kwargs: Any) -> Any:  # tests run as root: permissions cannot deny
+        if os.fsencode(path).endswith(b"/secret"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("boxbox.backup.uploader.open", deny, raising=False)
+    result = BackupRun(cfg, keys, state_mod.ClientState(), cid=3).run()
+    assert result.ok and result.stats.files_uploaded == 1
+    assert result.stats.read_errors == ["home:secret: cannot read: Permission denied"]
+    assert set(store_tree(server, account, cfg["client"]["keys_file"])) == {b"fine"}
