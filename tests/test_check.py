@@ -217,3 +217,25 @@ def test_cli_exit_codes_and_json(setup: tuple[Store, Tree, Path], conf: Path) ->
     assert "needs an ACCOUNT or --all" in run_boxbox(*args, exit_code=2).stderr
     out = run_boxbox("accounts", "--config", str(conf), "housekeep", f"{A:x}").stdout
     assert f"account {A:08x}: 3 directories" in out
+
+
+def test_scrub_rebuilds_damaged_stripes_only(setup: tuple[Store, Tree, Path]) -> None:
+    from boxbox.store.check import scrub_account
+
+    store, tree, root = setup
+    _flip_bytes(store, tree, root)
+    keys, repaired, failed = scrub_account(store, A)
+    assert keys == len(stripe_files(root, 0)) + 2 and repaired == len(stripe_files(root, 0)) and failed == []
+    assert check_account(store, A).errors == 0
+    assert restorable(store) == sorted(tree.data.values())
+
+
+def test_cli_retention_and_info(setup: tuple[Store, Tree, Path], conf: Path) -> None:
+    base = ("accounts", "--config", str(conf))
+    out = run_boxbox(*base, "retention", f"{A:x}", "--keep-days", "30", "--keep-versions", "3").stdout
+    assert "30 days, at least 3" in out
+    info = json.loads(run_boxbox(*base, "info", f"{A:x}", "--json").stdout)
+    assert (info["keep_versions_days"], info["keep_min_versions"]) == (30, 3)
+    assert "30 days, at least 3 versions" in run_boxbox(*base, "info", f"{A:x}").stdout
+    assert "needs --keep-days" in run_boxbox(*base, "retention", f"{A:x}", exit_code=2).stderr
+    run_boxbox(*base, "retention", f"{A:x}", "--keep-days", "-1", exit_code=2)

@@ -26,7 +26,8 @@ KEYS = make_keys()
 def server(tmp_path_factory: pytest.TempPathFactory, test_ca: Any) -> Iterator[RunningServer]:
     srv = RunningServer(tmp_path_factory.mktemp("vserver"), test_ca)
     srv.config.write_text(srv.config.read_text().replace("log_level = info\n",
-                                                         "log_level = info\nhousekeeping_interval = 1s\n"))
+                                                         "log_level = info\nhousekeeping_interval = 1s\n"
+                                                         "scrub_interval = 1s\n"))
     srv.accounts("create", f"{A:x}", "--soft", "50M", "--hard", "60M")
     srv.start()
     yield srv
@@ -69,3 +70,19 @@ def test_accounts_housekeep_beside_the_server(server: RunningServer, tmp_path: P
     assert f"account {A:08x}" in out
     with server.client(A) as c:  # the client gets the account right after
         c.usage()
+
+
+def test_server_scrub_rebuilds_a_flipped_stripe(server: RunningServer) -> None:
+    with server.client(A) as c:
+        obj = upload(c, KEYS, 1, b"scrubbed", os.urandom(100_000))
+    stripes = sorted(p for d in server.discs for p in d.rglob(f"{obj:016x}.rf"))
+    assert len(stripes) == 3
+    damaged = bytearray(stripes[1].read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    stripes[1].write_bytes(bytes(damaged))
+    deadline = time.monotonic() + 20
+    while stripes[1].read_bytes() == bytes(damaged):
+        assert time.monotonic() < deadline, "the server's scrub did not rebuild the stripe"
+        time.sleep(0.2)
+    assert "scrub of account" in server.log.read_text()
+    assert "0 errors" in server.accounts("check", f"{A:x}").stdout
