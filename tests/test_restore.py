@@ -190,7 +190,7 @@ def test_resume_after_interruption_downloads_only_the_rest(env: Env, tmp_path: P
     submit = remote.client.submit
 
     def counting_submit(request: Any, *a: Any, **k: Any) -> Any:
-        if isinstance(request, m.GetFile):
+        if isinstance(request, (m.GetFile, m.GetObject)):
             fetched.append(request.object_id)
         return submit(request, *a, **k)
 

@@ -31,6 +31,7 @@ from boxbox.restore.progress import Progress
 from boxbox.restore.remote import Listing, Remote, RemoteEntry, select
 from boxbox.restore.target import Writer, check_name, describe
 from boxbox.wire import messages as m
+from boxbox.wire.client import Pending
 
 #: GetFile requests in flight; 16 hides the round trip for small files, deeper gained nothing here
 WINDOW = 16
@@ -253,10 +254,18 @@ class Restore:
             self.summary.directories += 1
 
     def _download(self, fds: _Fds) -> None:
+        """Current versions by GetObject (the server skips its directory check; we check the
+        object against the entry anyway); old versions, and any GetObject that fails, by
+        GetFile, which rebuilds a version from its patch chain."""
+        retry: list[tuple[int, RemoteEntry]] = []
+        done = self._pipeline(fds, self.files, retry, 0, whole=True)
+        self._pipeline(fds, retry, None, done, whole=False)
+
+    def _pipeline(self, fds: _Fds, files: list[tuple[int, RemoteEntry]], retry: list[tuple[int, RemoteEntry]] | None,
+                  done_files: int, whole: bool) -> int:
         client = self.remote.client
-        queue: deque[tuple[int, RemoteEntry, object]] = deque()
-        jobs = iter(self.files)
-        done_files = 0
+        queue: deque[tuple[int, RemoteEntry, Pending, bool]] = deque()
+        jobs = iter(files)
 
         def refill() -> None:
             nonlocal done_files
@@ -272,17 +281,23 @@ class Restore:
                     self.summary.skipped += 1
                     done_files += 1
                     continue
-                queue.append((i, e, client.submit(m.GetFile(d.dir_id, e.object_id), download=True)))
+                raw = whole and not e.old and retry is not None
+                request = m.GetObject(e.object_id) if raw else m.GetFile(d.dir_id, e.object_id)
+                queue.append((i, e, client.submit(request, download=True), raw))
 
         refill()
         while queue:
-            i, e, pending = queue.popleft()
+            i, e, pending, raw = queue.popleft()
             refill()  # queued now, sent with the flush inside pending.result(): the pipeline
-            self._one_file(fds, i, e, pending)
+            if not self._one_file(fds, i, e, pending, may_retry=raw) and retry is not None:
+                retry.append((i, e))
+                continue
             done_files += 1
             self.progress.update(done_files, self.summary.bytes)
+        return done_files
 
-    def _one_file(self, fds: _Fds, i: int, e: RemoteEntry, pending: object) -> None:
+    def _one_file(self, fds: _Fds, i: int, e: RemoteEntry, pending: Pending, may_retry: bool) -> bool:
+        """Decode one reply into a temporary file and give it its name; False: try again with GetFile."""
         d = self.dirs[i]
         path = d.path + b"/" + e.name if d.path else e.name
         try:
@@ -290,15 +305,17 @@ class Restore:
             f, tmp = self.writer.create_temp(dir_fd)
         except OSError as err:
             self.fail(path, err)  # its reply is drained when the next one is read
-            return
+            return True
         try:
-            _, stream = pending.result()  # type: ignore[attr-defined]
+            _, stream = pending.result()
             decoded = decode_file(self.remote.keys, stream, f, label=describe(path), container_id=d.dir_id,
                                   name=e.name)
         except BoxboxError as err:
             self.writer.discard_temp(dir_fd, f, tmp)
+            if may_retry:
+                return False
             self.fail(path, err)
-            return
+            return True
         except BaseException:
             self.writer.discard_temp(dir_fd, f, tmp)
             raise
@@ -307,14 +324,15 @@ class Restore:
             self.writer.discard_temp(dir_fd, f, tmp)
             self.nodes.append((i, RemoteEntry(e.object_id, e.flags, e.name, attrs, e.mtime_ns, e.size_blocks,
                                               e.newer, e.older)))
-            return
+            return True
         try:
             self.writer.commit_file(dir_fd, f, tmp, e.name, attrs)
         except OSError as err:
             self.fail(path, err)
-            return
+            return True
         self.summary.files += 1
         self.summary.bytes += decoded.size
+        return True
 
     def _make_nodes(self, fds: _Fds) -> None:
         for i, e in self.nodes:

@@ -21,6 +21,7 @@ import os
 import pwd
 import secrets
 import stat
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
@@ -87,6 +88,9 @@ class Writer:
         #: one line per kind of thing that could not be restored as it was (not per file)
         self.warnings: list[str] = []
         self._warned: set[str] = set()
+        #: temporary names: a random part per restore and a counter (cheaper than random per file)
+        self._run = secrets.token_hex(4).encode()
+        self._serial = 0
 
     def warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:
@@ -107,7 +111,8 @@ class Writer:
     def create_temp(self, dir_fd: int) -> tuple[BinaryIO, bytes]:
         """A new, empty temporary file in `dir_fd` (never an existing name) and its name."""
         while True:
-            tmp = TEMP_PREFIX + secrets.token_hex(8).encode() + TEMP_SUFFIX
+            self._serial += 1
+            tmp = b"%s%s%08x%s" % (TEMP_PREFIX, self._run, self._serial, TEMP_SUFFIX)
             try:
                 fd = os.open(tmp, FILE_FLAGS, 0o600, dir_fd=dir_fd)
             except FileExistsError:
@@ -232,6 +237,7 @@ def _exists(dir_fd: int, name: bytes) -> bool:
     return True
 
 
+@lru_cache(maxsize=256)
 def _uid(user: str, uid: int) -> int:
     """The local id of the recorded user name when it exists here (like tar), else the number."""
     if user:
@@ -242,6 +248,7 @@ def _uid(user: str, uid: int) -> int:
     return uid
 
 
+@lru_cache(maxsize=256)
 def _gid(group: str, gid: int) -> int:
     if group:
         try:

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Restore a backed-up tree through a real `boxbox server` over loopback TLS, against `cp -a`.
+
+The tree (default 600 MB in 20,000 files; `--quick` 60 MB in 2,000) is half large files in
+`big/` and half small files spread over directories. It is backed up once with
+`boxbox client --once` (not timed), then, alternating in the same run, restored with
+`boxbox query restore` (a whole process: start-up, TLS, listing, download, verify, decrypt,
+write) and copied with `cp -a`, both for the whole tree and for `big/` alone. Page cache
+warm for both. Medians of --reps. The last line is machine-readable:
+
+    RESULT tree_ratio=X large_ratio=X files_per_s=X
+
+(ratios: boxbox MB/s divided by `cp -a` MB/s; files_per_s: boxbox, whole tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from boxbox.ca import authority  # noqa: E402
+from boxbox.crypto.keys import create_keys_file  # noqa: E402
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def boxbox(*args: str) -> list[str]:
+    return [sys.executable, "-m", "boxbox", *args]
+
+
+def make_tree(root: Path, total: int, files: int, seed: bytes) -> tuple[int, int]:
+    """Half the bytes in 10 large files under big/, half in small files (100 per directory).
+
+    Contents: random bytes for the large files (stored raw), and a mix of random and
+    repetitive text for the small ones (some compress, some do not), like a home directory.
+    """
+    big = root / "big"
+    big.mkdir(parents=True)
+    n_big = 10
+    chunk = os.urandom(1 << 20)
+    for i in range(n_big):
+        with open(big / f"large{i}.bin", "wb") as f:
+            left = total // 2 // n_big
+            while left:
+                piece = chunk[:min(left, len(chunk))]
+                f.write(piece)
+                left -= len(piece)
+                chunk = chunk[7:] + chunk[:7]
+    n_small = files - n_big
+    each = total // 2 // n_small
+    text = (b"the quick brown fox jumps over the lazy dog " + seed) * (each // 40 + 1)
+    pool = os.urandom(each * 64)
+    for i in range(n_small):
+        d = root / "small" / f"d{i // 100:03d}"
+        if i % 100 == 0:
+            d.mkdir(parents=True)
+        size = each // 2 + (i * 7919) % each  # varied sizes around the mean
+        data = text[:size] if i % 2 else pool[(i * 4099) % (len(pool) - size):][:size]
+        (d / f"f{i:05d}.dat").write_bytes(data)
+    return n_big + n_small, sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def start_server(d: Path) -> tuple[subprocess.Popen[bytes], int]:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    discs = [d / f"disc{i}" for i in range(3)]
+    for disc in discs:
+        disc.mkdir()
+    conf = d / "server.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        [server]
+        listen = 127.0.0.1
+        port = {port}
+        certificate = {d / 'server' / 'server.crt'}
+        private_key = {d / 'server' / 'server.key'}
+        ca_certificate = {d / 'ca' / 'ca.crt'}
+        account_database = {d / 'accounts.db'}
+        log_level = warning
+
+        [discset 0]
+        directories = {', '.join(str(x) for x in discs)}
+        """))
+    subprocess.run(boxbox("accounts", "--config", str(conf), "create", "1", "--soft", "100G", "--hard", "100G"),
+                   check=True, env=ENV, stdout=subprocess.DEVNULL)
+    args = boxbox("server", "--config", str(conf), "--foreground")
+    if os.geteuid() == 0:
+        args.append("--allow-root")
+    proc = subprocess.Popen(args, env=ENV)
+    for _ in range(400):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("server did not start")
+
+
+def client_conf(d: Path, port: int, tree: Path) -> Path:
+    create_keys_file(d / "keys.dat")
+    conf = d / "client.conf"
+    c = d / "client"
+    conf.write_text(textwrap.dedent(f"""\
+        [client]
+        server = localhost
+        port = {port}
+        account = 1
+        certificate = {c / 'client.crt'}
+        private_key = {c / 'client.key'}
+        ca_certificate = {c / 'ca.crt'}
+        keys_file = {d / 'keys.dat'}
+        data_directory = {d / 'state'}
+        automatic_backup = no
+        log_level = warning
+
+        [location home]
+        path = {tree}
+        """))
+    return conf
+
+
+def timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=ENV, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="60 MB in 2,000 files (under a minute)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--dir", help="work directory (default: a new temporary one)")
+    args = ap.parse_args()
+    total, files = (60_000_000, 2_000) if args.quick else (600_000_000, 20_000)
+    d = Path(tempfile.mkdtemp(prefix="boxbox-restore-bench-", dir=args.dir))
+    proc = None
+    try:
+        authority.init_ca(d / "ca")
+        authority.sign_server(d / "ca", "localhost", d / "server", alt_names=["127.0.0.1"])
+        authority.sign_client(d / "ca", 1, d / "client")
+        tree = d / "tree"
+        nfiles, nbytes = make_tree(tree, total, files, b"boxbox")
+        big_bytes = sum(p.stat().st_size for p in (tree / "big").iterdir())
+        proc, port = start_server(d)
+        conf = client_conf(d, port, tree)
+        t = timed(boxbox("client", "--config", str(conf), "--once"))
+        print(f"tree: {nfiles} files, {nbytes / 1e6:.0f} MB ({big_bytes / 1e6:.0f} MB in 10 large files); "
+              f"backed up in {t:.1f} s")
+        results: dict[str, list[float]] = {k: [] for k in ("boxbox tree", "cp tree", "boxbox large", "cp large")}
+        for _ in range(args.reps):
+            for name, cmd in (
+                    ("boxbox tree", boxbox("query", "--config", str(conf), "--quiet", "restore", "/home",
+                                           str(d / "out"))),
+                    ("cp tree", ["cp", "-a", str(tree), str(d / "out")]),
+                    ("boxbox large", boxbox("query", "--config", str(conf), "--quiet", "restore", "/home/big",
+                                            str(d / "out"))),
+                    ("cp large", ["cp", "-a", str(tree / "big"), str(d / "out")])):
+                results[name].append(timed(cmd))
+                shutil.rmtree(d / "out")
+        med = {k: statistics.median(v) for k, v in results.items()}
+        rows = [("whole tree", nbytes, nfiles, "tree"), ("large files", big_bytes, 10, "large")]
+        print(f"{'':<12} {'':<7} {'wall s':>8} {'MB/s':>8} {'files/s':>9}")
+        for label, size, count, key in rows:
+            for who in ("boxbox", "cp"):
+                s = med[f"{who} {key}"]
+                print(f"{label:<12} {who:<7} {s:>8.2f} {size / s / 1e6:>8.1f} {count / s:>9.0f}")
+        tree_ratio = med["cp tree"] / med["boxbox tree"]
+        large_ratio = med["cp large"] / med["boxbox large"]
+        print(f"RESULT tree_ratio={tree_ratio:.2f} large_ratio={large_ratio:.2f} "
+              f"files_per_s={nfiles / med['boxbox tree']:.0f}")
+    finally:
+        if proc is not None:
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        shutil.rmtree(d, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
