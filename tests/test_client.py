@@ -207,3 +207,25 @@ def test_location_removed_from_config_is_deleted_after_the_delay(server: StoreSe
     (home / "d").write_bytes(b"d")
     assert "no longer configured: deleted from the store" in run_once(conf).stderr
     assert store_tree(server, A, keys, "other") == {}
+
+
+def test_lost_or_corrupt_state_is_rebuilt_from_the_store(server: StoreServer, tmp_path: Path) -> None:
+    A = server.new_account()
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "f").write_bytes(os.urandom(50_000))
+    (tree / "g").write_bytes(b"g")
+    conf = client_config(tmp_path, server, A, tree)
+    keys = tmp_path / "client" / "keys.dat"
+    run_once(conf)
+    state = tmp_path / "client" / "data" / "state"
+    state.write_bytes(state.read_bytes()[:-3])  # truncated
+    out = run_once(conf).stderr
+    assert "discarding the client state" in out
+    stats = _stats(out)
+    assert stats["uploaded"] == 0 and stats["deleted"] == 0 and stats["sent"] < 20_000, stats
+    state.unlink()
+    (tree / "h").write_bytes(b"new")
+    stats = _stats(run_once(conf).stderr)
+    assert stats["uploaded"] == 1 and stats["deleted"] == 0, stats
+    _compare(server, A, keys, tree)
