@@ -115,6 +115,27 @@ def _flip_bytes(store: Store, tree: Tree, root: Path) -> None:
         f.write_bytes(bytes(data))
 
 
+def _flip_roles(root: Path, roles: set[int]) -> int:
+    """Flip a byte in the middle of every stripe file of the given roles (one per object at most)."""
+    from boxbox.raidfile.layout import HEADER, parse_header
+
+    flipped = 0
+    for first in stripe_files(root, 0):
+        for disc in range(3):
+            f = root / f"d{disc}" / first.relative_to(root / "d0")
+            data = bytearray(f.read_bytes())
+            if parse_header(bytes(data[:HEADER.size])).role in roles and len(data) > 2 * HEADER.size:
+                data[HEADER.size + (len(data) - HEADER.size) // 2] ^= 0x5A
+                f.write_bytes(bytes(data))
+                flipped += 1
+                break
+    return flipped
+
+
+def _flip_data_bytes(store: Store, tree: Tree, root: Path) -> None:
+    assert _flip_roles(root, {0, 1}) > 5
+
+
 def _orphan_subtree(store: Store, tree: Tree, root: Path) -> None:
     d = directory(store, ROOT_DIRECTORY_ID)
     d.entries = [e for e in d.entries if e.object_id != tree.docs]
@@ -146,8 +167,11 @@ DAMAGE: dict[str, tuple[Callable[[Store, Tree, Path], None], Callable[[Tree], se
     "replace the root with garbage": (lambda s, t, r: rewrite(s, ROOT_DIRECTORY_ID, os.urandom(300)),
                                       lambda t: set()),
     "delete one RAID stripe of many objects": (_delete_stripes, lambda t: set()),
-    "flip bytes in stripes": (_flip_bytes, lambda t: set()),
+    "flip bytes in data stripes": (_flip_data_bytes, lambda t: set()),
+    "flip bytes in stripes, parity included (scrub)": (_flip_bytes, lambda t: set()),
 }
+#: Cases found only by verifying every stripe (a read never needs a good object's parity).
+SCRUB_CASES = {"flip bytes in stripes, parity included (scrub)"}
 
 
 def test_clean_account_checks_clean(setup: tuple[Store, Tree, Path]) -> None:
@@ -163,13 +187,14 @@ def test_damage_found_fixed_and_clean_after(setup: tuple[Store, Tree, Path], cas
     store, tree, root = setup
     damage, lost = DAMAGE[case]
     damage(store, tree, root)
+    scrub = case in SCRUB_CASES
     before = disc_snapshot(root)
-    found = check_account(store, A)
+    found = check_account(store, A, scrub=scrub)
     assert found.errors > 0 and found.remaining == found.errors
     assert disc_snapshot(root) == before, "check without --fix changed something"
-    fixed = check_account(store, A, fix=True)
+    fixed = check_account(store, A, fix=True, scrub=scrub)
     assert fixed.errors == found.errors and fixed.remaining == 0, [str(p) for p in fixed.problems]
-    again = check_account(store, A)
+    again = check_account(store, A, scrub=True)  # every stripe of every object
     assert again.errors == 0, [str(p) for p in again.problems]
     expected = sorted(data for obj, data in tree.data.items() if obj not in lost(tree))
     assert restorable(store) == expected
@@ -239,3 +264,14 @@ def test_cli_retention_and_info(setup: tuple[Store, Tree, Path], conf: Path) -> 
     assert "30 days, at least 3 versions" in run_boxbox(*base, "info", f"{A:x}").stdout
     assert "needs --keep-days" in run_boxbox(*base, "retention", f"{A:x}", exit_code=2).stderr
     run_boxbox(*base, "retention", f"{A:x}", "--keep-days", "-1", exit_code=2)
+
+
+def test_parity_damage_needs_a_scrub(setup: tuple[Store, Tree, Path]) -> None:
+    """A read never touches a good object's parity, so only --scrub (and check --all) finds it there."""
+    store, tree, root = setup
+    assert _flip_roles(root, {2}) > 5
+    assert check_account(store, A).errors == 0
+    found = check_account(store, A, scrub=True)
+    assert found.errors > 5 and {p.kind for p in found.problems} == {"stripes"}
+    assert check_account(store, A, fix=True, scrub=True).remaining == 0
+    assert check_account(store, A, scrub=True).errors == 0

@@ -63,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="every account")
     p = sub.add_parser("check", help="verify every object and directory; repair with --fix")
     p.add_argument("account", nargs="?")
-    p.add_argument("--all", action="store_true", help="every account (a scrub of every stripe)")
+    p.add_argument("--all", action="store_true", help="every account, with --scrub")
+    p.add_argument("--scrub", action="store_true",
+                   help="verify every stripe checksum, parity too (silent disc corruption); slower")
     p.add_argument("--fix", action="store_true", help="repair what is wrong (default: change nothing)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -229,7 +231,8 @@ def _maintain(store: Store, args: argparse.Namespace) -> int:
         return 0
     reports = []
     for account in accounts:
-        report = check_account(store, account, fix=args.fix, progress=None if args.json else _progress(account))
+        report = check_account(store, account, fix=args.fix, scrub=args.scrub or args.all,
+                               progress=None if args.json else _progress(account))
         reports.append(report)
         if not args.json:
             for problem in report.problems:
