@@ -7,17 +7,19 @@
 #   build/arm-smoke.sh --arch armv7l        # one
 #   build/arm-smoke.sh --no-build           # use the dist/boxbox-ARCH already there
 #
-# Inside the emulated system it runs `boxbox --version` (cold and warm), `boxbox ca init`,
-# signs a server and a client certificate, and, when the build has `boxbox server`:
-# creates an account, starts the store server as an unprivileged user on 127.0.0.1, and
-# runs a small client over loopback TLS 1.3 that encrypts a file, uploads it, downloads it
-# again, decrypts it and compares (the `boxbox client` daemon is not needed for that),
-# then reloads the server with SIGHUP and stops it with SIGTERM.
+# Inside the emulated system it runs `boxbox --version` (cold and warm), `boxbox ca init`
+# and signs a server and a client certificate; then, as an unprivileged user, a real
+# `boxbox quickstart DIR` (CA, RAID store, account, keys, configs, the store server on
+# 127.0.0.1, a first backup over TLS 1.3), the `boxbox query ... restore` it printed,
+# compared with the original (contents, types, modes, symlinks), a change and a second
+# quickstart that backs it up, a check that the server refuses root, SIGHUP (reload) and
+# the printed stop command (SIGTERM).
 #
 # Needs root (debootstrap-style rootfs and chroot), Debian's `qemu-user-static` and
 # `mmdebstrap` (installed with apt-get when missing), the network for the Debian mirror
 # and PyPI. binfmt_misc is not needed: each command runs through the static qemu binary
-# copied into the root filesystem. The root filesystems are cached in $BOXBOX_ARM_CACHE
+# copied into the root filesystem (and the copy of boxbox there names it in its shebang, so
+# quickstart can start the server). The root filesystems are cached in $BOXBOX_ARM_CACHE
 # (default /var/cache/boxbox-arm). Not part of the test suite: it takes minutes.
 set -eu
 umask 022
@@ -131,7 +133,11 @@ for arch in $arches; do
         set -- $dev
         [ -e "$rootfs/dev/$1" ] || { mknod -m 0666 "$rootfs/dev/$1" c "$2" "$3"; }
     done
-    cp "$exe" "$rootfs/opt/boxbox"
+    # No binfmt_misc here, so the kernel cannot exec an ARM binary itself; quickstart starts the
+    # store server by exec'ing its own executable, so this copy's shebang names the (host-native,
+    # static) qemu binary with the emulated python3 as its argument. The zip part is unchanged.
+    { printf '#!/usr/bin/%s /usr/bin/python3\n' "$qemu"; tail -n +2 "$exe"; } >"$rootfs/opt/boxbox"
+    chmod 0755 "$rootfs/opt/boxbox"
     smoke=/tmp/boxbox-smoke
     rm -rf "${rootfs:?}$smoke"
     mkdir -p "$rootfs$smoke"
@@ -159,8 +165,16 @@ for arch in $arches; do
     (
         set -e
         # this subshell's own trap: the outer one is reset here, and the server runs in here
+        # the store server quickstart starts (its pid file, and the pid read from it)
+        qshome=$smoke/.boxbox  # quickstart's default home: $HOME/.boxbox
         server_pid=""
-        trap 'if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi' EXIT
+        # shellcheck disable=SC2317  # called by the trap
+        stop_servers() {
+            for pid in "$server_pid" "$(cat "$rootfs$qshome/server.pid" 2>/dev/null)"; do
+                if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
+            done
+        }
+        trap stop_servers EXIT
         step "$arch: boxbox --version (cold: unpacks into SHIV_ROOT)"
         timed in_chroot /opt/boxbox --version
         step "$arch: boxbox --version (warm)"
@@ -170,100 +184,64 @@ for arch in $arches; do
         in_chroot /opt/boxbox ca sign-server $smoke/ca localhost 127.0.0.1 --out $smoke/server
         in_chroot /opt/boxbox ca sign-client $smoke/ca 1 --out $smoke/client
         in_chroot /opt/boxbox ca list $smoke/ca
-        if in_chroot /opt/boxbox server --help >/dev/null 2>&1; then
-            port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-            cat >"$rootfs$smoke/server.conf" <<EOF
-[server]
-listen = 127.0.0.1
-port = $port
-certificate = server/server.crt
-private_key = server/server.key
-ca_certificate = server/ca.crt
-account_database = accounts.db
-pid_file = server.pid
-
-[discset 0]
-directories = store/0
-    store/1
-    store/2
-EOF
-            mkdir -p "$rootfs$smoke/store/0" "$rootfs$smoke/store/1" "$rootfs$smoke/store/2"
-            step "$arch: boxbox accounts create 1 (RAID disc set of three directories)"
-            in_chroot /opt/boxbox accounts --config $smoke/server.conf create 1 --soft 50M --hard 60M
-            chown -R 65534:65534 "$rootfs$smoke"
-            step "$arch: boxbox server refuses root"
-            if in_chroot /opt/boxbox server --config $smoke/server.conf --foreground; then
-                echo "the server ran as root" >&2; exit 1
-            fi
-            step "$arch: boxbox server --foreground as uid 65534 on 127.0.0.1:$port"
-            # not through in_chroot: $! must be the daemon itself (env, chroot and qemu exec
-            # in turn), not a subshell around it, or the signals below would miss it
-            env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME=$smoke SHIV_ROOT="$smoke/shiv-65534" \
-                "$chroot" --userspec=65534:65534 "$rootfs" "/usr/bin/$qemu" /usr/bin/python3 \
-                /opt/boxbox server --config $smoke/server.conf --foreground 2>"$work/server-$arch.log" &
-            server_pid=$!
-            i=0
-            until grep -q "listening on" "$work/server-$arch.log" 2>/dev/null; do
-                i=$((i + 1))
-                if [ $i -gt 240 ] || ! kill -0 "$server_pid" 2>/dev/null; then
-                    cat "$work/server-$arch.log" >&2; echo "the server did not start" >&2; exit 1
-                fi
-                sleep 0.5
-            done
-            cat >"$rootfs$smoke/miniclient.py" <<'EOF'
-"""Back up one file to the store server and restore it: what `boxbox client` will do, by hand."""
-import glob, hashlib, io, os, sys, time
-sys.path[:0] = glob.glob(os.environ["SHIV_ROOT"] + "/*/site-packages")
-from boxbox.crypto.keys import create_keys_file
-from boxbox.objects.attributes import Attributes, FileType
-from boxbox.objects.directory import FILE, Directory, make_entry
-from boxbox.objects.file import decode_file, encode_file
-from boxbox.wire import tls
-from boxbox.wire.client import Client
-
-home, port = sys.argv[1], int(sys.argv[2])
-keys = create_keys_file(home + "/keys.dat")
-data = os.urandom(150_000) + b"hello from an emulated ARM box\n" * 2000
-attrs = Attributes(FileType.REGULAR, 0o644, 1000, 1000, time.time_ns())
-ctx = tls.client_context(*(home + "/client/" + n for n in ("client.crt", "client.key", "ca.crt")))
-t0 = time.monotonic()
-with Client.connect("127.0.0.1", port, ctx, server_hostname="localhost") as c:
-    c.login()
-    sub = c.create_directory(1, make_entry(keys, 1, b"home", 0, FILE, None).sealed_name)
-    entry = make_entry(keys, sub, b"notes.bin", 0, FILE, attrs)
-    obj = io.BytesIO()
-    encode_file(keys, io.BytesIO(data), obj, container_id=sub, name=b"notes.bin", attributes=attrs)
-    fid = c.store_file(sub, entry.sealed_name, io.BytesIO(obj.getvalue()), mtime=entry.mtime_ns,
-                       attributes_hash=entry.attr_hash, attributes=entry.sealed_attributes)
-    [listed] = Directory.parse(c.list_directory(sub)).entries
-    restored = io.BytesIO()
-    decode_file(keys, c.get_file(sub, fid), restored, container_id=sub, name=b"notes.bin")
-    usage = c.usage()
-ok = restored.getvalue() == data and listed.object_id == fid
-print(f"backed up {len(data)} bytes as object {fid} ({len(obj.getvalue())} bytes encrypted), restored "
-      f"{len(restored.getvalue())} bytes, sha256 {hashlib.sha256(restored.getvalue()).hexdigest()[:16]} "
-      f"{'identical' if ok else 'DIFFERENT'}; account uses {usage.blocks_used} blocks; "
-      f"{time.monotonic() - t0:.1f} s")
-sys.exit(0 if ok else 1)
-EOF
-            step "$arch: a client over loopback TLS 1.3: encrypt, upload, list, download, decrypt, compare"
-            timed in_chroot --user 65534 $smoke/miniclient.py $smoke "$port"
-            step "$arch: SIGHUP reloads, SIGTERM stops"
-            kill -HUP "$server_pid"
-            i=0
-            until grep -q "reloaded" "$work/server-$arch.log"; do
-                i=$((i + 1)); [ $i -le 60 ] || { echo "no reload logged" >&2; exit 1; }; sleep 0.5
-            done
-            kill -TERM "$server_pid"
-            rc=0; wait "$server_pid" || rc=$?
-            server_pid=""
-            sed 's/^/   server: /' "$work/server-$arch.log"
-            # a SIGTERM stop must not leave a pid file behind
-            [ "$rc" = 0 ] || { echo "the server exited $rc after SIGTERM" >&2; exit 1; }
-            [ ! -e "$rootfs$smoke/server.pid" ] || { echo "the server left its pid file" >&2; exit 1; }
-        else
-            echo "   (this build has no \`boxbox server\` yet: server, backup and restore skipped)"
+        step "$arch: a directory to back up; \`boxbox quickstart\` as uid 65534 (its own CA, RAID store, server, first backup)"
+        mkdir -p "$rootfs$smoke/data/docs/deep" "$rootfs$smoke/data/private"
+        head -c 150000 /dev/urandom >"$rootfs$smoke/data/docs/random.bin"
+        printf 'hello from an emulated ARM box\n' >"$rootfs$smoke/data/docs/deep/hello.txt"
+        printf '#!/bin/sh\necho hi\n' >"$rootfs$smoke/data/run.sh"
+        chmod 0755 "$rootfs$smoke/data/run.sh"
+        printf 'mine\n' >"$rootfs$smoke/data/private/secret"
+        chmod 0700 "$rootfs$smoke/data/private"
+        chmod 0600 "$rootfs$smoke/data/private/secret"
+        ln -s docs/deep/hello.txt "$rootfs$smoke/data/link"
+        chown -R 65534:65534 "$rootfs$smoke"
+        if ! timed in_chroot --user 65534 /opt/boxbox quickstart $smoke/data >"$work/quickstart-$arch.out"; then
+            cat "$work/quickstart-$arch.out"; echo "quickstart failed" >&2; exit 1
         fi
+        cat "$work/quickstart-$arch.out"
+        grep -q "^backed up 5 files" "$work/quickstart-$arch.out" || { echo "quickstart backed up the wrong count" >&2; exit 1; }
+        grep -q "^    /opt/boxbox query --config $qshome/client.conf restore data restored-data\$" \
+            "$work/quickstart-$arch.out" || { echo "quickstart printed no restore command" >&2; exit 1; }
+        server_pid=$(cat "$rootfs$qshome/server.pid")
+        step "$arch: the printed restore command (into $smoke/restored-data), compared with the original"
+        timed in_chroot --user 65534 /opt/boxbox query --config $qshome/client.conf restore data $smoke/restored-data
+        listing() { (cd "$1" && find . -mindepth 1 -printf '%p %y %m %l\n' | sort); }
+        listing "$rootfs$smoke/data" >"$work/data-$arch.list"
+        listing "$rootfs$smoke/restored-data" >"$work/restored-$arch.list"
+        diff "$work/data-$arch.list" "$work/restored-$arch.list" || { echo "names, types, modes or links differ" >&2; exit 1; }
+        diff -r --no-dereference "$rootfs$smoke/data" "$rootfs$smoke/restored-data" ||
+            { echo "restored contents differ" >&2; exit 1; }
+        echo "   restored tree identical: $(wc -l <"$work/data-$arch.list") entries, same contents, modes and links"
+        step "$arch: a change, and \`boxbox quickstart\` again (reuses everything, backs up the change)"
+        printf 'changed on ARM\n' >>"$rootfs$smoke/data/docs/deep/hello.txt"
+        sleep 1.1
+        if ! timed in_chroot --user 65534 /opt/boxbox quickstart >"$work/quickstart2-$arch.out"; then
+            cat "$work/quickstart2-$arch.out"; echo "the second quickstart failed" >&2; exit 1
+        fi
+        grep -E "^(  kept|  made|backed up|the store)" "$work/quickstart2-$arch.out"
+        grep -q "^backed up 1 file " "$work/quickstart2-$arch.out" || { echo "the change was not backed up" >&2; exit 1; }
+        if grep -q "^  made" "$work/quickstart2-$arch.out"; then echo "the second run made something anew" >&2; exit 1; fi
+        [ "$(cat "$rootfs$qshome/server.pid")" = "$server_pid" ] || { echo "a second server was started" >&2; exit 1; }
+        step "$arch: boxbox server refuses root"
+        if in_chroot /opt/boxbox server --config $qshome/server.conf --foreground; then
+            echo "the server ran as root" >&2; exit 1
+        fi
+        step "$arch: SIGHUP reloads the server (pid $server_pid); the printed stop command (SIGTERM) stops it"
+        kill -HUP "$server_pid"
+        i=0
+        until grep -q "reloaded" "$rootfs$qshome/server.log"; do
+            i=$((i + 1)); [ $i -le 60 ] || { echo "no reload logged" >&2; exit 1; }; sleep 0.5
+        done
+        # the printed `kill "$(cat HOME/server.pid)"`, with the path as the host sees it
+        kill "$(cat "$rootfs$qshome/server.pid")"
+        i=0
+        # gone, or a zombie: quickstart exited, so only this machine's init may reap it
+        while [ -e "$rootfs$qshome/server.pid" ] ||
+            { [ -e "/proc/$server_pid" ] && [ "$(sed 's/.*) //' "/proc/$server_pid/stat" | cut -d' ' -f1)" != Z ]; }; do
+            i=$((i + 1)); [ $i -le 120 ] || { echo "the server did not stop" >&2; exit 1; }; sleep 0.5
+        done
+        server_pid=""
+        sed 's/^/   server: /' "$rootfs$qshome/server.log"
     )
     rc=$?
     set -e

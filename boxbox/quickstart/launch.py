@@ -61,11 +61,7 @@ def port_is_free(port: int) -> bool:
 
 def _is_running(pid: int) -> bool:
     """A live process (a zombie waiting for its parent to reap it counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: ask the kernel
+    if not os.path.isdir("/proc/1"):  # no /proc (a bare chroot, another OS): ask the kernel
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -73,6 +69,10 @@ def _is_running(pid: int) -> bool:
         except PermissionError:
             return True
         return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
@@ -84,10 +84,12 @@ def running_server(pid_file: Path, config_path: Path) -> int | None:
         return None
     if pid <= 0 or not _is_running(pid):
         return None
+    if not os.path.isdir("/proc/1"):
+        return pid  # no /proc: trust the pid file
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return pid  # no /proc: trust the pid file
+        return None
     # a pid reused by another process after a crash must not be taken for the server
     return pid if b"server" in cmdline and os.fsencode(config_path) in cmdline else None
 
