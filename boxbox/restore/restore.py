@@ -33,7 +33,8 @@ from boxbox.restore.target import Writer, check_name, describe
 from boxbox.wire import messages as m
 from boxbox.wire.client import Pending
 
-#: GetFile requests in flight; 16 hides the round trip for small files, deeper gained nothing here
+#: download requests in flight (topped up half a window at a time); 16 hides the round trip for
+#: small files, deeper gained nothing here
 WINDOW = 16
 #: directories listed per pipelined batch (the server flushes replies every 64 requests)
 LIST_BATCH = 64
@@ -288,7 +289,10 @@ class Restore:
         refill()
         while queue:
             i, e, pending, raw = queue.popleft()
-            refill()  # queued now, sent with the flush inside pending.result(): the pipeline
+            if len(queue) < self.options.window // 2:
+                # half a window at a time: one write (and one wake-up of the server) per 8 requests
+                # rather than per file; they go out with the flush inside pending.result()
+                refill()
             if not self._one_file(fds, i, e, pending, may_retry=raw) and retry is not None:
                 retry.append((i, e))
                 continue
