@@ -471,14 +471,14 @@ class Shell:
         return self._completion[state] if state < len(self._completion) else None
 
     def _complete_remote(self, text: str) -> list[str]:
-        head, _, stem = text.rpartition("/")
+        """Names in the directory `text` points into (the part before its last `/`)."""
+        head, slash, stem = text.rpartition("/")
         try:
-            chain = self._dir(head or ("/" if text.startswith("/") else ".")) if head or text.startswith("/") \
-                else self.cwd
+            chain = self._dir(head or "/") if slash else self.cwd
             listing = self.remote.list(chain[-1][1], chain[-1][0])
         except BoxboxError:
             return []
-        prefix = head + "/" if head or text.startswith("/") else ""
+        prefix = head + slash
         names = sorted({show_name(e.name) + ("/" if e.is_dir else "") for e in listing.entries
                         if not e.old and not e.deleted})
         return [prefix + n for n in names if n.startswith(stem)]
