@@ -182,12 +182,13 @@ class LocationSync:
         log.warning("%s", text)
         self.session.stats.read_errors.append(text)
 
-    def _fail(self, path: bytes) -> Callable[[BoxboxError], None]:
+    def _fail(self, path: bytes, directory: bytes | None = None) -> Callable[[BoxboxError], None]:
+        """An error callback naming `path`; its directory (`path` itself unless given) is retried next run."""
         def on_error(e: BoxboxError) -> None:
             text = f"{self.name}:{os.fsdecode(path) or '/'}: {e}"
             log.warning("upload failed: %s", text)
             self.session.stats.upload_errors.append(text)
-            self.failed_paths.add(path)
+            self.failed_paths.add(path if directory is None else directory)
         return on_error
 
     def _open_base(self, path: bytes) -> tuple[bytes, int | None]:
@@ -422,7 +423,8 @@ class LocationSync:
                                             cipher=self.settings.cipher, limit=s.limit)
                         request = _store_file(dir_id, sealed, entry, 0)
                         diff_from = 0
-                s.submit(lambda: client.submit(request, upload=stream), on_ok, self._fail(path))
+                s.submit(lambda: client.submit(request, upload=stream), on_ok,
+                         self._fail(path, os.path.dirname(path)))
             except FileChanged as e:
                 log.info("%s:%s: %s; retried next run", self.name, os.fsdecode(path), e)
                 self.failed_paths.add(os.path.dirname(path))
@@ -433,7 +435,7 @@ class LocationSync:
             except (ProtocolError, OSError):
                 raise
             except BoxboxError as e:
-                self._fail(os.path.dirname(path))(e)
+                self._fail(path, os.path.dirname(path))(e)
                 return False
         finally:
             if f is not None:
