@@ -364,3 +364,39 @@ def test_get_file_writes_exclusively(env: Env, tmp_path: Path) -> None:
     assert not (tmp_path / "victim").exists()
     assert get_file(remote, home, entry, tmp_path / "copy") == 7
     assert io.open(tmp_path / "copy", "rb").read() == b"content"
+
+
+def test_owners_without_root_give_one_warning(tmp_path: Path) -> None:
+    fd = target.open_target(tmp_path / "t", resume=False)
+    try:
+        w = target.Writer(restore_owners=False)
+        other = Attributes(FileType.REGULAR, 0o640, os.geteuid() + 1, os.getegid() + 1, 1_000_000_000)
+        for name in (b"a", b"b"):
+            f, tmp = w.create_temp(fd)
+            w.commit_file(fd, f, tmp, name, other)
+        w.make_node(fd, b"l", other._replace(file_type=FileType.SYMLINK, symlink_target=b"a"))
+        assert len(w.warnings) == 1 and "not running as root" in w.warnings[0]
+        st = os.stat(tmp_path / "t" / "a")
+        assert (st.st_uid, stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (os.geteuid(), 0o640, 1_000_000_000)
+        assert os.readlink(tmp_path / "t" / "l") == "a"
+    finally:
+        os.close(fd)
+
+
+def test_progress_line_on_a_terminal() -> None:
+    from boxbox.restore.progress import Progress
+
+    out = io.StringIO()
+    p = Progress(out, "restored")
+    p.total_files, p.total_bytes = 10, 10_000_000
+    p.start -= 2  # two seconds in
+    p.update(5, 5_000_000)
+    line = out.getvalue()
+    assert line.startswith("\rrestored 5/10 files, 5.0 MB, 2.5 MB/s, ETA 2 s")
+    p.update(6, 6_000_000)  # within REDRAW of the last one: not drawn
+    assert out.getvalue() == line
+    p.clear()
+    assert out.getvalue().endswith("\r")
+    silent = Progress(None)
+    silent.update(1, 1)
+    silent.clear()
