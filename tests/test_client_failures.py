@@ -116,3 +116,17 @@ def test_client_killed_mid_run(server: StoreServer, tmp_path: Path) -> None:
     run_once(conf)
     _same(server, account, tmp_path / "client" / "keys.dat", tree)
     server.accounts("check", f"{account:x}")  # exit 0: clean
+
+
+def test_a_refused_upload_is_retried_next_run(server: StoreServer, tmp_path: Path) -> None:
+    account = server.new_account(soft="1M", hard="1M")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a").write_bytes(b"small")
+    (tree / "z").write_bytes(os.urandom(2 << 20))  # the last entry: refused by the hard limit
+    time.sleep(2.1)  # past the racy window: the directory would be recorded as in sync if it were done
+    conf = client_config(tmp_path, server, account, tree)
+    assert "store is full" in run_once(conf, exit_code=1).stderr
+    server.accounts("setlimit", f"{account:x}", "--soft", "100M", "--hard", "100M")
+    run_once(conf)
+    _same(server, account, tmp_path / "client" / "keys.dat", tree)
