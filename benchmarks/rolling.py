@@ -246,7 +246,8 @@ def measure(work: Path, name: str, old: bytes, new: bytes, block_size: int, args
     bb["peak_rss_mib"] = max(r["peak_rss_mib"] for r in bb_runs)
     row = {"name": name, "mib": len(old) / MIB, "block": block_size, "bb": bb}
     if rd_runs:
-        rd = {k: statistics.median(r[k] for r in rd_runs) - args.rdiff_startup[k] for k in ("sig", "delta", "total", "wall")}
+        rd = {k: statistics.median(r[k] for r in rd_runs) - args.rdiff_startup[k]
+              for k in ("sig", "delta", "total", "wall")}
         rd["size"] = rd_runs[0]["size"]
         row["rd"] = rd
         row["ratio"] = bb["total"] / rd["total"]

@@ -4,9 +4,9 @@ The fast finder in `delta.py` must copy exactly the same bytes as `reference_del
 data where every block has selective anchors (and always produce a correct delta). The
 rules they share:
 - at the position right after a match (or the file start), the expected next block is
-  tried first, whatever its size; if it misses, the block after it where it would sit,
-  then (if it has at least MIN_SEARCH bytes) at the first offset within NEAR_SHIFT of
-  there (not before the miss); then the same for the block after that;
+  tried first, whatever its size; if it misses, the next two blocks where they would sit,
+  then (those of at least MIN_SEARCH bytes) at the first offset within NEAR_SHIFT of
+  there (not before the miss);
 - otherwise the earliest offset at which any block of at least MIN_SEARCH bytes matches
   wins; at equal offsets the larger block, then the lower index;
 - a match needs the weak rolling checksum and the strong digest to agree.
@@ -54,14 +54,16 @@ def reference_delta(sig: Signature, new: bytes) -> list[Op]:
             # the next block or the one after where it would sit, else within NEAR_SHIFT of
             # there (block e rewritten, or a small insertion or deletion)
             found = None
+            in_place: list[tuple[int, list[int] | range]] = []
+            near: list[tuple[int, list[int] | range]] = []
             q = p + blocks[e].size
-            for j in (e + 1, e + 2):
-                if j >= len(blocks):
-                    break
+            for j in (e + 1, e + 2)[:len(blocks) - e - 1]:
+                in_place.append((j, [q]))
+                if blocks[j].size >= MIN_SEARCH:
+                    near.append((j, range(max(p, q - NEAR_SHIFT), min(q + NEAR_SHIFT, len(new) - blocks[j].size) + 1)))
+                q += blocks[j].size
+            for j, starts in in_place + near:
                 bj = blocks[j]
-                starts = [q]
-                if bj.size >= MIN_SEARCH:
-                    starts += range(max(p, q - NEAR_SHIFT), min(q + NEAR_SHIFT, len(new) - bj.size) + 1)
                 for start in starts:
                     window = new[start:start + bj.size]
                     if len(window) == bj.size and weak_checksum(window) == bj.weak \
@@ -70,7 +72,6 @@ def reference_delta(sig: Signature, new: bytes) -> list[Op]:
                         break
                 if found is not None:
                     break
-                q += bj.size
             if found is not None:
                 start, j = found
                 if lit < start:
