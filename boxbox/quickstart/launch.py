@@ -95,12 +95,16 @@ def running_server(pid_file: Path, config_path: Path) -> int | None:
 
 
 def accepts_tls(port: int, context: ssl.SSLContext, timeout: float = PROBE_TIMEOUT) -> bool:
-    """Does a TLS handshake with the server on 127.0.0.1:PORT complete?"""
+    """Does the server on 127.0.0.1:PORT complete a TLS handshake and a protocol hello?
+
+    Hello then finished, so the server logs the probe as an ordinary finished session.
+    """
+    from boxbox.wire.client import Client
+
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
-            with context.wrap_socket(raw, server_hostname="127.0.0.1"):
-                return True
-    except OSError:  # refused, reset, timed out, or ssl.SSLError
+        with Client.connect("127.0.0.1", port, context, server_hostname="127.0.0.1", timeout=timeout):
+            return True
+    except (BoxboxError, OSError):  # refused, reset, timed out, TLS refused, not a boxbox server
         return False
 
 
