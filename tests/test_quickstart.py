@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -104,6 +105,24 @@ def test_set_port_changes_only_the_port_line(tmp_path: Path) -> None:
     path.write_text("[server]\n")
     with pytest.raises(ConfigError, match="expected one `port = N` line, found 0"):
         qs.set_port(path, 3333)
+
+
+def test_a_taken_port_moves_both_configs_to_a_free_one(tmp_path: Path) -> None:
+    from boxbox.roles.quickstart import _choose_port
+
+    home = qs.make_home(tmp_path / "h")
+    (tmp_path / "d").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        qs.ensure_server_config(home, port)
+        qs.ensure_client_config(home, port, [tmp_path / "d"])
+        new, moved = _choose_port(home)
+    assert moved and new != port
+    assert config.load(home.server_conf, "server")["server"]["port"] == new
+    assert config.load(home.client_conf, "client")["client"]["port"] == new
+    assert _choose_port(home) == (new, False)  # free now: kept
 
 
 def test_directories_are_checked(tmp_path: Path) -> None:
