@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from boxbox.errors import IntegrityError
@@ -82,6 +82,34 @@ def test_a_read_back_identical(case: tuple[int, bytes], piece: int, raid: bool) 
                 off, n = rng.randrange(len(data) + 2), rng.randrange(3 * bs)
                 r.seek(off)
                 assert r.read(n) == data[off : off + n]
+
+
+@settings(max_examples=15)
+@given(st.sampled_from([16, 4096, 65536]), st.booleans(), st.integers(0, 2**32),
+       st.lists(st.tuples(st.sampled_from([1, 100, 4095, 70_000, 2**20, 2**20 + 12_345, 2_500_000]), st.booleans()),
+                min_size=1, max_size=6))
+def test_writes_of_any_sizes_from_any_buffers(bs: int, raid: bool, seed: int, plan: list[tuple[int, bool]]) -> None:
+    """Small writes are gathered, big ones cut straight from the caller's buffer (which the caller
+    may refill at once): the stripes are those of the reference writer either way."""
+    rng = random.Random(seed)
+    data = rng.randbytes(sum(n for n, _ in plan))
+    reused = bytearray(max(n for n, _ in plan))
+    with disc_set(bs, raid) as ds:
+        with ds.create("x/f") as w:
+            o = 0
+            for n, from_reused in plan:
+                if from_reused:
+                    reused[:n] = data[o : o + n]
+                    w.write(memoryview(reused)[:n])
+                    reused[:n] = bytes(n)
+                else:
+                    w.write(data[o : o + n])
+                o += n
+        files = {parse_header(p.read_bytes()[: HEADER.size]).role: p
+                 for d in ds.directories if (p := d / "x/f.rf").exists()}
+        wid = parse_header(next(iter(files.values())).read_bytes()[: HEADER.size]).write_id
+        assert [files[r].read_bytes() for r in sorted(files)] == stripe_reference(data, bs, wid, raid)
+        assert read_all(ds) == data
 
 
 @given(contents(), st.sampled_from([STRIPE1, STRIPE2, PARITY]))
