@@ -400,3 +400,18 @@ def test_progress_line_on_a_terminal() -> None:
     silent = Progress(None)
     silent.update(1, 1)
     silent.clear()
+
+
+def test_deep_tree_beyond_the_descriptor_cache(env: Env, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    deep = src
+    for level in range(150):  # deeper than FD_CACHE and than Python's recursion would like
+        deep = deep / f"d{level}"
+        deep.mkdir(parents=True)
+        if level % 50 == 0:
+            (deep / "f").write_bytes(b"level %d" % level)
+    env.upload().tree(src, name=b"home")
+    remote = env.remote()
+    summary = restore(remote, remote.resolve("/home", [(b"", ROOT_ID)]), tmp_path / "out", Options())
+    assert (summary.files, summary.directories, summary.errors) == (3, 151, [])
+    assert snapshot(tmp_path / "out") == snapshot(src)

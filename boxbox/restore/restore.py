@@ -102,9 +102,14 @@ class _Fds:
         if fd is not None:
             self.cache.move_to_end(i)
             return fd
-        d = self.dirs[i]
-        fd = target.open_dir(self.get(d.parent), d.name)
-        self.put(i, fd)
+        path = []  # up to the nearest open ancestor, then down again (no recursion: trees may be deep)
+        while i and i not in self.cache:
+            path.append(i)
+            i = self.dirs[i].parent
+        fd = self.get(i)
+        for j in reversed(path):
+            fd = target.open_dir(fd, self.dirs[j].name)
+            self.put(j, fd)
         return fd
 
     def put(self, i: int, fd: int) -> None:
