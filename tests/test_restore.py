@@ -16,6 +16,7 @@ from boxbox.objects.attributes import Attributes, FileType
 from boxbox.objects.directory import DIR, FILE, Directory, make_entry
 from boxbox.restore import target
 from boxbox.restore.compare import compare
+from boxbox.restore.names import check_name
 from boxbox.restore.remote import ROOT_ID, Remote, select
 from boxbox.restore.restore import Options, Restore, get_file, restore
 from boxbox.store.account import Store
@@ -275,7 +276,7 @@ def test_writer_never_follows_a_planted_symlink(tmp_path: Path) -> None:
         assert os.listdir(outside) == [] and sorted(os.listdir(root)) == ["trap"]
         for name in (b"", b".", b"..", b"a/b", b"a\0b"):
             with pytest.raises(IntegrityError):
-                target.check_name(name, "test")
+                check_name(name, "test")
     finally:
         os.close(fd)
 

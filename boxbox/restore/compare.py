@@ -18,10 +18,10 @@ from typing import Any
 from boxbox.errors import BoxboxError
 from boxbox.objects.attributes import Attributes, FileType
 from boxbox.objects.file import decode_file, open_index
+from boxbox.restore.names import describe
 from boxbox.restore.progress import Progress
 from boxbox.restore.remote import Remote, RemoteEntry
 from boxbox.restore.restore import WINDOW, Options, Restore
-from boxbox.restore.target import describe
 from boxbox.rolling.checksum import HASHES, strong_function
 from boxbox.wire import messages as m
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from boxbox.crypto.keys import Keys
-from boxbox.errors import BoxboxError, IntegrityError, NotFound, UsageError
+from boxbox.errors import BoxboxError, IntegrityError, NotFound
 from boxbox.objects.attributes import Attributes, FileType
 from boxbox.objects.directory import DELETED, DIR, FILE, OLD, Directory, open_directory_attributes, open_entry
 from boxbox.wire import messages as m

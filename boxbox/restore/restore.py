@@ -23,13 +23,15 @@ from __future__ import annotations
 import os
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+
 from boxbox.errors import BoxboxError, IntegrityError, UsageError
 from boxbox.objects.attributes import Attributes, FileType
 from boxbox.objects.file import decode_file
 from boxbox.restore import target
 from boxbox.restore.progress import Progress
 from boxbox.restore.remote import Listing, Remote, RemoteEntry, select
-from boxbox.restore.target import Writer, check_name, describe
+from boxbox.restore.names import check_name, describe
+from boxbox.restore.target import Writer
 from boxbox.wire import messages as m
 from boxbox.wire.client import Pending
 

@@ -40,17 +40,6 @@ _STAT_TYPES = {FileType.REGULAR: stat.S_IFREG, FileType.DIRECTORY: stat.S_IFDIR,
                **_NODE_TYPES}
 
 
-def check_name(name: bytes, where: str) -> None:
-    """Refuse a store name that is not one harmless path component."""
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise IntegrityError(f"{where}: the store sent the unsafe name {name[:80]!r}; refused")
-
-
-def describe(path: bytes) -> str:
-    """A restored path for messages (names need not be UTF-8)."""
-    return os.fsdecode(path) if path else "."
-
-
 def is_temp_name(name: bytes) -> bool:
     return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
 

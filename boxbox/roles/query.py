@@ -13,7 +13,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import shlex
 import sys
 from decimal import Decimal, InvalidOperation
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from boxbox.errors import BoxboxError, NotFound, PermissionDenied, UsageError
+from boxbox.restore.names import parse_name, show_name
 
 PROMPT = "boxbox:{}> "
 HISTORY_FILE = ".boxbox_query_history"
@@ -37,45 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------- names and times
-_ESCAPE_RE = re.compile(rb"[^\x20-\x7e]|\\")
-_UNESCAPE_RE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
-
-
-def show_name(name: bytes) -> str:
-    """A name as the shell shows it: UTF-8 text, odd bytes as \\xNN, backslash doubled."""
-    try:
-        text = name.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and text.isprintable() and "\\" not in text:
-        return text
-    out = []
-    for ch in (text if text is not None else name.decode("latin-1")):
-        b = ch.encode("utf-8") if text is not None else ch.encode("latin-1")
-        if ch == "\\":
-            out.append("\\\\")
-        elif text is not None and ch.isprintable():
-            out.append(ch)
-        elif text is None and 0x20 <= b[0] < 0x7F:
-            out.append(ch)
-        else:
-            out.extend(f"\\x{c:02x}" for c in b)
-    return "".join(out)
-
-
-def parse_name(text: str) -> bytes:
-    """The inverse of `show_name`: \\xNN and \\\\ escapes, the rest UTF-8."""
-    parts = []
-    pos = 0
-    for mt in _UNESCAPE_RE.finditer(text):
-        parts.append(os.fsencode(text[pos:mt.start()]))
-        esc = mt.group(1)
-        parts.append(b"\\" if esc == "\\" else bytes([int(esc[1:], 16)]))
-        pos = mt.end()
-    parts.append(os.fsencode(text[pos:]))
-    return b"".join(parts)
-
-
 def parse_time(text: str) -> int:
     """`2026-11-20 14:00[:SS]` (local time), an ISO time with offset, or `@SECONDS` -> ns since the epoch."""
     text = text.strip()

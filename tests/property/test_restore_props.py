@@ -8,8 +8,7 @@ from boxbox.errors import IntegrityError
 from boxbox.objects.attributes import Attributes, FileType
 from boxbox.objects.directory import DELETED, DIR, FILE, OLD
 from boxbox.restore.remote import Listing, RemoteEntry, select
-from boxbox.restore.target import check_name
-from boxbox.roles.query import parse_name, show_name
+from boxbox.restore.names import check_name, parse_name, show_name
 
 
 @given(st.binary(min_size=1, max_size=64))
