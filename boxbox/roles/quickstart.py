@@ -68,7 +68,8 @@ def main(args: argparse.Namespace) -> int:
     result = _backup(home.client_conf, sys.stderr if sys.stderr.isatty() else None)
     if not result.ok:
         raise BoxboxError(f"the backup failed: {result.error}",
-                          hint=f"the store server's log: {home.server_log}; run quickstart again to retry")
+                          hint=f"the store server's log: {home.server_log}; run quickstart again to retry, "
+                               f"or stop the server (pid {pid}): kill \"$(cat {launch.show([str(home.pid_file)])})\"")
     _summary(home, result)
     _next_steps(home, command, locations, pid)
     print()
