@@ -370,13 +370,17 @@ def test_get_file_writes_exclusively(env: Env, tmp_path: Path) -> None:
 def test_owners_without_root_give_one_warning(tmp_path: Path) -> None:
     fd = target.open_target(tmp_path / "t", resume=False)
     try:
-        w = target.Writer(restore_owners=False)
+        w = target.Writer(as_root=False)
         other = Attributes(FileType.REGULAR, 0o640, os.geteuid() + 1, os.getegid() + 1, 1_000_000_000)
         for name in (b"a", b"b"):
             f, tmp = w.create_temp(fd)
             w.commit_file(fd, f, tmp, name, other)
-        w.make_node(fd, b"l", other._replace(file_type=FileType.SYMLINK, symlink_target=b"a"))
+        assert w.make_node(fd, b"l", other._replace(file_type=FileType.SYMLINK, symlink_target=b"a"))
         assert len(w.warnings) == 1 and "not running as root" in w.warnings[0]
+        device = other._replace(file_type=FileType.CHAR_DEVICE, rdev=os.makedev(1, 3))
+        assert not w.make_node(fd, b"null", device) and not w.make_node(fd, b"zero", device)
+        assert len(w.warnings) == 2 and "device nodes" in w.warnings[1]
+        assert sorted(os.listdir(tmp_path / "t")) == ["a", "b", "l"]
         st = os.stat(tmp_path / "t" / "a")
         assert (st.st_uid, stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (os.geteuid(), 0o640, 1_000_000_000)
         assert os.readlink(tmp_path / "t" / "l") == "a"

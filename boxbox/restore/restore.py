@@ -355,11 +355,11 @@ class Restore:
                 fd = fds.get(i)
                 if self.options.resume and self.writer.already_restored(fd, e.name, e.attributes):
                     continue
-                self.writer.make_node(fd, e.name, e.attributes)
+                made = self.writer.make_node(fd, e.name, e.attributes)
             except (OSError, IntegrityError) as err:
                 self.fail(path, err)
                 continue
-            self.summary.nodes += 1
+            self.summary.nodes += made
 
     def _finish_dirs(self, fds: _Fds) -> None:
         for i in range(len(self.dirs) - 1, -1, -1):
@@ -384,7 +384,7 @@ def get_file(remote: Remote, dir_id: int, entry: RemoteEntry, local: str | os.Pa
         dir_fd = os.open(head or b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise UsageError(f"{os.fsdecode(head)}: {e.strerror}") from None
-    writer = Writer(restore_owners=False)
+    writer = Writer(as_root=False)
     try:
         if os.path.lexists(os.path.join(head or b".", tail)):
             raise UsageError(f"{os.fsdecode(local)} already exists; not overwritten")

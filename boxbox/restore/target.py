@@ -72,8 +72,8 @@ def open_target(path: str | os.PathLike[str], resume: bool) -> int:
 class Writer:
     """Creates files, directories and special files under directory descriptors, with metadata."""
 
-    def __init__(self, restore_owners: bool | None = None) -> None:
-        self.restore_owners = os.geteuid() == 0 if restore_owners is None else restore_owners
+    def __init__(self, as_root: bool | None = None) -> None:
+        self.as_root = os.geteuid() == 0 if as_root is None else as_root
         #: one line per kind of thing that could not be restored as it was (not per file)
         self.warnings: list[str] = []
         self._warned: set[str] = set()
@@ -138,8 +138,11 @@ class Writer:
         os.unlink(tmp, dir_fd=dir_fd)
 
     # ------------------------------------------------------------ everything else
-    def make_node(self, dir_fd: int, name: bytes, attrs: Attributes) -> None:
-        """A symlink (never followed), fifo, socket or device node, with its metadata."""
+    def make_node(self, dir_fd: int, name: bytes, attrs: Attributes) -> bool:
+        """A symlink (never followed), fifo, socket or device node, with its metadata.
+
+        False: a device node skipped because only root may make one (warned about once).
+        """
         if attrs.file_type is FileType.SYMLINK:
             if not attrs.symlink_target or b"\0" in attrs.symlink_target:
                 raise IntegrityError(f"symlink target {attrs.symlink_target[:80]!r} is empty or holds NUL")
@@ -148,12 +151,16 @@ class Writer:
             kind = _NODE_TYPES.get(attrs.file_type)
             if kind is None:
                 raise IntegrityError(f"cannot make a node of type {attrs.file_type.name}")
+            if kind in (stat.S_IFCHR, stat.S_IFBLK) and not self.as_root:
+                self.warn_once("devices", "not running as root: device nodes were not restored")
+                return False
             old = os.umask(0)  # the node is born with its final mode: no chmod of a path later
             try:
                 os.mknod(name, kind | (attrs.mode & 0o7777), attrs.rdev, dir_fd=dir_fd)
             finally:
                 os.umask(old)
         self._apply_name(dir_fd, name, attrs)
+        return True
 
     def set_dir_metadata(self, dir_fd: int, attrs: Attributes) -> None:
         """Applied after the directory's contents, so its mode and mtime are the last word."""
@@ -187,7 +194,7 @@ class Writer:
 
     # ------------------------------------------------------------ metadata
     def _owner(self, attrs: Attributes) -> tuple[int, int] | None:
-        if not self.restore_owners:
+        if not self.as_root:
             if (attrs.uid, attrs.gid) != (os.geteuid(), os.getegid()):
                 self.warn_once("owners", "not running as root: files belong to the restoring user, "
                                          "not to their recorded owners")
