@@ -14,6 +14,7 @@ import re
 import shlex
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -166,6 +167,27 @@ def test_a_stale_or_foreign_pid_file_is_not_a_server(tmp_path: Path) -> None:
     assert launch.running_server(pid_file, conf) is None
     pid_file.write_text(f"{os.getpid()}\n")  # alive, but pytest, not `boxbox server --config conf`
     assert launch.running_server(pid_file, conf) is None
+
+
+def test_a_server_that_dies_at_start_is_reported_with_its_last_words(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    dies = [sys.executable, "-c", "import sys; print('cannot read server.key', file=sys.stderr); sys.exit(3)"]
+    with pytest.raises(BoxboxError, match=r"^the store server exited with status 3: cannot read server.key$") as e:
+        launch.start_server(dies, tmp_path / "server.conf", log, ssl.create_default_context(), launch.free_port(),
+                            allow_root=False)
+    assert e.value.hint == f"its log: {log}"
+
+
+def test_a_server_that_never_answers_is_given_up_on_and_stopped(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    silent = [sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+              "time.sleep(60)"]
+    started = time.monotonic()
+    with pytest.raises(BoxboxError, match=r"did not answer TLS on 127.0.0.1 port \d+ within 2 s; stopped it"):
+        launch.start_server(silent, tmp_path / "server.conf", tmp_path / "server.log", ssl.create_default_context(),
+                            launch.free_port(), allow_root=False, timeout=2.0)
+    assert time.monotonic() - started < 8
+    assert not _is_running(int(pid_file.read_text()))  # stopped, not left behind
 
 
 def test_keys_box_is_a_box_naming_the_file() -> None:
