@@ -189,7 +189,8 @@ def _summary(home: qs.Home, result: RunResult) -> None:
     from boxbox.store.account import Store
 
     s = result.stats
-    took = human_seconds(result.finished - result.started)
+    seconds = result.finished - result.started
+    took = f"{seconds:.1f} s" if seconds < 60 else human_seconds(seconds)
     if not result.connected:
         print(f"nothing changed since the last backup: nothing sent ({took})")
     else:
