@@ -6,7 +6,9 @@ The tree (default 600 MB in 20,000 files; `--quick` 60 MB in 2,000) is half larg
 `boxbox client --once` (not timed), then, alternating in the same run, restored with
 `boxbox query restore` (a whole process: start-up, TLS, listing, download, verify, decrypt,
 write) and copied with `cp -a`, both for the whole tree and for `big/` alone. Page cache
-warm for both. Medians of --reps. The last line is machine-readable:
+warm for both. Medians of --reps; CPU seconds (the command's, plus the server's for boxbox) are
+printed beside wall time, since on a shared machine wall time is mostly waiting for a core.
+The last line is machine-readable:
 
     RESULT tree_ratio=X large_ratio=X files_per_s=X
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -131,10 +134,22 @@ def client_conf(d: Path, port: int, tree: Path) -> Path:
     return conf
 
 
-def timed(cmd: list[str]) -> float:
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process (the server)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(cmd: list[str], server_pid: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the command plus the server's while it ran)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = process_cpu(server_pid)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=ENV, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, cpu + process_cpu(server_pid) - server_before
 
 
 def main() -> int:
@@ -155,10 +170,11 @@ def main() -> int:
         big_bytes = sum(p.stat().st_size for p in (tree / "big").iterdir())
         proc, port = start_server(d)
         conf = client_conf(d, port, tree)
-        t = timed(boxbox("client", "--config", str(conf), "--once"))
+        t, _ = timed(boxbox("client", "--config", str(conf), "--once"), proc.pid)
         print(f"tree: {nfiles} files, {nbytes / 1e6:.0f} MB ({big_bytes / 1e6:.0f} MB in 10 large files); "
               f"backed up in {t:.1f} s")
         results: dict[str, list[float]] = {k: [] for k in ("boxbox tree", "cp tree", "boxbox large", "cp large")}
+        cpus: dict[str, list[float]] = {k: [] for k in results}
         for _ in range(args.reps):
             for name, cmd in (
                     ("boxbox tree", boxbox("query", "--config", str(conf), "--quiet", "restore", "/home",
@@ -167,15 +183,21 @@ def main() -> int:
                     ("boxbox large", boxbox("query", "--config", str(conf), "--quiet", "restore", "/home/big",
                                             str(d / "out"))),
                     ("cp large", ["cp", "-a", str(tree / "big"), str(d / "out")])):
-                results[name].append(timed(cmd))
+                wall, cpu = timed(cmd, proc.pid)
+                results[name].append(wall)
+                cpus[name].append(cpu)
                 shutil.rmtree(d / "out")
         med = {k: statistics.median(v) for k, v in results.items()}
+        cpu_med = {k: statistics.median(v) for k, v in cpus.items()}
         rows = [("whole tree", nbytes, nfiles, "tree"), ("large files", big_bytes, 10, "large")]
-        print(f"{'':<12} {'':<7} {'wall s':>8} {'MB/s':>8} {'files/s':>9}")
+        print(f"{'':<12} {'':<7} {'wall s':>8} {'MB/s':>8} {'files/s':>9} {'CPU s':>7}")
         for label, size, count, key in rows:
             for who in ("boxbox", "cp"):
                 s = med[f"{who} {key}"]
-                print(f"{label:<12} {who:<7} {s:>8.2f} {size / s / 1e6:>8.1f} {count / s:>9.0f}")
+                print(f"{label:<12} {who:<7} {s:>8.2f} {size / s / 1e6:>8.1f} {count / s:>9.0f} "
+                      f"{cpu_med[f'{who} {key}']:>7.2f}")
+        print("(CPU s: the command's user + system time, plus the server's for boxbox; on a busy machine "
+              "wall time is mostly waiting for a core)")
         tree_ratio = med["cp tree"] / med["boxbox tree"]
         large_ratio = med["cp large"] / med["boxbox large"]
         print(f"RESULT tree_ratio={tree_ratio:.2f} large_ratio={large_ratio:.2f} "
