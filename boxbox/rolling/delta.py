@@ -7,7 +7,7 @@ The finder never sees the old data, only its `Signature`. Its order of work:
    (~1 GB/s here, against `rdiff`'s ~450 MB/s). If that block misses, the next one and
    the one after are looked for where they would sit, then within NEAR_SHIFT bytes of
    there by a rolling Adler-32 (`_resync`): an overwrite or a small insertion or
-   deletion costs no search.
+   deletion costs no search, nor the search's tables (built on the first search).
 2. **Search on a miss**, in windows of candidate start offsets that grow (the expected
    block's size, then 2x, 4x ... up to 1 MiB) so that a local edit costs a small search
    and all-new data a few large ones. Candidates come from
@@ -30,8 +30,9 @@ by `bytes.find`, which is linear for any needle.
 Blocks shorter than `MIN_SEARCH` are only matched where expected (they cannot carry an
 anchor in every residue, and a copy of them saves next to nothing).
 
-Memory: the new data is read in `READ_SIZE` pieces and only the part still needed is kept
-(at most ~LITERAL_MAX + WINDOW_MAX + largest block + READ_SIZE), whatever the file size.
+Memory: the new data is read in `READ_SIZE` pieces into one reused buffer and only the
+part still needed is kept (at most ~LITERAL_MAX + WINDOW_MAX + largest block + anchor
+span + READ_SIZE), whatever the file size.
 """
 
 from __future__ import annotations
