@@ -197,6 +197,24 @@ def test_keys_box_is_a_box_naming_the_file() -> None:
     assert any(ln.strip("| ") == "/home/me/.boxbox/keys.dat" for ln in lines)
 
 
+def test_progress_line_is_redrawn_from_the_live_run_and_erased_at_the_end() -> None:
+    import io
+    from types import SimpleNamespace
+
+    from boxbox.roles.quickstart import REDRAW, _ProgressLine
+
+    run = SimpleNamespace(session=None)
+    out = io.StringIO()
+    with _ProgressLine(out, run):  # type: ignore[arg-type]
+        time.sleep(REDRAW * 2.5)
+        run.session = SimpleNamespace(stats=SimpleNamespace(files_uploaded=7, file_bytes=2_000_000), bytes_sent=900)
+        time.sleep(REDRAW * 2.5)
+    text = out.getvalue()
+    assert re.match(r"\rlooking for changes\.\.\. \d+ s", text), text
+    assert re.search(r"\rbacking up: 7 files, 2\.0 MB read, 900 B sent, \d+ s", text), text
+    assert re.search(r"\r +\r$", text)  # the line is blanked, the cursor back at its start
+
+
 def test_progress_line() -> None:
     assert progress_line(None, 0, 0, 3.2) == "looking for changes... 3 s"
     assert progress_line(12, 1_500_000, 800_000, 75) == "backing up: 12 files, 1.5 MB read, 800.0 kB sent, 1 min 15 s"
