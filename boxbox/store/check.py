@@ -437,6 +437,8 @@ class _Check:
         started = time.monotonic()
         info = self._info()
         self.read_objects()
+        highest = self.max_id
+        self.max_id = max(highest, info.last_object_id)  # a new lost+found never reuses an id
         self.check_chains()
         reached: set[int] = set()
         self.root()
@@ -448,9 +450,9 @@ class _Check:
         wrong = [f"{k} {getattr(info, k)} (counted {v})" for k, v in counts.items() if getattr(info, k) != v]
         if wrong and not any(p.kind == "info" for p in self.report.problems):
             self.problem("usage", None, "usage counts are wrong: " + ", ".join(wrong))
-        if info.last_object_id < self.max_id:
+        if info.last_object_id < highest:
             self.problem("info", None, f"last object id {info.last_object_id:#x} is below the highest object "
-                         f"{self.max_id:#x}")
+                         f"{highest:#x}")
         self.report.directories = len(self.dirs)
         self.report.files = len(self.files)
         self.report.seconds = time.monotonic() - started
