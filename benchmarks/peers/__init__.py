@@ -1,0 +1,1 @@
+"""Helpers for benchmarks/vs_boxbackup.py: workload, process measurement, and one driver per system."""
