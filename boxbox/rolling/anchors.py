@@ -48,7 +48,7 @@ SLOTS = 8
 #: only SPAN bytes past its end to see every candidate that starts inside it
 SPAN = 4096
 #: the TRIES windows lie within the first TRY_SPAN bytes (only run windows lie further), so
-#: the finder's lookahead for most anchor words is short (see delta._Index.jnear)
+#: the finder's lookahead for most anchor words is short (see tables.Tables.jnear)
 TRY_SPAN = 2048
 NO_ANCHOR = 0xFFFF
 RECORD = struct.Struct("<8H8Q")
