@@ -255,6 +255,12 @@ def test_interactive_shell_on_a_terminal(backed_up: tuple[Path, Path], tmp_path:
         assert (tmp_path / "copy.txt").read_bytes() == (tree / "docs" / "a.txt").read_bytes()
         os.write(fd, b"pwd\n")
         assert b"/home/docs" in _read_until(fd, b"boxbox:/home/docs> ")
+        os.write(fd, b"restore /home 'restored tree'\n")
+        out = _read_until(fd, b"boxbox:/home/docs> ")
+        assert b"restored 7 files" in out and b"0 errors" in out
+        assert snapshot(tmp_path / "restored tree") == snapshot(tree)
+        os.write(fd, b"compare -q /home 'restored tree'\n")
+        assert b"0 differences, 0 errors" in _read_until(fd, b"boxbox:/home/docs> ")
         os.write(fd, b"quit\n")
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
