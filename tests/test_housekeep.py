@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from boxbox.errors import InUse, LimitExceeded
-from boxbox.objects.directory import DELETED, DIR, FILE, OLD, Directory
+from boxbox.objects.directory import DELETED, DIR, FILE, OLD, Directory, Entry
 from boxbox.store import housekeep as hk
 from boxbox.store.account import ROOT_DIRECTORY_ID, Store
 from boxbox.store.check import check_account
 from boxbox.store.housekeep import DAY, housekeep
 
 from tests.serverutil import download, make_store, upload, upload_diff
-from tests.test_store_support import make_keys, sealed_dir_name, session_client
+from tests.test_store_support import file_object, make_keys, sealed_dir_name, session_client
 
 A = 0x5E
 KEYS = make_keys()
@@ -290,3 +290,32 @@ def test_deleted_and_old_flags_counted_by_kind(store: Store) -> None:
     housekeep(store, A, force=True)
     info = store.read_info(A)
     assert (info.count_current, info.count_old, info.count_deleted) == (0, 0, 3)
+
+
+def test_a_dead_writer_is_settled_by_the_next_one(store: Store) -> None:
+    """Killed between writing objects, their directory and the info file: nothing reused, nothing miscounted."""
+    c, t = session_client(store, A)
+    c.login()
+    upload(c, KEYS, 1, b"kept", os.urandom(20_000))
+    c.finish()
+    t.join(5)
+    dying = store.open(A, write=True)
+    assert store.read_info(A).writer_open
+    last = dying.info.last_object_id
+    listed_id, orphan_id = last + 1, last + 2
+    dying.put_object(orphan_id, b"an object whose reply never left")  # committed, listed nowhere
+    root = Directory.parse(dying.read_object(1))
+    kwargs, obj = file_object(KEYS, 1, b"late", os.urandom(10_000))
+    blocks = dying.put_object(listed_id, obj)
+    root.entries.append(Entry(listed_id, FILE, kwargs["name"], 0, blocks))
+    dying.replace_object(1, root.serialize())  # the directory made it to disc, the info file did not
+    dying._lock.release()  # the process dies: the kernel drops its lock, nothing else happens
+    info = store.read_info(A)
+    assert info.writer_open and info.last_object_id == last
+    survivor = store.open(A, write=True)  # the next writer settles it first
+    assert survivor.info.last_object_id >= listed_id  # never handed out again
+    assert not survivor.exists(orphan_id) and survivor.exists(listed_id)
+    assert survivor.allocate_id() > listed_id
+    survivor.close()
+    assert not store.read_info(A).writer_open
+    assert_counts_match_recount(store)

@@ -179,13 +179,33 @@ class Store:
         except FileNotFoundError:
             return False
 
+    def take_from_housekeeping(self, account: int) -> "_Lock":
+        """The housekeeping lock for an admin job (check): a running pass is asked to stop and awaited."""
+        lock = self.housekeeping_lock(account)
+        deadline = time.monotonic() + YIELD_WAIT
+        request = self._yield_path(account)
+        try:
+            while True:
+                try:
+                    return lock.acquire()
+                except InUse:
+                    if time.monotonic() > deadline:
+                        raise InUse(f"account {account:08x} is being housekept or checked and did not let go "
+                                    f"within {YIELD_WAIT:.0f} s", hint="try again in a moment") from None
+                    request.touch()
+                    time.sleep(0.02)
+        finally:
+            request.unlink(missing_ok=True)
+
     def _acquire_writer(self, account: int) -> "_Lock":
         """The write lock; if housekeeping holds it, ask it to stop and wait up to YIELD_WAIT."""
         try:
             return self.write_lock(account).acquire()
         except InUse:
             if not self.housekeeping_running(account):
-                raise  # another client holds it
+                # Housekeeping may have let go between our two tries (it releases the write lock
+                # first): one more try tells that apart from another client holding it.
+                return self.write_lock(account).acquire()
         request = self._yield_path(account)
         request.touch()
         deadline = time.monotonic() + YIELD_WAIT
@@ -207,6 +227,12 @@ class Store:
         lock = self._acquire_writer(account) if write else None
         try:
             info = self.read_info(account)
+            if write:
+                if info.writer_open:  # the last writer died mid-batch: settle what it left first
+                    from boxbox.store.housekeep import recover
+
+                    recover(self, account, info)
+                info = self.update_info(account, writer_open=True)
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -306,7 +332,11 @@ class Account:
 
     # ------------------------------------------------------------ objects
     def allocate_id(self) -> int:
+        """The next unused id. An existing object is skipped, never overwritten, whatever the info says."""
         new = self.info.last_object_id + 1
+        while new <= MAX_OBJECT_ID and self.backend.exists(self.key(new)):
+            log.warning("account %08x: object %#x exists beyond the last id; skipped", self.number, new)
+            new += 1
         if new > MAX_OBJECT_ID:
             raise LimitExceeded(f"account {self.number:08x} has used every object id")
         self.change(last_object_id=new)
@@ -409,6 +439,7 @@ class Account:
     def close(self) -> None:
         try:
             if self.writable:
+                self.change(writer_open=False)
                 self.commit()
         finally:
             if self._lock is not None:

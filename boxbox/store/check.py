@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, NamedTuple
 
-from boxbox.errors import FormatError, InUse, IntegrityError, NotFound
+from boxbox.errors import FormatError, IntegrityError, NotFound
 from boxbox.objects.directory import DELETED, DIR, FILE, MAGIC as DIRECTORY_MAGIC, OLD, Directory, Entry
 from boxbox.objects.file import MAGIC as FILE_MAGIC
 from boxbox.objects.layout import read_file_layout
@@ -431,7 +431,7 @@ class _Check:
             except (NotFound, FormatError, IntegrityError):
                 current = info
             self.store.write_info(current._replace(**counts, last_object_id=max(current.last_object_id, self.max_id),
-                                                   change_count=current.change_count + 1))
+                                                   change_count=current.change_count + 1, writer_open=False))
 
     def run(self) -> CheckReport:
         started = time.monotonic()
@@ -473,18 +473,15 @@ class _Check:
 
 def check_account(store: Store, account: int, fix: bool = False, scrub: bool = False,
                   progress: Callable[[int, int], None] | None = None) -> CheckReport:
-    """Check (and with `fix`, repair) one account; holds it alone (InUse if a client writes to it).
+    """Check (and with `fix`, repair) one account; holds it alone (InUse if a client writes to it;
+    a housekeeping pass on it is asked to stop and awaited).
 
     Every object is read whole through raidfile, which verifies both data stripes' checksums
     and notices missing or damaged stripes; such an object then has all its stripes verified
     (and rebuilt with `fix`). `scrub` verifies every stripe of every object first, parity
     included, so corruption in a parity stripe no read needed is found too (~2.5x slower).
     """
-    hk_lock = store.housekeeping_lock(account)
-    try:
-        hk_lock.acquire()
-    except InUse:
-        raise InUse(f"account {account:08x} is being housekept or checked", hint="try again later") from None
+    hk_lock = store.take_from_housekeeping(account)
     try:
         with store.write_lock(account):
             return _Check(store, account, fix, scrub, progress).run()

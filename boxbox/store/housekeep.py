@@ -38,9 +38,10 @@ from typing import NamedTuple
 from boxbox import magic
 from boxbox.errors import FormatError, InUse, IntegrityError, NotFound
 from boxbox.objects.directory import DELETED, DIR, FILE, OLD, Directory, Entry
-from boxbox.store.account import ROOT_DIRECTORY_ID, Account, Store, account_prefix
-from boxbox.store.versions import merge_past
 from boxbox.objects.layout import read_file_layout
+from boxbox.store.account import ROOT_DIRECTORY_ID, Account, Store, account_prefix
+from boxbox.store.info import AccountInfo
+from boxbox.store.versions import merge_past
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,11 @@ class _Pass:
         self.dirty: set[int] = set()
         self.doomed: list[int] = []
         self.result = Result(acct.number)
+        self.yielding = True  # recovery runs to the end: a waiting client needs it done
 
     def interrupted(self) -> bool:
+        if not self.yielding:
+            return False
         return (self.stop is not None and self.stop.is_set()) or self.store.yield_requested(self.acct.number)
 
     # ------------------------------------------------------------ reading
@@ -354,8 +358,57 @@ def housekeep(store: Store, account: int, *, force: bool = False, now: float | N
     return result
 
 
+#: Object ids a dead writer's last batch may have used beyond the info file's last object id: a
+#: batch is at most 64 requests (wire.commands.MAX_BATCH), each allocating at most one id.
+PROBE_IDS = 128
+
+
+def recover(store: Store, account: int, info: AccountInfo) -> AccountInfo:
+    """Settle what a writing session that died mid-batch left; called with the write lock held.
+
+    A session writes objects, then the directories listing them, then patches, then the
+    info file (session.sync). Killed in between, it leaves: objects no directory lists -
+    their replies never left, so they are deleted; directories listing objects the info
+    file does not count, and ids above its last object id; versions rewritten as patches
+    whose entries still give their whole size. All are put right here from the directories,
+    so the next writer never reuses an id and the counts are exact.
+    """
+    acct = Account(store, store.backend(account), info, None)
+    p = _Pass(store, acct, time.time(), None)
+    p.yielding = False
+    p.scan()
+    listed = set(p.dirs) | {e.object_id for d in p.dirs.values() for e in d.entries}
+    last = info.last_object_id
+    highest = max([last, *listed])
+    removed = 0
+    for object_id in range(last + 1, last + PROBE_IDS + 1):
+        if object_id not in listed and acct.exists(object_id):
+            acct.delete_object(object_id)
+            removed += 1
+    for d in p.dirs.values():
+        for e in d.entries:
+            if e.flags & FILE and e.newer > last:  # made a patch in the lost batch
+                blocks = acct.usage_of(e.object_id)
+                if blocks != e.size_blocks:
+                    e.size_blocks = blocks
+                    p.dirty.add(d.object_id)
+    p.flush()
+    counts = p.recount()
+    with store.info_lock(account):
+        on_disc = store.read_info(account)
+        fresh = on_disc._replace(**counts, last_object_id=max(highest, on_disc.last_object_id), writer_open=False,
+                                 change_count=on_disc.change_count + 1)
+        store.write_info(fresh)
+    log.warning("account %08x: a writing session had died; removed %d unlisted objects, usage recounted",
+                account, removed)
+    return fresh
+
+
 def _run(store: Store, account: int, force: bool, now: float, stop: threading.Event | None) -> Result:
     info = store.read_info(account)
+    if info.writer_open:  # we hold the write lock, so that writer is dead
+        info = recover(store, account, info)
+        force = True
     state = read_state(store, account)
     settings = (info.change_count, info.soft_limit, info.hard_limit, info.keep_versions_days, info.keep_min_versions)
     if not force and state is not None and state[:5] == settings and now < state.next_expiry:

@@ -5,7 +5,7 @@ Byte layout (little-endian; version 1 ends after the name, version 2 appends 16 
     offset  size  field
     0       4     magic b"BXAI"
     4       2     version (1)
-    6       2     flags (bit 0: enabled)
+    6       2     flags (bit 0: enabled; bit 1: a writing session has it open, still set = it died)
     8       4     account number
     12      4     block size the counts are in (4096)
     16      8     soft limit, blocks
@@ -50,6 +50,9 @@ assert HEADER.size == 122 and TRAILER.size == 16
 BLOCK_SIZE = 4096
 MAX_NAME = 1024
 FLAG_ENABLED = 0x1
+#: Set while a writing session has the account open, cleared when it closes; found set by the
+#: next writer (or housekeeping), it means a writer died mid-batch: see `housekeep.recover`.
+FLAG_WRITER = 0x2
 
 
 class AccountInfo(NamedTuple):
@@ -72,12 +75,14 @@ class AccountInfo(NamedTuple):
     change_count: int = 0
     keep_versions_days: int = 0
     keep_min_versions: int = 0
+    writer_open: bool = False
 
     def encode(self) -> bytes:
         name = self.name.encode("utf-8")
         if len(name) > MAX_NAME:
             raise FormatError(f"account name of {len(name)} bytes is longer than {MAX_NAME}")
-        return HEADER.pack(MAGIC, VERSION, FLAG_ENABLED if self.enabled else 0, self.account, BLOCK_SIZE,
+        flags = (FLAG_ENABLED if self.enabled else 0) | (FLAG_WRITER if self.writer_open else 0)
+        return HEADER.pack(MAGIC, VERSION, flags, self.account, BLOCK_SIZE,
                            self.soft_limit, self.hard_limit, self.blocks_used, self.blocks_current,
                            self.blocks_old, self.blocks_deleted, self.blocks_directories, self.count_current,
                            self.count_old, self.count_deleted, self.count_directories, self.last_object_id,
@@ -106,7 +111,8 @@ class AccountInfo(NamedTuple):
         except UnicodeDecodeError:
             raise FormatError(f"{where}: account name is not UTF-8") from None
         trailer = TRAILER.unpack_from(data, end) if fields[1] >= 2 else (0, 0, 0)
-        return cls(fields[3], bool(fields[2] & FLAG_ENABLED), *fields[5:-1], name, *trailer)
+        return cls(fields[3], bool(fields[2] & FLAG_ENABLED), *fields[5:-1], name, *trailer,
+                   bool(fields[2] & FLAG_WRITER))
 
 
 def blocks_for_bytes(n: int) -> int:

@@ -127,6 +127,10 @@ class Session:
                     entry.size_blocks = max(0, entry.size_blocks + delta)
                     self.mark(parent)
 
+    def finish(self) -> None:
+        """The client said Finished: save everything and release the account before the reply."""
+        self.close()
+
     def close(self) -> None:
         if self.account is not None:
             try:

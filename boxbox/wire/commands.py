@@ -40,7 +40,8 @@ class StreamReply(NamedTuple):
 
 
 class Session(Protocol):
-    """What the dispatcher needs of a session; an optional `sync()` runs before each reply flush."""
+    """What the dispatcher needs of a session; an optional `sync()` runs before each reply flush, an
+    optional `finish()` before Finished is answered."""
 
     access: Access
 
@@ -115,6 +116,7 @@ class Dispatcher:
             self.requests += 1
             if isinstance(msg, messages.Finished):
                 self._sync()
+                self._finish()
                 conn.send(messages.Finished())
                 conn.flush()
                 return True
@@ -138,6 +140,17 @@ class Dispatcher:
             sync()
         except BoxboxError as e:
             raise ProtocolError(f"could not save changes, dropping the connection: {e}") from None
+
+    def _finish(self) -> None:
+        """Let the session release what it holds (the account's writer lock) before Finished is answered,
+        so a client may log in again as soon as it has the reply."""
+        finish = getattr(self.session, "finish", None)
+        if finish is None:
+            return
+        try:
+            finish()
+        except BoxboxError as e:
+            raise ProtocolError(f"could not close the session cleanly, dropping the connection: {e}") from None
 
     def dispatch(self, msg: Any) -> None:
         cmd = self.commands.get(type(msg))
