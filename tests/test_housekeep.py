@@ -13,7 +13,7 @@ import pytest
 from boxbox.errors import InUse, LimitExceeded
 from boxbox.objects.directory import DELETED, DIR, FILE, OLD, Directory, Entry
 from boxbox.store import housekeep as hk
-from boxbox.store.account import ROOT_DIRECTORY_ID, Store
+from boxbox.store.account import ROOT_DIRECTORY_ID, Store, object_key
 from boxbox.store.check import check_account
 from boxbox.store.housekeep import DAY, housekeep
 
@@ -190,7 +190,10 @@ def test_never_beside_a_writing_client(store: Store) -> None:
 
 
 def test_yields_to_a_client_that_logs_in(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    scanning = threading.Event()
+
     def slow_scan(self: Any) -> bool:  # a long pass: it only ends when someone asks for the account
+        scanning.set()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.interrupted():
@@ -202,8 +205,7 @@ def test_yields_to_a_client_that_logs_in(store: Store, monkeypatch: pytest.Monke
     results: list[hk.Result] = []
     worker = threading.Thread(target=lambda: results.append(housekeep(store, A, force=True)))
     worker.start()
-    while not store.housekeeping_running(A):
-        time.sleep(0.01)
+    assert scanning.wait(10)  # housekeeping holds both locks now
     started = time.monotonic()
     acct = store.open(A, write=True)  # waits for housekeeping to let go
     assert time.monotonic() - started < 5
@@ -318,4 +320,28 @@ def test_a_dead_writer_is_settled_by_the_next_one(store: Store) -> None:
     assert survivor.allocate_id() > listed_id
     survivor.close()
     assert not store.read_info(A).writer_open
+    assert_counts_match_recount(store)
+
+
+def test_a_writer_dead_before_its_patch_leaves_links_put_right(store: Store) -> None:
+    """Killed after the directory linked a diff's base to the new version, before the patch was written."""
+    c, t = session_client(store, A)
+    c.login()
+    data = os.urandom(60_000)
+    base = upload(c, KEYS, 1, b"p", data)
+    whole = c.get_object(base).read()
+    new = upload_diff(c, KEYS, 1, b"p", base, data + b"tail")
+    c.finish()
+    t.join(5)
+    # The state that kill -9 leaves: directory with the links on disc, base still whole, the
+    # info file from before the batch (its last object id below the new version's).
+    put = store.backend(A).put(object_key(A, base))
+    put.write(whole)
+    put.commit()
+    with store.info_lock(A):
+        store.write_info(store.read_info(A)._replace(writer_open=True, last_object_id=base))
+    store.open(A, write=True).close()
+    entries = {e.object_id: e for e in Directory.parse(store.open(A, write=False).read_object(1)).entries}
+    assert (entries[base].newer, entries[new].older) == (0, 0)
+    assert store.read_info(A).last_object_id >= new
     assert_counts_match_recount(store)

@@ -370,7 +370,8 @@ def recover(store: Store, account: int, info: AccountInfo) -> AccountInfo:
     info file (session.sync). Killed in between, it leaves: objects no directory lists -
     their replies never left, so they are deleted; directories listing objects the info
     file does not count, and ids above its last object id; versions rewritten as patches
-    whose entries still give their whole size. All are put right here from the directories,
+    whose entries still give their whole size, or versions linked as patches whose patch was
+    never written. All are put right here from the directories and objects,
     so the next writer never reuses an id and the counts are exact.
     """
     acct = Account(store, store.backend(account), info, None)
@@ -387,11 +388,26 @@ def recover(store: Store, account: int, info: AccountInfo) -> AccountInfo:
             removed += 1
     for d in p.dirs.values():
         for e in d.entries:
-            if e.flags & FILE and e.newer > last:  # made a patch in the lost batch
-                blocks = acct.usage_of(e.object_id)
-                if blocks != e.size_blocks:
-                    e.size_blocks = blocks
-                    p.dirty.add(d.object_id)
+            if not (e.flags & FILE and e.newer > last):
+                continue
+            # To become a patch in the lost batch: it did if the patch was written before the end
+            # (then only its size is stale), else it is still whole and the links must go.
+            try:
+                with acct.open_object(e.object_id) as f:
+                    patched = e.newer in {obj for obj, _ in read_file_layout(f).refs.values()}
+            except (NotFound, FormatError, IntegrityError):
+                continue  # for check to report
+            if not patched:
+                newer = p.entry(e.newer)
+                if newer is not None and newer.older == e.object_id:
+                    newer.older = 0
+                    p.dirty.add(p.where[newer.object_id])
+                e.newer = 0
+                p.dirty.add(d.object_id)
+            blocks = acct.usage_of(e.object_id)
+            if blocks != e.size_blocks:
+                e.size_blocks = blocks
+                p.dirty.add(d.object_id)
     p.flush()
     counts = p.recount()
     with store.info_lock(account):
