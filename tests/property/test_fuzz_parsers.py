@@ -1,6 +1,6 @@
 """Mutation fuzzing of every parser over recorded real inputs: only the documented errors, no hang, no blow-up.
 
-Each target takes bytes from `fuzzcorpus` (a recorded real session's frames both ways, the
+Each target takes bytes from `tests.fault.fuzzcorpus` (a recorded real session's frames both ways, the
 objects it stored, raidfile stripes, configs, a keys file, a state file), mutates them and
 parses. Allowed: `ProtocolError`, `FormatError`, `ConfigError`, `IntegrityError` (and
 `PermissionDenied` for a keys file). Anything else, an input that takes over HANG seconds,
@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from boxbox.errors import ConfigError, FormatError, IntegrityError, PermissionDenied, ProtocolError
-from tests.property.fuzzcorpus import corpus, mutate
+from tests.fault.fuzzcorpus import corpus, mutate
 
 HANG = 2.0
 GROWTH_MIB = 200
