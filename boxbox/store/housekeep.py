@@ -429,9 +429,13 @@ def _run(store: Store, account: int, force: bool, now: float, stop: threading.Ev
     settings = (info.change_count, info.soft_limit, info.hard_limit, info.keep_versions_days, info.keep_min_versions)
     if not force and state is not None and state[:5] == settings and now < state.next_expiry:
         return Result(account, skipped="unchanged since the last pass")
+    # Until the counts are written at the end, the account is as a dead writer would leave it if
+    # this process were killed: the flag makes the next writer (or pass) recount first.
+    store.update_info(account, writer_open=True)
     acct = Account(store, store.backend(account), info, None)
     p = _Pass(store, acct, now, stop)
     if not p.scan():
+        store.update_info(account, writer_open=False)
         p.result.yielded = True
         p.result.skipped = "a client asked for the account"
         return p.result
@@ -482,7 +486,7 @@ def _run(store: Store, account: int, force: bool, now: float, stop: threading.Ev
     counts = p.recount()
     with store.info_lock(account):
         on_disc = store.read_info(account)
-        fresh = on_disc._replace(**counts)
+        fresh = on_disc._replace(**counts, writer_open=False)
         if fresh != on_disc:
             store.write_info(fresh)
     if going:
