@@ -168,6 +168,8 @@ def main() -> int:
                 print(f"{d.name}: TCP_NODELAY shim active in {d.shim_processes()} process(es)")
 
         report(results, drivers, netns)
+        if profile and "boxbox" in results:
+            print_profiles(profile, results["boxbox"])
         print(f"total benchmark time {time.perf_counter() - started:.0f} s")
         print(result_line(results))
     finally:
@@ -221,6 +223,26 @@ def report(results: dict[str, dict[str, Result]], drivers: list[Driver], netns: 
         cpu = sum(bx[ph].client_cpu + bx[ph].server_cpu for ph in PHASES)
         pcpu = sum(results[d.name][ph].client_cpu + results[d.name][ph].server_cpu for ph in PHASES)
         print(f"  vs {d.name:<11} " + ", ".join(cells) + (f"; CPU (all phases) {cpu / pcpu:.2f}" if pcpu else ""))
+
+
+def print_profiles(profile: Path, bx: dict[str, Result]) -> None:
+    """Top 10 by cumulative time of boxbox's slowest phase (client side), and of the server."""
+    import io
+
+    from benchmarks.peers.profile_run import merge
+
+    slowest = max(PHASES, key=lambda ph: bx[ph].wall)
+    for title, prefix in ((f"boxbox client, slowest phase ({slowest})", profile / f"{slowest}.prof"),
+                          ("boxbox server, all phases, every thread", profile / "server.prof")):
+        stats = merge(prefix)
+        if stats is None:
+            print(f"no profile for {title}")
+            continue
+        buf = io.StringIO()
+        stats.stream = buf  # type: ignore[attr-defined]
+        stats.sort_stats("cumulative").print_stats(25)
+        print(f"\n=== cProfile: {title} ({prefix}.*)")
+        print(buf.getvalue())
 
 
 def result_line(results: dict[str, dict[str, Result]]) -> str:

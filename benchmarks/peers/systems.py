@@ -262,6 +262,8 @@ class Boxbox(Driver):
         subprocess.run(self.cmd("accounts", "--config", str(conf), "create", "1", "--soft", "100G", "--hard",
                                 "120G"), check=True, env=self.env, stdout=subprocess.DEVNULL)
         args = self.cmd("server", "--config", str(conf), "--foreground")
+        if self.profile_dir is not None:  # the whole server life, every session thread included
+            args[1:3] = [str(Path(__file__).with_name("profile_run.py")), str(self.profile_dir / "server.prof")]
         if os.geteuid() == 0:
             args.append("--allow-root")
         slog = d / "server.log"
@@ -290,8 +292,8 @@ class Boxbox(Driver):
     def _wrap(self, args: list[str], label: str) -> list[str]:
         if self.profile_dir is None:
             return self.cmd(*args)
-        return [sys.executable, "-m", "cProfile", "-o", str(self.profile_dir / f"boxbox-{label}.prof"),
-                "-m", "boxbox", *args]
+        return [sys.executable, str(Path(__file__).with_name("profile_run.py")),
+                str(self.profile_dir / f"{label}.prof"), *args]
 
     def backup(self, label: str) -> Result:
         return self.measured(self._wrap(["client", "--config", str(self.conf), "--once"], label), env=self.env)
