@@ -228,6 +228,7 @@ def report(results: dict[str, dict[str, Result]], drivers: list[Driver], netns: 
 def print_profiles(profile: Path, bx: dict[str, Result]) -> None:
     """Top 10 by cumulative time of boxbox's slowest phase (client side), and of the server."""
     import io
+    import pstats
 
     from benchmarks.peers.profile_run import merge
 
@@ -238,10 +239,13 @@ def print_profiles(profile: Path, bx: dict[str, Result]) -> None:
         if stats is None:
             print(f"no profile for {title}")
             continue
+        merged = prefix.with_name(prefix.name + "-merged")
+        stats.dump_stats(str(merged))  # reloaded: one file name in the header, not one per thread
         buf = io.StringIO()
-        stats.stream = buf  # type: ignore[attr-defined]
-        stats.sort_stats("cumulative").print_stats(25)
-        print(f"\n=== cProfile: {title} ({prefix}.*)")
+        pstats.Stats(str(merged), stream=buf).sort_stats("cumulative").print_stats(25)
+        buf.write("\n")
+        pstats.Stats(str(merged), stream=buf).sort_stats("tottime").print_stats(12)
+        print(f"\n=== cProfile: {title} (merged from {prefix}.*: {merged})")
         print(buf.getvalue())
 
 
