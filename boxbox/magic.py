@@ -18,5 +18,6 @@ ACCOUNT_DB = b"BXAD"  # store: account database
 CLIENT_STATE = b"BXCS"  # client: saved directory records and id map
 PATCH_OBJECT = b"BXRP"  # store: reverse patch (older version against a newer one)
 HOUSEKEEPING_STATE = b"BXHK"  # store: per-account housekeeping state (dirty marker, retention clock)
+HOUSEKEEPING_JOURNAL = b"BXHJ"  # store: what a housekeeping pass is changing, until it is done
 
 ALL = {name: value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, bytes)}

@@ -345,3 +345,46 @@ def test_a_writer_dead_before_its_patch_leaves_links_put_right(store: Store) -> 
     assert (entries[base].newer, entries[new].older) == (0, 0)
     assert store.read_info(A).last_object_id >= new
     assert_counts_match_recount(store)
+
+
+class Killed(BaseException):
+    """Stands for kill -9 at one point of a housekeeping pass."""
+
+
+@pytest.mark.parametrize("where", ["replace_object", "delete_object"])
+def test_a_killed_pass_is_finished_by_the_next_writer(store: Store, monkeypatch: pytest.MonkeyPatch,
+                                                       where: str) -> None:
+    """Killed after merging patches but before the directories (replace_object), or after the
+    directories but before deleting the objects (delete_object)."""
+    from boxbox.store.account import Account
+
+    c, t = session_client(store, A)
+    c.login()
+    data = os.urandom(40_000)
+    history, ids = [data], [upload(c, KEYS, 1, b"k", data)]
+    for i in range(5):
+        data = data[:i * 7000] + os.urandom(500) + data[i * 7000 + 500:]
+        history.append(data)
+        ids.append(upload_diff(c, KEYS, 1, b"k", ids[-1], data))
+    c.finish()
+    t.join(5)
+    store.update_info(A, soft_limit=1)
+    real = getattr(Account, where)
+
+    def dies(self: Any, *args: Any) -> Any:
+        raise Killed()
+
+    monkeypatch.setattr(Account, where, dies)
+    with pytest.raises(Killed):
+        housekeep(store, A)
+    monkeypatch.setattr(Account, where, real)
+    assert store.read_info(A).writer_open
+    store.open(A, write=True).close()  # the next writer settles what the pass left
+    assert_counts_match_recount(store)
+    c, t = session_client(store, A)
+    c.login(read_only=True)
+    for e in Directory.parse(c.list_directory(1)).entries:
+        assert download(c, KEYS, 1, e.object_id, b"k") == history[ids.index(e.object_id)]
+    c.finish()
+    t.join(5)
+    assert not store.backend(A).exists(f"{A:08x}/journal")

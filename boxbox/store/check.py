@@ -38,7 +38,7 @@ from boxbox.objects.directory import DELETED, DIR, FILE, MAGIC as DIRECTORY_MAGI
 from boxbox.objects.file import MAGIC as FILE_MAGIC
 from boxbox.objects.layout import read_file_layout
 from boxbox.store.account import ROOT_DIRECTORY_ID, MAX_OBJECT_ID, Store, account_prefix, info_key, object_key
-from boxbox.store.housekeep import read_state, state_key
+from boxbox.store.housekeep import journal_key, read_state, state_key
 from boxbox.store.info import AccountInfo
 
 #: Store-made sealed names cannot be opened by a client (it has no such seal). They are 16 zero
@@ -149,6 +149,9 @@ class _Check:
                 self.progress(n, total)
                 last = time.monotonic()
             object_id = _parse_object_key(prefix, key)
+            if key == journal_key(self.account):
+                self.doomed_keys.append(key)  # a killed pass's journal: what it names is checked below anyway
+                continue
             if object_id is None and key not in (info_key(self.account), state_key(self.account)):
                 self.problem("stray", None, f"{key} is not an object, info or state key of the account")
                 self.doomed_keys.append(key)

@@ -74,6 +74,53 @@ def state_key(account: int) -> str:
     return f"{account_prefix(account)}/housekeeping"
 
 
+# Journal object `<account>/journal`, present only while a pass changes the account:
+#   0   4   magic b"BXHJ"
+#   4   2   version (1)
+#   6   2   reserved, zero
+#   8   4   n
+#   12  8n  object ids the pass may delete or rewrite (and their chain neighbours)
+JOURNAL_MAGIC = magic.HOUSEKEEPING_JOURNAL
+JOURNAL_HEAD = struct.Struct("<4sHHI")
+assert JOURNAL_HEAD.size == 12
+
+
+def journal_key(account: int) -> str:
+    return f"{account_prefix(account)}/journal"
+
+
+def write_journal(store: Store, account: int, ids: set[int]) -> None:
+    put = store.backend(account).put(journal_key(account))
+    try:
+        put.write(JOURNAL_HEAD.pack(JOURNAL_MAGIC, 1, 0, len(ids)) + struct.pack(f"<{len(ids)}Q", *sorted(ids)))
+    except BaseException:
+        put.abort()
+        raise
+    put.commit()
+
+
+def read_journal(store: Store, account: int) -> set[int] | None:
+    """The ids a killed pass was changing; None if there is no (readable) journal."""
+    try:
+        with store.backend(account).get(journal_key(account)) as f:
+            data = f.read()
+    except (NotFound, IntegrityError):
+        return None
+    if len(data) < JOURNAL_HEAD.size:
+        return None
+    mg, version, _, n = JOURNAL_HEAD.unpack_from(data)
+    if mg != JOURNAL_MAGIC or version != 1 or len(data) != JOURNAL_HEAD.size + 8 * n:
+        return None
+    return set(struct.unpack_from(f"<{n}Q", data, JOURNAL_HEAD.size))
+
+
+def delete_journal(store: Store, account: int) -> None:
+    try:
+        store.backend(account).delete(journal_key(account))
+    except NotFound:
+        pass
+
+
 class State(NamedTuple):
     change_count: int
     soft_limit: int
@@ -358,6 +405,46 @@ def housekeep(store: Store, account: int, *, force: bool = False, now: float | N
     return result
 
 
+def _relink(p: _Pass, ids: set[int]) -> None:
+    """Redo the newer/older links and sizes of these file entries (and their neighbours) from the objects."""
+    around = set(ids)
+    for obj in ids:
+        e = p.entry(obj)
+        if e is not None:
+            around.update((e.newer, e.older))
+    around.discard(0)
+    target: dict[int, int] = {}
+    for obj in around:
+        e = p.entry(obj)
+        if e is None:
+            continue
+        try:
+            with p.acct.open_object(obj) as f:
+                refs = {o for o, _ in read_file_layout(f).refs.values()}
+        except (NotFound, FormatError, IntegrityError):
+            continue  # for check to report
+        target[obj] = next(iter(refs)) if len(refs) == 1 else 0
+        blocks = p.acct.usage_of(obj)
+        if blocks != e.size_blocks:
+            e.size_blocks = blocks
+            p.dirty.add(p.where[obj])
+    for obj, tgt in target.items():
+        e = p.entry(obj)
+        newer = p.entry(tgt) if tgt else None
+        want = tgt if newer is not None else 0
+        if e is not None and e.newer != want:
+            e.newer = want
+            p.dirty.add(p.where[obj])
+        if newer is not None and newer.older != obj:
+            newer.older = obj
+            p.dirty.add(p.where[tgt])
+    for obj in target:
+        e = p.entry(obj)
+        if e is not None and e.older and e.older in target and target[e.older] != obj:
+            e.older = 0
+            p.dirty.add(p.where[obj])
+
+
 #: Object ids a dead writer's last batch may have used beyond the info file's last object id: a
 #: batch is at most 64 requests (wire.commands.MAX_BATCH), each allocating at most one id.
 PROBE_IDS = 128
@@ -371,8 +458,10 @@ def recover(store: Store, account: int, info: AccountInfo) -> AccountInfo:
     their replies never left, so they are deleted; directories listing objects the info
     file does not count, and ids above its last object id; versions rewritten as patches
     whose entries still give their whole size, or versions linked as patches whose patch was
-    never written. All are put right here from the directories and objects,
-    so the next writer never reuses an id and the counts are exact.
+    never written. A housekeeping pass killed part way leaves its journal: objects it had
+    unlisted but not yet deleted, patches merged past a version whose links were not yet
+    redone. All are put right here from the directories and objects, so the next writer
+    never reuses an id and the counts and links are exact.
     """
     acct = Account(store, store.backend(account), info, None)
     p = _Pass(store, acct, time.time(), None)
@@ -381,33 +470,15 @@ def recover(store: Store, account: int, info: AccountInfo) -> AccountInfo:
     listed = set(p.dirs) | {e.object_id for d in p.dirs.values() for e in d.entries}
     last = info.last_object_id
     highest = max([last, *listed])
+    journal = read_journal(store, account) or set()
     removed = 0
-    for object_id in range(last + 1, last + PROBE_IDS + 1):
+    for object_id in sorted(journal | set(range(last + 1, last + PROBE_IDS + 1))):
         if object_id not in listed and acct.exists(object_id):
-            acct.delete_object(object_id)
+            acct.delete_object(object_id)  # a lost batch's unlisted object, or one a pass had unlisted
             removed += 1
-    for d in p.dirs.values():
-        for e in d.entries:
-            if not (e.flags & FILE and e.newer > last):
-                continue
-            # To become a patch in the lost batch: it did if the patch was written before the end
-            # (then only its size is stale), else it is still whole and the links must go.
-            try:
-                with acct.open_object(e.object_id) as f:
-                    patched = e.newer in {obj for obj, _ in read_file_layout(f).refs.values()}
-            except (NotFound, FormatError, IntegrityError):
-                continue  # for check to report
-            if not patched:
-                newer = p.entry(e.newer)
-                if newer is not None and newer.older == e.object_id:
-                    newer.older = 0
-                    p.dirty.add(p.where[newer.object_id])
-                e.newer = 0
-                p.dirty.add(d.object_id)
-            blocks = acct.usage_of(e.object_id)
-            if blocks != e.size_blocks:
-                e.size_blocks = blocks
-                p.dirty.add(d.object_id)
+    touched = journal | {e.object_id for d in p.dirs.values() for e in d.entries
+                         if e.flags & FILE and (e.newer > last or e.object_id > last)}
+    _relink(p, touched)
     p.flush()
     counts = p.recount()
     with store.info_lock(account):
@@ -415,6 +486,7 @@ def recover(store: Store, account: int, info: AccountInfo) -> AccountInfo:
         fresh = on_disc._replace(**counts, last_object_id=max(highest, on_disc.last_object_id), writer_open=False,
                                  change_count=on_disc.change_count + 1)
         store.write_info(fresh)
+    delete_journal(store, account)
     log.warning("account %08x: a writing session had died; removed %d unlisted objects, usage recounted",
                 account, removed)
     return fresh
@@ -451,33 +523,43 @@ def _run(store: Store, account: int, force: bool, now: float, stop: threading.Ev
     p.result.usage_corrected = any(getattr(info, k) != v for k, v in initial.items())
     used = initial["blocks_used"]
     order = sorted(candidates, key=lambda c: (-c[0], c[1]))
-    gone: set[int] = set()
+    plan: list[int] = []
+    planned: set[int] = set()
 
-    def drop(obj: int) -> bool:
+    def take(obj: int) -> None:
         nonlocal used
-        if p.interrupted():
-            return False
         e = p.entry(obj)
         if e is not None:
             used -= e.size_blocks
-            p.remove(obj)
-        gone.add(obj)
-        return True
+            plan.append(obj)
+        planned.add(obj)
 
-    going = True
     if days > 0:
         for _, obj, rank in order:
-            if going and not retained(obj, rank):
-                going = drop(obj)
+            if not retained(obj, rank):
+                take(obj)
     for protect in (True, False):
         limit = info.soft_limit if protect else info.hard_limit
         if used <= limit:
             continue
         for _, obj, rank in order:
-            if not going or used <= info.soft_limit:
+            if used <= info.soft_limit:
                 break
-            if obj not in gone and not (protect and retained(obj, rank)):
-                going = drop(obj)
+            if obj not in planned and not (protect and retained(obj, rank)):
+                take(obj)
+    # The journal names everything this pass may change, before anything changes: a pass killed
+    # part way is finished by `recover` (objects whose entries went are deleted, links redone).
+    journal = set(plan) | {link for obj in plan if (e := p.entry(obj)) is not None for link in (e.newer, e.older)}
+    if journal:
+        write_journal(store, account, journal - {0})
+    going = True
+    gone: set[int] = set()
+    for obj in plan:
+        if p.interrupted():
+            going = False
+            break
+        p.remove(obj)
+        gone.add(obj)
     if going:
         p.remove_empty_deleted_directories()
     else:
@@ -489,6 +571,8 @@ def _run(store: Store, account: int, force: bool, now: float, stop: threading.Ev
         fresh = on_disc._replace(**counts, writer_open=False)
         if fresh != on_disc:
             store.write_info(fresh)
+    if journal:
+        delete_journal(store, account)
     if going:
         left = {obj: t for obj, t in seen.items() if obj not in gone}
         expiry = min((t + days * DAY for t in left.values()), default=NEVER) if days > 0 else NEVER
