@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from boxbox.errors import FormatError
-from boxbox.objects.attributes import HEADER, MAGIC, Attributes, FileType, attributes_from_path
+from boxbox.objects.attributes import HEADER, LINK, MAGIC, Attributes, FileType, attributes_from_path
 
 
 def test_regular_file_with_xattr(tmp_path):
@@ -45,6 +45,30 @@ def test_symlink_fifo_directory(tmp_path):
     assert followed.file_type is FileType.REGULAR
 
 
+def test_hard_links_share_a_link_id_and_single_names_have_none(tmp_path):
+    (tmp_path / "a").write_bytes(b"x")
+    (tmp_path / "single").write_bytes(b"y")
+    os.link(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "sub").mkdir()  # a directory has several links, but is never hard-linked
+    a, b = attributes_from_path(tmp_path / "a"), attributes_from_path(tmp_path / "b")
+    st = os.lstat(tmp_path / "a")
+    assert a.link_id == b.link_id == st.st_dev << 64 | st.st_ino
+    assert attributes_from_path(tmp_path / "single").link_id == 0
+    assert attributes_from_path(tmp_path / "d").link_id == 0
+    assert Attributes.unpack(a.pack()) == a and a.pack()[4] == 2
+    os.unlink(tmp_path / "b")  # back to one name: back to no link id, and the version 1 record
+    assert attributes_from_path(tmp_path / "a").link_id == 0
+
+
+def test_record_without_link_is_version_1_as_before():
+    """The bytes (and so the attribute hash) of a file without hard links did not change with version 2."""
+    a = Attributes(FileType.REGULAR, 0o644, 1000, 1000, 5, 6, "u", "g")
+    v1 = HEADER.pack(MAGIC, 1, 1, 0, 0o644, 1000, 1000, 5, 6, 0, 1, 1, 0, 0) + b"ug"
+    assert a.pack() == v1 + bytes(-len(v1) % 16)
+    assert a.link_id == 0 and Attributes.unpack(a.pack()) == a
+
+
 def test_pack_is_padded_and_hash_material_ignores_times():
     a = Attributes(FileType.CHAR_DEVICE, 0o600, 0, 5, -1, 2, "root", "tty", rdev=0x0501)
     assert len(a.pack()) % 16 == 0
@@ -66,7 +90,9 @@ def _record(**fields) -> bytes:
     (b"", "shorter than the 56-byte header"),
     (_record()[:-1] + b"", "not a multiple of 16"),
     (_record(magic=b"XXXX"), "bad magic"),
-    (_record(version=2), "unsupported version 2"),
+    (_record(version=3), "unsupported version 3"),
+    (_record(version=2), "has no link identity"),
+    (_record(version=2) + LINK.pack(0, 0), "zero link identity"),
     (_record(ftype=9), "unknown file type 9"),
     (_record(reserved=1), "reserved"),
     (_record(ulen=1000), "declared sizes need"),

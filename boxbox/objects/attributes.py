@@ -3,7 +3,7 @@
 Byte layout (little-endian; this is the plaintext that is sealed with the attributes key):
     offset  size  field
     0       4     magic b"BXAT"
-    4       1     version (1)
+    4       1     version: 2 when the record carries a link identity, else 1 (see below)
     5       1     file type (FileType)
     6       2     reserved, zero
     8       4     mode (permission bits incl. setuid/setgid/sticky, no type bits)
@@ -16,9 +16,17 @@ Byte layout (little-endian; this is the plaintext that is sealed with the attrib
     46      2     length of the group name (UTF-8)
     48      4     length of the symlink target
     52      4     number of extended attributes
-    56      ...   user name, group name, symlink target,
+    56      16    version 2 only: link identity, u64 inode then u64 device (never both zero)
+    56/72   ...   user name, group name, symlink target,
                   then per xattr: u16 name length, u32 value length, name, value
     end     ...   zero padding to a multiple of 16 bytes (hides exact lengths a little)
+
+The link identity says which names were one inode (hard links): (st_dev, st_ino) of a
+non-directory with more than one name, 0 otherwise. It is as stable as the inode, so the
+client's attribute hash (which covers it) changes only when a file gains or loses its
+second name. A record without one is still written as version 1, byte for byte what boxbox
+wrote before: the hashes of all other files did not change (no attribute re-upload for
+every entry after an upgrade), and older readers still read them.
 """
 
 from __future__ import annotations
@@ -36,15 +44,18 @@ from boxbox import magic
 from boxbox.errors import FormatError
 
 MAGIC = magic.ATTRIBUTES
-VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+VERSION = 2
+VERSION_NO_LINK = 1
+SUPPORTED_VERSIONS = (1, 2)
 HEADER = struct.Struct("<4sBBHIIIqqQHHII")
+LINK = struct.Struct("<QQ")
 XATTR = struct.Struct("<HI")
-assert HEADER.size == 56 and XATTR.size == 6
+assert HEADER.size == 56 and LINK.size == 16 and XATTR.size == 6
 PAD = 16
 MAX_TARGET = 65536
 MAX_XATTRS = 65536
 MAX_ATTRIBUTES_SIZE = 4 << 20
+MASK64 = (1 << 64) - 1
 
 
 class FileType(enum.IntEnum):
@@ -78,6 +89,8 @@ class Attributes(NamedTuple):
     rdev: int = 0
     symlink_target: bytes = b""
     xattrs: tuple[tuple[bytes, bytes], ...] = ()
+    #: (st_dev << 64) | st_ino when the inode had more than one name, else 0: equal ids are hard links
+    link_id: int = 0
 
     def pack(self) -> bytes:
         """The record, padded; the bytes that get sealed."""
@@ -89,10 +102,14 @@ class Attributes(NamedTuple):
             raise FormatError(f"attributes: symlink target is {len(self.symlink_target)} bytes, limit {MAX_TARGET}")
         if len(self.xattrs) > MAX_XATTRS:
             raise FormatError(f"attributes: {len(self.xattrs)} extended attributes, limit {MAX_XATTRS}")
-        parts = [HEADER.pack(MAGIC, VERSION, int(self.file_type), 0, self.mode, self.uid, self.gid,
-                             self.mtime_ns, self.ctime_ns, self.rdev, len(user), len(group),
-                             len(self.symlink_target), len(self.xattrs)),
-                 user, group, self.symlink_target]
+        if not 0 <= self.link_id < 1 << 128:
+            raise FormatError(f"attributes: link id {self.link_id} does not fit 128 bits")
+        parts = [HEADER.pack(MAGIC, VERSION if self.link_id else VERSION_NO_LINK, int(self.file_type), 0,
+                             self.mode, self.uid, self.gid, self.mtime_ns, self.ctime_ns, self.rdev, len(user),
+                             len(group), len(self.symlink_target), len(self.xattrs))]
+        if self.link_id:
+            parts.append(LINK.pack(self.link_id & MASK64, self.link_id >> 64))
+        parts += [user, group, self.symlink_target]
         for name, value in self.xattrs:
             if not name or len(name) > 0xFFFF or len(value) > 0xFFFFFFFF:
                 raise FormatError(f"attributes: extended attribute {name[:40]!r} has an empty or too large name "
@@ -117,12 +134,22 @@ class Attributes(NamedTuple):
         if mg != MAGIC:
             raise FormatError(f"attributes: bad magic {mg!r}, expected {MAGIC!r}")
         if version not in SUPPORTED_VERSIONS:
-            raise FormatError(f"attributes: unsupported version {version}, expected {VERSION}")
+            raise FormatError(f"attributes: unsupported version {version}, expected one of {SUPPORTED_VERSIONS}")
         if ftype not in FileType.__members__.values() or reserved:
             raise FormatError(f"attributes: unknown file type {ftype} or reserved field {reserved} set")
         if tlen > MAX_TARGET or nx > MAX_XATTRS:
             raise FormatError(f"attributes: symlink target {tlen} bytes / {nx} xattrs exceed the limits")
         pos = HEADER.size
+        link_id = 0
+        if version == VERSION:
+            if len(data) < pos + LINK.size:
+                raise FormatError(f"attributes: version {version} record of {len(data)} bytes has no link identity")
+            ino, dev = LINK.unpack_from(data, pos)
+            link_id = dev << 64 | ino
+            if not link_id:
+                raise FormatError(f"attributes: version {version} record with a zero link identity "
+                                  f"(written as version {VERSION_NO_LINK})")
+            pos += LINK.size
         end = pos + ulen + glen + tlen
         if end + nx * XATTR.size > len(data):
             raise FormatError(f"attributes: declared sizes need {end + nx * XATTR.size} bytes, record has {len(data)}")
@@ -143,7 +170,7 @@ class Attributes(NamedTuple):
             pos += nlen + vlen
         if len(data) - pos >= PAD or any(data[pos:]):
             raise FormatError(f"attributes: {len(data) - pos} bytes after the record are not zero padding")
-        return cls(FileType(ftype), mode, uid, gid, mtime, ctime, user, group, rdev, target, tuple(xattrs))
+        return cls(FileType(ftype), mode, uid, gid, mtime, ctime, user, group, rdev, target, tuple(xattrs), link_id)
 
     def hash_material(self, name: bytes) -> bytes:
         """What the keyed attribute hash covers: name and attributes, not the times.
@@ -197,4 +224,15 @@ def attributes_from_path(path: str | bytes | os.PathLike[str], st: os.stat_resul
     rdev = st.st_rdev if ftype in (FileType.CHAR_DEVICE, FileType.BLOCK_DEVICE) else 0
     return Attributes(ftype, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, st.st_ctime_ns,
                       _user_name(st.st_uid), _group_name(st.st_gid), rdev, target,
-                      _read_xattrs(p, follow_symlinks))
+                      _read_xattrs(p, follow_symlinks), link_identity(st))
+
+
+def link_identity(st: os.stat_result) -> int:
+    """The link id of what `st` describes: its inode's (device, inode) if it has other names, else 0.
+
+    Directories always have several links (`.`, `..` of children) and cannot be hard-linked:
+    they get 0.
+    """
+    if st.st_nlink < 2 or stat.S_ISDIR(st.st_mode):
+        return 0
+    return (st.st_dev & MASK64) << 64 | (st.st_ino & MASK64)

@@ -33,6 +33,7 @@ attributes = st.builds(
     st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
     st.integers(0, 2**64 - 1), st.binary(max_size=300),
     st.lists(st.tuples(st.binary(min_size=1, max_size=40), st.binary(max_size=200)), max_size=4).map(tuple),
+    st.one_of(st.just(0), st.integers(1, 2**128 - 1)),  # link id: none, or (device << 64) | inode
 )
 
 
@@ -198,8 +199,15 @@ def test_probe_agrees_with_plain_compress(head, seed, kind):
 
 
 @given(attributes)
+@example(Attributes(FileType.REGULAR, 0o644, 0, 0, 0, link_id=1))
+@example(Attributes(FileType.REGULAR, 0o644, 0, 0, 0, link_id=(2**64 - 1) << 64))
 def test_attributes_roundtrip(attrs):
-    assert Attributes.unpack(attrs.pack()) == attrs
+    """Every record reads back as written; the version says whether a link identity is there."""
+    record = attrs.pack()
+    assert Attributes.unpack(record) == attrs
+    assert record[4] == (2 if attrs.link_id else 1)
+    # a link id is hashed like every other attribute, and only it separates these two
+    assert (attrs.hash_material(b"n") == attrs._replace(link_id=0).hash_material(b"n")) == (attrs.link_id == 0)
 
 
 @given(st.binary(max_size=300))
