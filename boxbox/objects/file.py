@@ -36,11 +36,12 @@ content (clear size and strong checksum), and the index is bound to the header b
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
 import zlib
-from typing import Any, BinaryIO, Iterable, NamedTuple, Protocol
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, NamedTuple, Protocol
 
 from boxbox import magic
 from boxbox.crypto import seal as sealing
@@ -49,7 +50,7 @@ from boxbox.errors import FormatError, IntegrityError, ProgrammingError
 from boxbox.objects import index as index_mod
 from boxbox.objects.attributes import MAX_ATTRIBUTES_SIZE, Attributes
 from boxbox.objects.index import MAX_BLOCKS, Index, IndexBuilder, IndexEntry, Reference, parse_index, rounded
-from boxbox.rolling.checksum import HASH_IDS, HASHES, strong_function, weak_checksum
+from boxbox.rolling.checksum import HASH_IDS, HASHES, strong_function, strong_many, weak_checksum
 
 MAGIC = magic.FILE_OBJECT
 INDEX_MAGIC = magic.FILE_INDEX  # also the footer's magic
@@ -82,6 +83,11 @@ PROBE = 2048
 PROBE_MID = 32768
 PROBE_KEEP = 0.97
 COPY_CHUNK = 1 << 20
+#: decode reads a non-wire source in pieces of this size (wire streams come in 256 KiB frames)
+READ_SIZE = 256 << 10
+#: clear bytes decoded before their digests are checked and they are written in one call: big
+#: enough that the per-batch work vanishes, small enough to stay in the CPU caches
+WRITE_BATCH = 256 << 10
 PLACE_AAD = b"BXFO place"
 
 
@@ -435,67 +441,138 @@ def _open_prefix(keys: Keys, source: BinaryIO, label: str, want_container: int |
     return _Opened(header_bytes, header, container, name, attributes)
 
 
+class _Records:
+    """The bytes of an object taken from a stream of chunks, as views into them where possible.
+
+    A record that lies inside one chunk comes back as a memoryview of it (no copy); one that
+    spans chunks is joined once. Taking whole records from 256 KiB wire frames replaced two
+    `InStream.read` calls a block, each slicing a copy (88 reads and 90 `len` calls a file on
+    the 2,000-file benchmark tree; ~0.12 ms of CPU a file).
+    """
+
+    __slots__ = ("_chunks", "_view", "_pos", "_end")
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._view = memoryview(b"")
+        self._pos = self._end = 0
+
+    def take(self, n: int, what: str) -> bytes | memoryview:
+        """Exactly n bytes (callers bound n first); FormatError naming `what` when the object ends."""
+        pos = self._pos
+        end = pos + n
+        if end <= self._end:
+            self._pos = end
+            return self._view[pos:end]
+        return self._gather(n, what)
+
+    def read(self, n: int) -> bytes:
+        """File-like: up to n bytes, fewer only at the end (for `read_exact` and `read_place`)."""
+        return bytes(self.take(n, "")) if n <= self._end - self._pos else self._gather(n, None)
+
+    def _gather(self, n: int, what: str | None) -> bytes:
+        parts = [self._view[self._pos:self._end]]
+        got = self._end - self._pos
+        self._pos = self._end
+        while got < n:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                if what is None:
+                    break
+                raise FormatError(f"{what}: truncated, expected {n} bytes, got {got}")
+            view = memoryview(chunk)
+            used = min(len(view), n - got)
+            parts.append(view[:used])
+            got += used
+            self._view, self._pos, self._end = view, used, len(view)
+        return b"".join(parts)
+
+    def at_end(self) -> bool:
+        while self._pos >= self._end:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return True
+            self._view, self._pos, self._end = memoryview(chunk), 0, len(chunk)
+        return False
+
+
+def _records(source: BinaryIO) -> _Records:
+    """Chunks straight from the wire (`InStream.chunks`, one frame each), else reads of READ_SIZE."""
+    chunks = getattr(source, "chunks", None)
+    return _Records(chunks() if chunks is not None else iter(functools.partial(source.read, READ_SIZE), b""))
+
+
 def _decode(keys: Keys, source: BinaryIO, sink: Sink, label: str, want_container: int | None,
             want_name: bytes | None) -> DecodedFile:
-    header_bytes, header, container, name, attributes = _open_prefix(keys, source, label, want_container,
-                                                                     want_name)
-    index, end_payload = (_preread_index(keys, source, header, header_bytes, label) if is_seekable(source)
-                          else (None, b""))
-    expected = index.entries if index is not None else None
+    if is_seekable(source):  # index first, then the blocks, each checked before it is written
+        header_bytes, header, container, name, attributes = _open_prefix(keys, source, label, want_container,
+                                                                         want_name)
+        index, end_payload = _preread_index(keys, source, header, header_bytes, label)
+        records = _records(source)
+        entries: list[IndexEntry] | None = index.entries
+    else:
+        records = _records(source)
+        header_bytes, header, container, name, attributes = _open_prefix(keys, records,  # type: ignore[arg-type]
+                                                                         label, want_container, want_name)
+        index, end_payload, entries = None, b"", None
     from cryptography.exceptions import InvalidTag
 
     decrypt = sealing.aead(keys, "data", header.cipher_id).decrypt
-    strong_checksum = strong_function(HASHES[header.hash_id])
+    digests = strong_many(HASHES[header.hash_id])
+    take, unpack_head, nonce, overhead = records.take, RECORD.unpack, sealing.NONCE_SIZE, sealing.OVERHEAD
+    max_blocks = len(entries) if entries is not None else MAX_BLOCKS
+    write = sink.write
+    batch: list[bytes] = []  # clear blocks waiting for their digests (checked per batch, in C) and the write
+    lengths: list[int] = []
+    batch_bytes = size = k = 0
     seen: list[tuple[int, int, bytes]] = []
-    size = k = 0
-    read, unpack_head, nonce, overhead = source.read, RECORD.unpack, sealing.NONCE_SIZE, sealing.OVERHEAD
-    max_blocks = len(expected) if expected is not None else MAX_BLOCKS
     clear_size = MAX_BLOCK_SIZE
-    while True:  # per block: keep it lean, it runs 4096 times for a typical file
-        head = read(RECORD.size)
-        if len(head) != RECORD.size:
-            head += read_exact(source, RECORD.size - len(head), f"block record {k}")
-        kind, length = unpack_head(head)
-        if kind != R_RAW and kind != R_ZLIB:
-            if kind == R_END:
-                break
-            _bad_record(source, kind, length, k, label)
-        if not overhead < length <= MAX_RECORD:
-            raise FormatError(f"block {k}: record length {length} is invalid")
-        if k >= max_blocks:
-            raise IntegrityError(f"{label}: more blocks than the index lists")
-        if expected is not None:
-            clear_size, stored_size, _, digest = expected[k]
-            if stored_size != length:
-                raise IntegrityError(f"{label} block {k}: stored size {length}, index says {stored_size}")
-        payload = read(length)
-        if len(payload) != length:
-            payload += read_exact(source, length - len(payload), f"block {k}")
-        try:  # sealing.unseal inlined (its wrapper cost ~5 us a block); a memoryview saves a copy
-            with memoryview(payload) as view:
+    try:
+        while True:  # per block: keep it lean, it runs up to 4096 times a file
+            kind, length = unpack_head(take(RECORD.size, f"block record {k}"))
+            if kind != R_RAW and kind != R_ZLIB:
+                if kind == R_END:
+                    break
+                _bad_record(records, kind, length, k, label)  # type: ignore[arg-type]
+            if not overhead < length <= MAX_RECORD:
+                raise FormatError(f"block {k}: record length {length} is invalid")
+            if k >= max_blocks:
+                raise IntegrityError(f"{label}: more blocks than the index lists")
+            if entries is not None:
+                clear_size, stored_size, _, _ = entries[k]
+                if stored_size != length:
+                    raise IntegrityError(f"{label} block {k}: stored size {length}, index says {stored_size}")
+            view = take(length, f"block {k}")
+            try:  # sealing.unseal inlined (its wrapper cost ~5 us a block); the view saves a copy
                 clear = decrypt(view[:nonce], view[nonce:], _BLOCK_AAD[kind])
-        except InvalidTag:
-            raise IntegrityError(f"{label} block {k}: authentication failed (tampered, damaged or sealed with "
-                                 "other keys)") from None
-        if kind == R_ZLIB:
-            clear = _inflate(clear, clear_size, f"{label} block {k}")
-        strong = strong_checksum(clear)
-        if expected is None:
-            seen.append((len(clear), length, strong))
-        elif len(clear) != clear_size or strong != digest:
-            raise IntegrityError(f"{label} block {k} does not match the index (swapped, moved or from another "
-                                 "object)")
-        sink.write(clear)
-        size += len(clear)
-        k += 1
+            except InvalidTag:
+                raise IntegrityError(f"{label} block {k}: authentication failed (tampered, damaged or sealed with "
+                                     "other keys)") from None
+            if kind == R_ZLIB:
+                clear = _inflate(clear, clear_size, f"{label} block {k}")
+            batch.append(clear)
+            lengths.append(length)
+            batch_bytes += len(clear)
+            k += 1
+            if batch_bytes >= WRITE_BATCH:
+                _check_and_write(batch, lengths, k, entries, seen, digests, write, label)
+                size += batch_bytes
+                batch_bytes = 0
+    except (FormatError, IntegrityError):
+        # a block earlier in the batch may be the first bad one: report that one, as a per-block check would
+        if entries is not None and batch:
+            _check_batch(batch, k, entries, label, list(digests(batch)))
+        raise
+    _check_and_write(batch, lengths, k, entries, seen, digests, write, label)
+    size += batch_bytes
     if not END.size + sealing.OVERHEAD <= length <= END.size + MAX_INDEX:
         raise FormatError(f"end record is {length} bytes, expected {END.size + sealing.OVERHEAD} to "
                           f"{END.size + MAX_INDEX}")
-    payload = read_exact(source, length, "file object index")
-    ilen, mg = FOOTER.unpack(read_exact(source, FOOTER.size, "file object footer"))
+    payload = bytes(take(length, "file object index"))
+    ilen, mg = FOOTER.unpack(take(FOOTER.size, "file object footer"))
     if mg != INDEX_MAGIC or ilen != length - END.size:
         raise FormatError(f"footer (magic {mg!r}, index length {ilen}) does not match the end record")
-    if source.read(1):
+    if not records.at_end():
         raise FormatError("data after the footer")
     if index is None:
         count, rsize, sealed = parse_end(payload)
@@ -509,3 +586,33 @@ def _decode(keys: Keys, source: BinaryIO, sink: Sink, label: str, want_container
         raise IntegrityError(f"{label}: {k} blocks / {size} bytes read, the index lists "
                              f"{len(index.entries)} / {index.size}")
     return DecodedFile(name, container, attributes, size, k, header.uid)
+
+
+def _check_batch(batch: list[bytes], end: int, entries: list[IndexEntry], label: str, strong: list[bytes]) -> None:
+    """Raise for the first block of the batch (blocks end-len(batch) .. end-1) that differs from the index."""
+    want = entries[end - len(batch):end]
+    if strong != [e.strong for e in want] or list(map(len, batch)) != [e.clear_size for e in want]:
+        bad = next(j for j, (c, h, e) in enumerate(zip(batch, strong, want)) if h != e.strong or len(c) != e.clear_size)
+        raise IntegrityError(f"{label} block {end - len(batch) + bad} does not match the index (swapped, moved or "
+                             "from another object)")
+
+
+def _check_and_write(batch: list[bytes], lengths: list[int], end: int, entries: list[IndexEntry] | None,
+                     seen: list[tuple[int, int, bytes]], digests: Callable[[Iterable[bytes]], Iterator[bytes]],
+                     write: Callable[[bytes], Any], label: str) -> None:
+    """Hash a batch of clear blocks (the ones before block `end`) in one C pass, check, write; empty it.
+
+    With the index known (seekable source) the batch is checked before any of it is written;
+    a stream only learns its index at the end, so its blocks are remembered in `seen`.
+    Batching took the per-block digest, comparison and write out of the Python loop.
+    """
+    if not batch:
+        return
+    strong = list(digests(batch))
+    if entries is not None:
+        _check_batch(batch, end, entries, label, strong)
+    else:
+        seen += zip(map(len, batch), lengths, strong)
+    write(batch[0] if len(batch) == 1 else b"".join(batch))
+    batch.clear()
+    lengths.clear()
