@@ -14,9 +14,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.clientutil import StoreServer, client_config, run_once
+from boxbox.objects.directory import DELETED, OLD, Directory
+
+from tests.clientutil import ROOT_DIR, StoreServer, client_config, run_once
 from tests.conftest import boxbox_command, boxbox_env, run_boxbox
-from tests.test_restore_support import snapshot
+from tests.test_restore_support import link_groups, make_linked_tree, snapshot
 
 pytestmark = pytest.mark.e2e
 
@@ -209,6 +211,40 @@ def test_resume_after_kill(server: StoreServer, tmp_path: Path) -> None:
     assert f"restored {240 - len(finished)} files" in resumed
     assert f"{len(finished)} files already restored" in resumed
     assert snapshot(out) == snapshot(tree)
+
+
+def _sealed_attributes(server: StoreServer, account: int) -> dict[int, bytes]:
+    """Object id -> sealed attributes of each current entry of /home (re-sealed on any attribute upload)."""
+    with server.connect(account) as c:
+        root = Directory.parse(c.list_directory(ROOT_DIR, flags_not_set=OLD | DELETED))
+        home = root.entries[0].object_id
+        d = Directory.parse(c.list_directory(home, flags_not_set=OLD | DELETED))
+        return {e.object_id: e.sealed_attributes for e in d.entries}
+
+
+def test_hard_links_from_a_real_backup(server: StoreServer, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    make_linked_tree(tree)
+    account = server.new_account()
+    conf = client_config(tmp_path, server, account, tree)
+    run_once(conf)
+    proc = query(conf, "restore", "/home", str(tmp_path / "out"))
+    assert "restored 6 files" in proc.stdout and "5 of them hard links" in proc.stdout and "0 errors" in proc.stdout
+    assert snapshot(tmp_path / "out") == snapshot(tree)
+    assert link_groups(tmp_path / "out") == link_groups(tree) and len(link_groups(tree)) == 4
+    # the link id is as stable as the inode: a group growing or shrinking re-sends no attributes,
+    # and neither does a backup that re-reads the directory for another change
+    before = _sealed_attributes(server, account)
+    os.link(tree / "b", tree / "b3")
+    os.unlink(tree / "d2" / "a3")
+    (tree / "new").write_bytes(b"makes the client sync /home")
+    run_once(conf)
+    after = _sealed_attributes(server, account)
+    assert len(after) == len(before) + 2 and all(after[k] == v for k, v in before.items())
+    for args in ((), ("--at", f"@{time.time():.6f}")):
+        out = tmp_path / f"out{len(args)}"
+        query(conf, "--quiet", "restore", *args, "/home", str(out))
+        assert link_groups(out) == link_groups(tree) and snapshot(out) == snapshot(tree)
 
 
 def _read_until(fd: int, needle: bytes, timeout: float = 20) -> bytes:

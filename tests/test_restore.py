@@ -23,7 +23,7 @@ from boxbox.store.account import Store
 from boxbox.store.accountdb import AccountDatabase
 from boxbox.wire import messages as m
 
-from tests.test_restore_support import Uploader, snapshot
+from tests.test_restore_support import Uploader, link_groups, make_linked_tree, snapshot
 from tests.test_store import discset
 from tests.test_store_support import make_keys, session_client
 
@@ -420,3 +420,112 @@ def test_deep_tree_beyond_the_descriptor_cache(env: Env, tmp_path: Path) -> None
     summary = restore(remote, remote.resolve("/home", [(b"", ROOT_ID)]), tmp_path / "out", Options())
     assert (summary.files, summary.directories, summary.errors) == (3, 151, [])
     assert snapshot(tmp_path / "out") == snapshot(src)
+
+
+def counting(remote: Remote) -> list[int]:
+    """Object ids of every download the remote's client asks for from now on."""
+    fetched: list[int] = []
+    submit = remote.client.submit
+
+    def counting_submit(request: Any, *a: Any, **k: Any) -> Any:
+        if isinstance(request, (m.GetFile, m.GetObject)):
+            fetched.append(request.object_id)
+        return submit(request, *a, **k)
+
+    remote.client.submit = counting_submit  # type: ignore[method-assign]
+    return fetched
+
+
+def test_hard_links_are_restored_as_links(env: Env, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_linked_tree(src)
+    env.upload().tree(src, name=b"home")
+    remote = env.remote()
+    fetched = counting(remote)
+    out = tmp_path / "out"
+    summary = restore(remote, remote.resolve("/home", [(b"", ROOT_ID)]), out, Options())
+    assert summary.errors == [] and summary.warnings == []
+    assert snapshot(out) == snapshot(src)
+    assert link_groups(out) == link_groups(src) == {
+        frozenset({"a", "d1/a2", "d2/a3"}), frozenset({"b", "b2"}), frozenset({"fifo", "d1/fifo2"}),
+        frozenset({"sym", "d2/sym2"})}
+    assert len(fetched) == 3  # a, b and single: each inode's data once
+    assert (summary.files, summary.links, summary.nodes) == (6, 5, 4)
+    assert "5 of them hard links" in summary.line()
+    # only part of a group restored: the names inside the restored tree are linked to each other
+    sub = tmp_path / "sub"
+    restore(remote, remote.resolve("/home/d1", [(b"", ROOT_ID)]), sub, Options())
+    assert os.stat(sub / "a2").st_nlink == 1 and (sub / "a2").read_bytes() == (src / "a").read_bytes()
+
+
+def test_hard_links_across_resume(env: Env, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_linked_tree(src)
+    env.upload().tree(src, name=b"home")
+    remote = env.remote()
+    chain = remote.resolve("/home", [(b"", ROOT_ID)])
+    out = tmp_path / "out"
+
+    class Killed(BaseException):
+        pass
+
+    class Interrupting(target.Writer):
+        links = 0
+
+        def link(self, *a: Any) -> None:
+            if self.links == 1:
+                raise Killed()  # killed after the files and one link
+            self.links += 1
+            super().link(*a)
+
+    with pytest.raises(Killed):
+        Restore(remote, Options(), writer=Interrupting()).run(chain[-1][1], chain[-1][0], out)
+    fetched = counting(remote)
+    summary = restore(remote, chain, out, Options(resume=True))
+    assert fetched == [] and summary.skipped == 4  # a, b, single and the one link made before
+    assert link_groups(out) == link_groups(src) and snapshot(out) == snapshot(src)
+
+
+def test_hard_link_whose_first_name_failed_is_written_on_its_own(env: Env, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "first").write_bytes(os.urandom(100_000))
+    for n in ("second", "third"):
+        os.link(src / "first", src / n)
+    up = env.upload()
+    home = up.tree(src, name=b"home")
+    env.release(up)
+    remote = env.remote()
+    first = remote.lookup(home, b"first").object_id
+    acct = env.store.open(A, write=True)
+    try:
+        data = bytearray(acct.read_object(first))
+        data[len(data) // 2] ^= 0x01
+        acct.replace_object(first, bytes(data))
+        acct.commit()
+    finally:
+        acct.close()
+    out = tmp_path / "out"
+    summary = restore(remote, [(b"", ROOT_ID), (b"home", home)], out, Options(continue_on_error=True))
+    assert len(summary.errors) == 1 and summary.errors[0].startswith("first: integrity check failed")
+    assert len(summary.warnings) == 2 and all("a hard link of first, which was not restored" in w
+                                              for w in summary.warnings)
+    assert sorted(os.listdir(out)) == ["second", "third"]
+    assert (out / "second").read_bytes() == (src / "first").read_bytes()
+    assert link_groups(out) == {frozenset({"second", "third"})}  # the rest of the group is still one inode
+
+
+def test_names_of_one_inode_in_different_versions_are_not_linked(env: Env, tmp_path: Path) -> None:
+    """A link id shared by names whose versions differ (caught between two changes, a reused inode)."""
+    up = env.upload()
+    home = up.mkdir(ROOT_ID, b"home")
+    a = Attributes(FileType.REGULAR, 0o644, os.getuid(), os.getgid(), 1_700_000_000_000_000_000, link_id=7 << 64 | 9)
+    up.put(home, b"old", b"before the edit", a)
+    up.put(home, b"new", b"after the edit", a._replace(mtime_ns=a.mtime_ns + 1))
+    up.put(home, b"same", b"before the edit", a)
+    env.release(up)
+    remote = env.remote()
+    out = tmp_path / "out"
+    restore(remote, [(b"", ROOT_ID), (b"home", home)], out, Options())
+    assert (out / "new").read_bytes() == b"after the edit" and (out / "old").read_bytes() == b"before the edit"
+    assert link_groups(out) == {frozenset({"old", "same"})}

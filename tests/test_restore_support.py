@@ -88,3 +88,34 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
                 detail = None
             out[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_mtime_ns, detail, st.st_uid, st.st_gid)
     return out
+
+
+def link_groups(root: Path) -> set[frozenset[str]]:
+    """Names grouped by inode (only inodes with more than one name), checking st_nlink on the way."""
+    by_inode: dict[int, set[str]] = {}
+    nlink: dict[int, int] = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            by_inode.setdefault(st.st_ino, set()).add(os.path.relpath(p, root))
+            nlink[st.st_ino] = st.st_nlink
+    for ino, names in by_inode.items():
+        assert nlink[ino] == len(names), names  # no stray name (a temp file) keeps a link
+    return {frozenset(v) for v in by_inode.values() if len(v) > 1}
+
+
+def make_linked_tree(src: Path) -> None:
+    """Hard links within and across directories, of files, a fifo and a symlink, beside a plain file."""
+    (src / "d1").mkdir(parents=True)
+    (src / "d2").mkdir()
+    (src / "a").write_bytes(os.urandom(50_000))
+    os.link(src / "a", src / "d1" / "a2")
+    os.link(src / "a", src / "d2" / "a3")
+    (src / "b").write_bytes(b"two names")
+    os.link(src / "b", src / "b2")
+    (src / "single").write_bytes(b"b's contents, but its own inode")
+    os.mkfifo(src / "fifo")
+    os.link(src / "fifo", src / "d1" / "fifo2")
+    os.symlink("a", src / "sym")
+    os.link(src / "sym", src / "d2" / "sym2", follow_symlinks=False)

@@ -10,16 +10,24 @@ Order of work, chosen for speed and safety:
    through verify -> decrypt -> write into its temporary file, the next requests are already
    on their way, so small files do not cost a round trip each. A file that fails its checks
    is discarded (its temporary file removed) and never gets its name;
-4. symlinks, fifos, sockets and devices (from their entries' attributes, nothing to download);
-5. directory modes, owners and times, deepest first, so nothing written later changes them.
+   Hard links: names whose attributes carry the same link id (one inode at backup time, and
+   the same version: mtime and size agree) form a group; only its first name is downloaded,
+   every later one is `link(2)`ed to it afterwards, through directory descriptors, never
+   following a symlink. A name whose first name could not be restored is downloaded as a
+   file of its own (and reported), becoming the first name of the rest of its group;
+4. symlinks, fifos, sockets and devices (from their entries' attributes, nothing to download;
+   hard-linked ones are linked the same way);
+5. directory modes, owners and times, deepest first, so nothing written later changes them;
+6. one `sync()` makes everything durable (see `_sync`).
 
 `resume`: a file whose name exists as a finished restore leaves it (right type and mtime; a
 name is only ever given to a complete, verified file with its metadata) is not downloaded
-again; stray temporary files are removed.
+again, and serves as the first name of its link group; stray temporary files are removed.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -42,6 +50,8 @@ WINDOW = 16
 LIST_BATCH = 64
 #: directory descriptors kept open (LRU); the rest are reopened one component at a time
 FD_CACHE = 64
+#: link(2) errors that mean "no hard link possible here" (file system, link count), not "refused"
+_NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV)
 
 
 @dataclass
@@ -61,6 +71,7 @@ class Summary:
     directories: int = 0
     nodes: int = 0
     downloaded: int = 0
+    links: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -72,6 +83,8 @@ class Summary:
         text = (f"{verb} {self.files} files ({human_bytes(self.bytes)}), {self.directories} directories, "
                 f"{self.nodes} links and special files in {human_seconds(self.seconds)} "
                 f"({human_bytes(rate)}/s); {len(self.errors)} errors")
+        if self.links:
+            text += f"; {self.links} of them hard links"
         if self.skipped:
             text += f"; {self.skipped} files already restored"
         return text
@@ -138,6 +151,9 @@ class Restore:
         self.dirs: list[_Dir] = []
         self.files: list[tuple[int, RemoteEntry]] = []
         self.nodes: list[tuple[int, RemoteEntry]] = []
+        #: (directory index, name) of each link group's first name -> restored (or found restored)
+        self.leaders: dict[tuple[int, bytes], bool] = {}
+        self.link_notes: list[str] = []
 
     def fail(self, path: bytes, error: BaseException) -> None:
         """Record a problem with one item; without --continue-on-error it ends the restore."""
@@ -236,14 +252,27 @@ class Restore:
             self._download(fds)
             self._make_nodes(fds)
             self._finish_dirs(fds)
+            self._sync()
         finally:
             fds.close()
             os.close(root_fd)
             self.progress.clear()
             self.summary.downloaded = self.remote.client.conn.bytes_in - bytes_before
             self.summary.seconds = self.progress.elapsed()
-            self.summary.warnings = self.writer.warnings
+            self.summary.warnings = self.writer.warnings + self.link_notes
         return self.summary
+
+    def _sync(self) -> None:
+        """Make the restore durable with one sync(2) at the end, not an fsync per file.
+
+        fsync per file cost 0.55 ms each here (11 s for 20,000 files, more than the whole
+        restore); fsync of the directories alone would not do on ext4 with delayed allocation,
+        where a name and its mtime can reach the disc before the data, and `--resume` trusts a
+        name with the right mtime. sync() after 60 MB took 40 ms here. A crash before it leaves
+        at most files a `--resume` rewrites: nothing is lost that the store does not still hold.
+        """
+        if self.summary.files or self.summary.nodes:
+            os.sync()
 
     def _make_dirs(self, fds: _Fds) -> None:
         for i, d in enumerate(self.dirs):
@@ -264,10 +293,88 @@ class Restore:
     def _download(self, fds: _Fds) -> None:
         """Current versions by GetObject (the server skips its directory check; we check the
         object against the entry anyway); old versions, and any GetObject that fails, by
-        GetFile, which rebuilds a version from its patch chain."""
-        retry: list[tuple[int, RemoteEntry]] = []
-        done = self._pipeline(fds, self.files, retry, 0, whole=True)
-        self._pipeline(fds, retry, None, done, whole=False)
+        GetFile, which rebuilds a version from its patch chain. Then the hard links; a link
+        whose first name failed goes round again as a file of its own."""
+        files, links = self._link_groups(self.files)
+        self.progress.total_bytes = sum(e.size_blocks for _, e in files) * 4096
+        done = 0
+        while True:
+            retry: list[tuple[int, RemoteEntry]] = []
+            done = self._pipeline(fds, files, retry, done, whole=True)
+            done = self._pipeline(fds, retry, None, done, whole=False)
+            orphans, done = self._link_names(fds, links, done)
+            if not orphans:
+                return
+            files, links = self._link_groups(orphans)
+
+    def _link_groups(self, entries: list[tuple[int, RemoteEntry]]
+                     ) -> tuple[list[tuple[int, RemoteEntry]], list[tuple[int, RemoteEntry, tuple[int, bytes]]]]:
+        """Split into names to download and later names of a link group, each with its first name's key.
+
+        A group is one link id in one version (mtime and size): names of one inode always
+        agree, so names that do not (a backup that caught the file between two changes, an
+        inode number reused in a `-d` or `--at` restore) are never linked to content that is
+        not their own.
+        """
+        first: dict[tuple[int, int, int], tuple[int, bytes]] = {}
+        download: list[tuple[int, RemoteEntry]] = []
+        links: list[tuple[int, RemoteEntry, tuple[int, bytes]]] = []
+        for i, e in entries:
+            link_id = e.attributes.link_id if e.attributes is not None else 0
+            if link_id:
+                group = (link_id, e.mtime_ns, e.size_blocks)
+                lead = first.get(group)
+                if lead is not None:
+                    links.append((i, e, lead))
+                    continue
+                first[group] = self._leader(i, e)
+            download.append((i, e))
+        return download, links
+
+    def _leader(self, i: int, e: RemoteEntry) -> tuple[int, bytes]:
+        """Register (directory index, name) as the first name of a link group, not restored yet."""
+        key = (i, e.name)
+        self.leaders[key] = False
+        return key
+
+    def _link_names(self, fds: _Fds, links: list[tuple[int, RemoteEntry, tuple[int, bytes]]], done_files: int
+                    ) -> tuple[list[tuple[int, RemoteEntry]], int]:
+        """Link each later name of a group to its first name; those whose first name failed are returned."""
+        orphans: list[tuple[int, RemoteEntry]] = []
+        for i, e, (li, lname) in links:
+            d = self.dirs[i]
+            if not d.dir_id:
+                continue
+            path = d.path + b"/" + e.name if d.path else e.name
+            if not self.leaders.get((li, lname)):
+                lead = self.dirs[li].path + b"/" + lname if self.dirs[li].path else lname
+                self.link_notes.append(f"{describe(path)}: a hard link of {describe(lead)}, which was not restored; "
+                                       "restored as a separate file")
+                orphans.append((i, e))
+                continue
+            try:
+                dst_fd = fds.get(i)
+                if self.options.resume and self.writer.already_restored(dst_fd, e.name, e.attributes):
+                    self.summary.skipped += 1
+                else:
+                    src_fd = os.dup(fds.get(li))  # its own descriptor: opening dst_fd's path may evict the cached one
+                    try:
+                        self.writer.link(src_fd, lname, fds.get(i), e.name)
+                    finally:
+                        os.close(src_fd)
+                    self.summary.files += 1
+                    self.summary.links += 1
+            except OSError as err:
+                if err.errno in _NO_LINKS:
+                    self.link_notes.append(f"{describe(path)}: cannot be a hard link here ({err.strerror}); "
+                                           "restored as a separate file")
+                    orphans.append((i, e))
+                else:
+                    self.fail(path, err)
+                continue
+            done_files += 1
+            self.progress.update(done_files, self.summary.bytes)
+        return orphans, done_files
 
     def _pipeline(self, fds: _Fds, files: list[tuple[int, RemoteEntry]], retry: list[tuple[int, RemoteEntry]] | None,
                   done_files: int, whole: bool) -> int:
@@ -288,6 +395,8 @@ class Restore:
                 if self.options.resume and self.writer.already_restored(fds.get(i), e.name, e.attributes):
                     self.summary.skipped += 1
                     done_files += 1
+                    if (i, e.name) in self.leaders:
+                        self.leaders[(i, e.name)] = True
                     continue
                 raw = whole and not e.old and retry is not None
                 request = m.GetObject(e.object_id) if raw else m.GetFile(d.dir_id, e.object_id)
@@ -343,23 +452,43 @@ class Restore:
             return True
         self.summary.files += 1
         self.summary.bytes += decoded.size
+        if (i, e.name) in self.leaders:
+            self.leaders[(i, e.name)] = True
         return True
 
     def _make_nodes(self, fds: _Fds) -> None:
+        """Symlinks and special files; a later name of a hard-linked one is linked to the first."""
+        first: dict[tuple[int, int, int, bytes, int], tuple[int, bytes]] = {}  # group -> node made or found
         for i, e in self.nodes:
             d = self.dirs[i]
-            if not d.dir_id or e.attributes is None:
+            attrs = e.attributes
+            if not d.dir_id or attrs is None:
                 continue
             path = d.path + b"/" + e.name if d.path else e.name
+            # one inode in one version, as for files (see _link_groups)
+            group = (attrs.link_id, attrs.file_type, attrs.mtime_ns, attrs.symlink_target, attrs.rdev)
+            lead = first.get(group) if attrs.link_id else None
             try:
                 fd = fds.get(i)
-                if self.options.resume and self.writer.already_restored(fd, e.name, e.attributes):
+                if self.options.resume and self.writer.already_restored(fd, e.name, attrs):
+                    made = True
+                elif lead is not None:
+                    src_fd = os.dup(fds.get(lead[0]))  # as in _link_names
+                    try:
+                        self.writer.link(src_fd, lead[1], fds.get(i), e.name)
+                    finally:
+                        os.close(src_fd)
+                    self.summary.nodes += 1
+                    self.summary.links += 1
                     continue
-                made = self.writer.make_node(fd, e.name, e.attributes)
+                else:
+                    made = self.writer.make_node(fd, e.name, attrs)
+                    self.summary.nodes += made
             except (OSError, IntegrityError) as err:
                 self.fail(path, err)
                 continue
-            self.summary.nodes += made
+            if made and attrs.link_id and lead is None:
+                first[group] = (i, e.name)
 
     def _finish_dirs(self, fds: _Fds) -> None:
         for i in range(len(self.dirs) - 1, -1, -1):

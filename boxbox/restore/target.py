@@ -10,7 +10,10 @@ Every name and attribute comes from the store, which may be hostile, so:
 - a file is created O_CREAT | O_EXCL | O_NOFOLLOW under a temporary name, filled and given
   its metadata through its descriptor, then hard-linked to its real name (link(2) neither
   follows nor replaces what is there) and the temporary name removed. A half-written file
-  never carries a real name: that is what makes `--resume` trustworthy.
+  never carries a real name: that is what makes `--resume` trustworthy;
+- a restored hard link is link(2) from one name to another, both relative to directory
+  descriptors, without AT_SYMLINK_FOLLOW: a symlink in the source's place is linked as
+  itself, never followed.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import secrets
 import stat
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
 
 from boxbox.errors import IntegrityError, UsageError
 from boxbox.objects.attributes import Attributes, FileType
@@ -33,7 +35,6 @@ TEMP_PREFIX = b".boxbox-restore."
 TEMP_SUFFIX = b".tmp"
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-WRITE_BUFFER = 1 << 20
 _NODE_TYPES = {FileType.FIFO: stat.S_IFIFO, FileType.CHAR_DEVICE: stat.S_IFCHR,
                FileType.BLOCK_DEVICE: stat.S_IFBLK, FileType.SOCKET: stat.S_IFSOCK}
 _STAT_TYPES = {FileType.REGULAR: stat.S_IFREG, FileType.DIRECTORY: stat.S_IFDIR, FileType.SYMLINK: stat.S_IFLNK,
@@ -69,6 +70,39 @@ def open_target(path: str | os.PathLike[str], resume: bool) -> int:
         raise UsageError(f"cannot open restore target {path}: {e.strerror}") from None
 
 
+class TempFile:
+    """A temporary file being filled: unbuffered, since decode hands over whole batches.
+
+    `decode_file` writes up to 256 KiB at a time (a small file in one piece), so a buffer
+    would only add a copy, and `open(fd, "wb", buffering=1 MiB)` allocated and faulted in
+    a 1 MiB buffer for every file.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: bytes | memoryview) -> int:
+        done = os.write(self.fd, data)
+        if done < len(data):  # a short write (a signal, a nearly full disc): finish it, or raise
+            with memoryview(data) as view:
+                while done < len(view):
+                    done += os.write(self.fd, view[done:])
+        return done
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
 class Writer:
     """Creates files, directories and special files under directory descriptors, with metadata."""
 
@@ -97,7 +131,7 @@ class Writer:
         return open_dir(parent_fd, name)
 
     # ------------------------------------------------------------ regular files
-    def create_temp(self, dir_fd: int) -> tuple[BinaryIO, bytes]:
+    def create_temp(self, dir_fd: int) -> tuple[TempFile, bytes]:
         """A new, empty temporary file in `dir_fd` (never an existing name) and its name."""
         while True:
             self._serial += 1
@@ -106,19 +140,18 @@ class Writer:
                 fd = os.open(tmp, FILE_FLAGS, 0o600, dir_fd=dir_fd)
             except FileExistsError:
                 continue
-            return open(fd, "wb", buffering=WRITE_BUFFER), tmp
+            return TempFile(fd), tmp
 
-    def discard_temp(self, dir_fd: int, f: BinaryIO, tmp: bytes) -> None:
+    def discard_temp(self, dir_fd: int, f: TempFile, tmp: bytes) -> None:
         f.close()
         try:
             os.unlink(tmp, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
 
-    def commit_file(self, dir_fd: int, f: BinaryIO, tmp: bytes, name: bytes, attrs: Attributes | None) -> None:
+    def commit_file(self, dir_fd: int, f: TempFile, tmp: bytes, name: bytes, attrs: Attributes | None) -> None:
         """Metadata through the descriptor, then link the temp file to `name` (never replacing anything)."""
         try:
-            f.flush()
             if attrs is not None:
                 self._apply_fd(f.fileno(), attrs)
             f.close()
@@ -136,6 +169,10 @@ class Writer:
             self.discard_temp(dir_fd, f, tmp)
             raise
         os.unlink(tmp, dir_fd=dir_fd)
+
+    def link(self, src_dir_fd: int, src: bytes, dst_dir_fd: int, dst: bytes) -> None:
+        """Another name for an inode restored earlier (a hard link); never follows, never replaces."""
+        os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
 
     # ------------------------------------------------------------ everything else
     def make_node(self, dir_fd: int, name: bytes, attrs: Attributes) -> bool:
