@@ -7,16 +7,13 @@ it stored, raidfile stripes, and the configs, keys file and state file of a real
 
 from __future__ import annotations
 
-import io
-import os
 import random
 import socket
-import struct
 import tempfile
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+
 
 INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 2**63 - 1, 2**64 - 1]
 

@@ -14,12 +14,12 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from tests.conftest import boxbox_command, boxbox_env
-from tests.fault.harness import Setup, errors, mutate_tree
+from tests.fault.harness import Setup, mutate_tree
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(os.environ.get("BOXBOX_EXE")), reason="source tree only")]
 
@@ -138,9 +138,12 @@ def _run(kind: str, points: int, tmp_path: Path, test_ca: Any, seed: int) -> Tal
     setup = _setup(kind, tmp_path / kind, test_ca)
     try:
         run_scenario(kind, setup, points, seed, tally)
+    except BaseException:
+        print(f"crash points {kind}: FAILED after {tally.points} kills ({tally.landed} while working)")
+        raise
     finally:
         setup.server.stop()
-    print(f"crash points {kind}: {tally.points} kills, {tally.landed} while working")
+    print(f"crash points {kind}: {tally.points} kills, {tally.landed} while working, all recovered")
     return tally
 
 

@@ -8,7 +8,6 @@ and the fuzzed account still checks clean.
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 import ssl
