@@ -142,7 +142,7 @@ def main() -> int:
                 r = d.backup(label)
                 results[d.name][label] = r
                 print(f"  {label:<12} {d.name:<11} {r.wall:8.2f} s  cpu {r.client_cpu:6.2f}+{r.server_cpu:5.2f}"
-                      f"{'' if r.ok else '  FAILED ' + r.note}", flush=True)
+                      f"{'  ' + r.note if r.ok and r.note else ''}{'' if r.ok else '  FAILED ' + r.note}", flush=True)
 
         phase("first")
         phase("nochange")

@@ -283,7 +283,7 @@ class Boxbox(Driver):
             keys_file = {d / 'keys.dat'}
             data_directory = {d / 'state'}
             automatic_backup = no
-            log_level = warning
+            log_level = info
 
             [location home]
             path = {self.src}
@@ -296,7 +296,13 @@ class Boxbox(Driver):
                 str(self.profile_dir / f"{label}.prof"), *args]
 
     def backup(self, label: str) -> Result:
-        return self.measured(self._wrap(["client", "--config", str(self.conf), "--once"], label), env=self.env)
+        r = self.measured(self._wrap(["client", "--config", str(self.conf), "--once"], label), env=self.env)
+        done = [line for line in self.log.read_text(errors="replace").splitlines()
+                if "backup run done" in line or "nothing changed" in line]
+        if done:  # the client's own summary: files uploaded / as diffs / moved / deleted, bytes sent
+            line = done[-1]
+            r.note = line[line.find("backup run done") if "backup run done" in line else line.find("nothing"):]
+        return r
 
     def restore(self, out: Path) -> Result:
         return self.measured(self._wrap(["query", "--config", str(self.conf), "--quiet", "restore", "/home",
