@@ -411,7 +411,7 @@ def _bad_record(source: BinaryIO, kind: int, length: int, k: int, label: str) ->
         obj, blk = REF.unpack(read_exact(source, REF.size, f"block record {k}"))
         raise IntegrityError(f"{label} block {k} still refers to block {blk} of object {obj:#x}; "
                              "the store must resolve references before serving an object")
-    raise FormatError(f"block {k}: record kind {kind} length {length} is invalid")
+    raise FormatError(f"record kind {kind} length {length} is invalid")
 
 
 class _Opened(NamedTuple):
@@ -529,20 +529,20 @@ def _decode(keys: Keys, source: BinaryIO, sink: Sink, label: str, want_container
     clear_size = MAX_BLOCK_SIZE
     try:
         while True:  # per block: keep it lean, it runs up to 4096 times a file
-            kind, length = unpack_head(take(RECORD.size, f"block record {k}"))
+            kind, length = unpack_head(take(RECORD.size, "record head"))
             if kind != R_RAW and kind != R_ZLIB:
                 if kind == R_END:
                     break
                 _bad_record(records, kind, length, k, label)  # type: ignore[arg-type]
             if not overhead < length <= MAX_RECORD:
-                raise FormatError(f"block {k}: record length {length} is invalid")
+                raise FormatError(f"record length {length} is invalid")
             if k >= max_blocks:
                 raise IntegrityError(f"{label}: more blocks than the index lists")
             if entries is not None:
                 clear_size, stored_size, _, _ = entries[k]
                 if stored_size != length:
                     raise IntegrityError(f"{label} block {k}: stored size {length}, index says {stored_size}")
-            view = take(length, f"block {k}")
+            view = take(length, "record")  # (what a FormatError names: no string built per block)
             try:  # sealing.unseal inlined (its wrapper cost ~5 us a block); the view saves a copy
                 clear = decrypt(view[:nonce], view[nonce:], _BLOCK_AAD[kind])
             except InvalidTag:
@@ -558,10 +558,12 @@ def _decode(keys: Keys, source: BinaryIO, sink: Sink, label: str, want_container
                 _check_and_write(batch, lengths, k, entries, seen, digests, write, label)
                 size += batch_bytes
                 batch_bytes = 0
-    except (FormatError, IntegrityError):
+    except (FormatError, IntegrityError) as e:
         # a block earlier in the batch may be the first bad one: report that one, as a per-block check would
         if entries is not None and batch:
             _check_batch(batch, k, entries, label, list(digests(batch)))
+        if isinstance(e, FormatError):
+            raise FormatError(f"block {k}: {e}") from None
         raise
     _check_and_write(batch, lengths, k, entries, seen, digests, write, label)
     size += batch_bytes
