@@ -7,7 +7,9 @@ it stored, raidfile stripes, and the configs, keys file and state file of a real
 
 from __future__ import annotations
 
+import atexit
 import random
+import shutil
 import socket
 import tempfile
 import threading
@@ -168,4 +170,6 @@ class Corpus:
 
 @lru_cache(maxsize=None)
 def corpus() -> Corpus:
-    return Corpus(Path(tempfile.mkdtemp(prefix="boxbox-fuzz-")))
+    root = Path(tempfile.mkdtemp(prefix="boxbox-fuzz-"))
+    atexit.register(shutil.rmtree, root, True)
+    return Corpus(root)

@@ -11,10 +11,12 @@ targets on mutations it chooses and shrinks.
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import random
 import resource
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -86,6 +88,7 @@ def _config(role: str) -> Callable[[bytes], None]:
 
 
 _KEYS_DIR = Path(tempfile.mkdtemp(prefix="boxbox-fuzz-keys-"))
+atexit.register(shutil.rmtree, _KEYS_DIR, True)
 
 
 def _keys_file(data: bytes) -> None:
