@@ -161,7 +161,7 @@ def main() -> int:
             keys_file = {tmp / 'keys.dat'}
             data_directory = {tmp / 'state'}
             automatic_backup = no
-            log_level = warning
+            log_level = info
 
             [location tree]
             path = {tree}
@@ -169,8 +169,9 @@ def main() -> int:
         extra = ["--allow-root"] if os.geteuid() == 0 else []
         server = subprocess.Popen([sys.executable, "-m", "boxbox", "server", "--config", str(server_conf),
                                    "--foreground", *extra], env=_env())
+        client_log = open(tmp / "client.log", "wb")
         client = subprocess.Popen([sys.executable, "-m", "boxbox", "client", "--config", str(client_conf),
-                                   "--foreground"], env=_env())
+                                   "--foreground"], env=_env(), stdout=subprocess.DEVNULL, stderr=client_log)
         sock = tmp / "state" / "command.sock"
         try:
             deadline = time.monotonic() + 30
@@ -182,9 +183,10 @@ def main() -> int:
 
             def run(label: str) -> tuple[float, float, int]:
                 cpu, server_cpu = _cpu(client.pid), _cpu(server.pid)
-                reply = request(sock, "sync-and-wait")
+                reply = request(sock, "sync-and-wait", timeout=3600)
                 if not reply.get("ok"):
-                    raise SystemExit(f"{label}: run failed: {reply.get('error')}")
+                    log_tail = (tmp / "client.log").read_text(errors="replace")[-3000:]
+                    raise SystemExit(f"{label}: run failed: {reply.get('error')}\n{log_tail}")
                 r = reply["run"]
                 wall = r["finished"] - r["started"]
                 cpu = _cpu(client.pid) - cpu
@@ -205,7 +207,12 @@ def main() -> int:
             for proc in (client, server):
                 if proc.poll() is None:
                     os.kill(proc.pid, signal.SIGTERM)
-                    proc.wait(30)
+                    try:
+                        proc.wait(30)
+                    except subprocess.TimeoutExpired:
+                        print(f"pid {proc.pid} ignored SIGTERM for 30 s: killed", file=sys.stderr)
+                        os.kill(proc.pid, signal.SIGKILL)
+                        proc.wait()
         ratio = sent / changed
         print(f"first backup: {total / 1e6 / first:.1f} MB/s; bytes changed {changed:,d}, sent {sent:,d} "
               f"(x{ratio:.2f}); no-change run median of 3")

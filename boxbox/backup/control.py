@@ -135,7 +135,11 @@ class ControlServer:
                     conn.settimeout(30)
                     request = _read_frame(conn, CTL_REQUEST)
                     conn.settimeout(None)
-                    reply = self.handler(request)
+                    try:
+                        reply = self.handler(request)
+                    except Exception:  # a bug: say so to ctl rather than leave it waiting
+                        log.exception("command socket: %r failed", request.get("command"))
+                        reply = {"ok": False, "error": "internal error in the client daemon (see its log)"}
                 conn.sendall(encode_frame(CTL_REPLY, json.dumps(reply).encode()))
             except (OSError, ProtocolError) as e:
                 log.debug("command socket: %s", e)
