@@ -9,7 +9,9 @@ write) and copied with `cp -a`, both for the whole tree and for `big/` alone. Pa
 warm for both. Every run writes a new directory (all removed at the end): deleting the last
 run's output first made every file creation scan the inodes freed within the last minute
 (ext4's `recently_deleted`, a third of the restore's CPU in a `perf` profile, and the same
-for `cp -a`), so the order of runs decided the figures. Medians of --reps; CPU seconds (the
+for `cp -a`), so the order of runs decided the figures. Before each run `sync` (not timed)
+writes back what earlier runs left dirty, so no run is throttled by, or (boxbox ends with
+one `sync()`) waits for, another's writeback. Medians of --reps; CPU seconds (the
 command's, plus the server's for boxbox) are printed beside wall time, since on a shared
 machine wall time is mostly waiting for a core. The ceilings of this design are measured in
 the same run: one TLS stream over loopback, and AES-256-GCM open + SHA-256 on one core at
@@ -239,6 +241,7 @@ def main() -> int:
                     ("cp tree", ["cp", "-a", str(tree)]),
                     ("boxbox large", boxbox("query", "--config", str(conf), "--quiet", "restore", "/home/big")),
                     ("cp large", ["cp", "-a", str(tree / "big")])):
+                os.sync()
                 wall, cpu = timed([*cmd, str(outs / f"{name.replace(' ', '-')}-{rep}")], proc.pid)
                 results[name].append(wall)
                 cpus[name].append(cpu)
