@@ -61,12 +61,14 @@ class StripeReport:
 def verify_stripe(fd: int, geo: Geometry, role: int, write_id: bytes) -> tuple[set[int], str]:
     """Indexes of bad records of one stripe, and a one-line reason ('' if none)."""
     B = geo.block_size
-    per = max(1, min(MAX_RECORDS, CHUNK_BYTES // (2 * B)))
+    total = geo.records(role)
+    # never more slots than the stripe has records: small files dominate a scrub, and building
+    # CHUNK_BYTES/(2B) views for each cost ~190 us of its ~260 us (docs/STORE.md)
+    per = max(1, min(MAX_RECORDS, CHUNK_BYTES // (2 * B), total))
     buf = memoryview(bytearray(per * B))
     crc = bytearray(4 * per)
     crcviews = [memoryview(crc)[i : i + 4] for i in range(0, 4 * per, 4)]
     seed = crc_seed(write_id, role)
-    total = geo.records(role)
     size = geo.data_bytes(role)  # bytes of records before the last, plus the last
     bad: set[int] = set()
     why = ""
