@@ -58,8 +58,8 @@ def _init(path: str) -> int:
         if made != key:
             os.replace(made, key)
         print(f"created private key {key} and certificate request {csr}")
-        print(f"  have the CA sign it: boxbox ca sign-client {account:x} --csr {csr}; "
-              f"put the certificate at {c['certificate']}")
+        print(f"  have the CA sign it: boxbox ca sign-client CADIR {account:x} --csr {csr.name} --out DIR; "
+              f"put DIR/client.crt at {c['certificate']} and the CA's ca.crt at {c['ca_certificate']}")
     data: Path = c["data_directory"]
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     from boxbox.backup.daemon import load_config
