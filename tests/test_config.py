@@ -121,3 +121,10 @@ def test_reference_lists_every_key() -> None:
         for sec in schema:
             for key in sec.keys:
                 assert f"| `{key.name}` |" in ref
+
+
+def test_readme_reference_is_current() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    begin, end = "<!-- BEGIN CONFIG REFERENCE -->\n", "<!-- END CONFIG REFERENCE -->"
+    block = readme[readme.index(begin) + len(begin) : readme.index(end)]
+    assert block == config.reference_markdown(), "README config reference is stale: regenerate it with `boxbox config reference`"
