@@ -451,7 +451,7 @@ def test_hard_links_are_restored_as_links(env: Env, tmp_path: Path) -> None:
         frozenset({"sym", "d2/sym2"})}
     assert len(fetched) == 3  # a, b and single: each inode's data once
     assert (summary.files, summary.links, summary.nodes) == (6, 5, 4)
-    assert "5 of them hard links" in summary.line()
+    assert "5 names made as hard links" in summary.line()
     # only part of a group restored: the names inside the restored tree are linked to each other
     sub = tmp_path / "sub"
     restore(remote, remote.resolve("/home/d1", [(b"", ROOT_ID)]), sub, Options())

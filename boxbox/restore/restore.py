@@ -84,7 +84,7 @@ class Summary:
                 f"{self.nodes} links and special files in {human_seconds(self.seconds)} "
                 f"({human_bytes(rate)}/s); {len(self.errors)} errors")
         if self.links:
-            text += f"; {self.links} of them hard links"
+            text += f"; {self.links} names made as hard links"
         if self.skipped:
             text += f"; {self.skipped} files already restored"
         return text
