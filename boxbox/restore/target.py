@@ -88,7 +88,10 @@ class TempFile:
         if done < len(data):  # a short write (a signal, a nearly full disc): finish it, or raise
             with memoryview(data) as view:
                 while done < len(view):
-                    done += os.write(self.fd, view[done:])
+                    n = os.write(self.fd, view[done:])
+                    if not n:  # never for a regular file with bytes to write; do not spin if it happens
+                        raise OSError(errno.EIO, "write wrote nothing")
+                    done += n
         return done
 
     def fileno(self) -> int:
