@@ -95,7 +95,14 @@ INT = Type("integer", parse_int)
 BOOL = Type("yes/no", parse_bool, lambda b: "yes" if b else "no")
 SIZE = Type("size", parse_size, format_size)
 DURATION = Type("time", parse_duration, format_duration)
-PATH = Type("path", lambda s: Path(s.strip()).expanduser())
+def parse_path(text: str) -> Path:
+    try:
+        return Path(text.strip()).expanduser()
+    except RuntimeError:  # `~nosuchuser/...`: Path.expanduser cannot find that home
+        raise ValueError(f"cannot expand {text.strip()!r}: no such user") from None
+
+
+PATH = Type("path", parse_path)
 LIST = Type("list", parse_list, lambda v: "\n".join(v))
 # one regex per line: a comma is regex syntax (`a{1,3}`), never a separator here
 REGEX_LIST = Type("regex list", lambda s: [ln.strip() for ln in s.splitlines() if ln.strip()], lambda v: "\n".join(v))

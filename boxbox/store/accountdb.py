@@ -127,7 +127,8 @@ class AccountDatabase:
     def editing(self) -> Iterator[dict[int, str]]:
         """Lock, re-read, yield the mapping to change, write it atomically on clean exit."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.reload()
             accounts = dict(self._accounts)

@@ -137,9 +137,6 @@ def fuzz(name: str, count: int, seed: int) -> int:
                 parse(data)
             except allowed:
                 pass
-            except RuntimeError as e:  # the known `~user` bug (test_config_path_with_unknown_user below)
-                if "home directory" not in str(e):
-                    raise AssertionError(f"{name}: input {i} raised RuntimeError: {e}\n{data[:300]!r}") from e
             except Hang:
                 raise AssertionError(f"{name}: input {i} took over {HANG} s: {data[:200]!r}") from None
             except Exception as e:
@@ -179,14 +176,8 @@ def _one(name: str, data: bytes) -> None:
         parse(data)
     except allowed:
         pass
-    except RuntimeError as e:  # the known `~user` bug (test_config_path_with_unknown_user)
-        if "home directory" not in str(e):
-            raise
 
 
-@pytest.mark.xfail(strict=True, reason="a config path starting with ~ and an unknown user name "
-                   "(`certificate = ~nosuchuser/s.crt`) raises RuntimeError from Path.expanduser: a traceback "
-                   "(exit 2) instead of a ConfigError naming file:section.key")
 def test_config_path_with_unknown_user() -> None:
     from boxbox.config import parse_text
     text = corpus().server_config.replace("certificate = /x/s.crt", "certificate = ~nosuchuser9/s.crt")

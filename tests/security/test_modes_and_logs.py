@@ -101,8 +101,6 @@ def test_store_and_account_database_are_private(run: Any) -> None:
     assert _private(s.server.tmp / "accounts.db") == []
 
 
-@pytest.mark.xfail(strict=True, reason="accounts.db.lock is created with the umask (0644 under umask 022); "
-                   "empty, so it leaks nothing, but it breaks 'no group/other access' for the store")
 def test_account_database_lock_files_are_private(run: Any) -> None:
     s, _, _ = run
     db = [p for p in s.server.tmp.iterdir() if p.name.startswith("accounts.db")]
