@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from boxbox import config, logs
-from boxbox.atomic import write_atomic
+from boxbox.daemon import running
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +73,6 @@ def _init(path: str) -> int:
     return 0
 
 
-def _daemonize() -> None:
-    """Classic double fork: no controlling terminal, stdio on /dev/null."""
-    if os.fork() > 0:
-        os._exit(0)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
-
-
 def main(args: argparse.Namespace) -> int:
     if args.action == "init":
         return _init(args.config)
@@ -104,25 +91,16 @@ def main(args: argparse.Namespace) -> int:
         return 0
     logs.configure(level, "stderr" if args.foreground else settings["log"])
     control = ControlServer(socket_path(daemon.cfg), daemon.handle)
-    if not args.foreground:
-        _daemonize()
-    pid_file: Path | None = settings["pid_file"]
-    if pid_file is not None:
-        write_atomic(pid_file, f"{os.getpid()}\n".encode(), mode=0o644)
-    signal.signal(signal.SIGTERM, daemon.stop)
-    signal.signal(signal.SIGINT, daemon.stop)
-    signal.signal(signal.SIGHUP, daemon.request_reload)
-    control.start()
-    log.info("client daemon started (%s mode), command socket %s", "lazy" if daemon.lazy else "snapshot",
-             control.path)
-    try:
-        daemon.loop()
-    finally:
-        control.close()
-        if pid_file is not None:
-            try:
-                pid_file.unlink()
-            except FileNotFoundError:
-                pass
-        log.info("client daemon stopped")
+    with running(args.foreground, settings["pid_file"]):
+        signal.signal(signal.SIGTERM, daemon.stop)
+        signal.signal(signal.SIGINT, daemon.stop)
+        signal.signal(signal.SIGHUP, daemon.request_reload)
+        control.start()
+        log.info("client daemon started (%s mode), command socket %s", "lazy" if daemon.lazy else "snapshot",
+                 control.path)
+        try:
+            daemon.loop()
+        finally:
+            control.close()
+            log.info("client daemon stopped")
     return 0

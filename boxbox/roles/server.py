@@ -18,11 +18,10 @@ import socket
 import ssl
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from boxbox import config, logs
-from boxbox.atomic import write_atomic
+from boxbox.daemon import running
 from boxbox.errors import BoxboxError, ConfigError, PermissionDenied
 from boxbox.wire import tls
 from boxbox.wire.commands import Dispatcher
@@ -261,19 +260,6 @@ class Server:
         log.info("stopped")
 
 
-def _daemonize() -> None:
-    """Classic double fork: no controlling terminal, stdio on /dev/null."""
-    if os.fork() > 0:
-        os._exit(0)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
-
-
 def main(args: argparse.Namespace) -> int:
     if os.geteuid() == 0 and not args.allow_root:
         raise PermissionDenied("refusing to run the server as root", hint="run it as an ordinary user "
@@ -284,21 +270,10 @@ def main(args: argparse.Namespace) -> int:
                    "stderr" if args.foreground else settings["log"])
     server = Server(cfg)
     server.listen()
-    if not args.foreground:
-        _daemonize()
-    pid_file: Path | None = settings["pid_file"]
-    if pid_file is not None:
-        write_atomic(pid_file, f"{os.getpid()}\n".encode(), mode=0o644)
-    signal.signal(signal.SIGTERM, server.request_stop)
-    signal.signal(signal.SIGINT, server.request_stop)
-    signal.signal(signal.SIGHUP, server.request_reload)
-    try:
+    with running(args.foreground, settings["pid_file"]):
+        signal.signal(signal.SIGTERM, server.request_stop)
+        signal.signal(signal.SIGINT, server.request_stop)
+        signal.signal(signal.SIGHUP, server.request_reload)
         server.serve_forever()
-    finally:
-        if pid_file is not None:
-            try:
-                pid_file.unlink()
-            except FileNotFoundError:
-                pass
     return 0
 
