@@ -117,6 +117,9 @@ def main() -> int:
                                                  "bbstoreaccounts", "bbstored-certs", "raidfile-config"))
         if not have_bb and want & {"bb-nodelay", "bb-stock"}:
             print("skip Box Backup: not installed (apt-get install -y boxbackup-server boxbackup-client)")
+        elif have_bb and os.geteuid() != 0 and want & {"bb-nodelay", "bb-stock"}:
+            print("skip Box Backup: run as root (bbstored switches to the bbstored user; bbackupd runs as root)")
+            have_bb = False
         if have_bb and "bb-nodelay" in want:
             shim = build_shim(work)
             if shim is None:
