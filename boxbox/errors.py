@@ -89,6 +89,32 @@ class ProgrammingError(BoxboxError):
     wire_code = 11
 
 
+class StorageError(BoxboxError):
+    """storage error: {0}"""
+
+    wire_code = 12
+
+
+#: errno -> how the store names it to the client
+_STORAGE_CAUSES = {
+    "ENOSPC": "store disc full (ENOSPC)",
+    "EDQUOT": "store disc quota exceeded (EDQUOT)",
+    "EIO": "store disc I/O error (EIO)",
+    "EROFS": "store disc is read-only (EROFS)",
+}
+
+
+def storage_error(e: OSError, what: str) -> StorageError:
+    """A storage OSError as a StorageError that names the cause and what was being done."""
+    import errno as errno_mod
+
+    name = errno_mod.errorcode.get(e.errno or 0, "")
+    cause = _STORAGE_CAUSES.get(name) or f"store disc error ({name or e.errno}: {e.strerror or e})"
+    hint = "free space on the store's discs, then run the backup again" if name in ("ENOSPC", "EDQUOT") else (
+        "see the store's log; run the backup again once the disc is fixed")
+    return StorageError(f"{cause} {what}", hint=hint)
+
+
 def all_error_classes() -> list[type[BoxboxError]]:
     """Every error class, so the wire layer can map codes back to classes."""
     seen: list[type[BoxboxError]] = [BoxboxError]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 
 from boxbox.config import Config
 from boxbox.errors import (
-    ConfigError, FormatError, InUse, IntegrityError, LimitExceeded, NotFound, UsageError,
+    ConfigError, FormatError, InUse, IntegrityError, LimitExceeded, NotFound, UsageError, storage_error,
 )
 from boxbox.objects.directory import Directory
 from boxbox.store.accountdb import AccountDatabase
@@ -367,15 +367,26 @@ class Account:
 
         After the block, the writer's `blocks` holds the object's usage (RAID overhead included).
         """
-        put = self.backend.put(self.key(object_id))
+        what = f"writing object {object_id:#x}"
+        try:
+            put = self.backend.put(self.key(object_id))
+        except OSError as e:
+            raise storage_error(e, what) from e
         room = self.info.hard_limit - self.info.blocks_used if check_limit else None
         writer = LimitedWriter(put, room, self.backend.blocks_for_length, self._limit_message)
         try:
             yield writer
+        except OSError as e:
+            put.abort()
+            raise storage_error(e, what) from e
         except BaseException:
             put.abort()
             raise
-        put.commit()
+        try:
+            put.commit()
+        except OSError as e:
+            put.abort()
+            raise storage_error(e, what) from e
         writer.blocks = self.usage_of(object_id)
         if room is not None and writer.blocks > room:
             self.backend.delete(self.key(object_id))
@@ -390,13 +401,16 @@ class Account:
     def replace_object(self, object_id: int, data: bytes) -> int:
         """Rewrite a small object (a directory) whole; returns the change in blocks."""
         before = self.usage_of(object_id)
-        put = self.backend.put(self.key(object_id))
         try:
-            put.write(data)
-        except BaseException:
-            put.abort()
-            raise
-        put.commit()
+            put = self.backend.put(self.key(object_id))
+            try:
+                put.write(data)
+                put.commit()
+            except BaseException:
+                put.abort()
+                raise
+        except OSError as e:
+            raise storage_error(e, f"writing object {object_id:#x}") from e
         return self.usage_of(object_id) - before
 
     def delete_object(self, object_id: int) -> int:
@@ -433,7 +447,10 @@ class Account:
                                                keep_min_versions=on_disc.keep_min_versions)
             except (NotFound, FormatError, IntegrityError) as e:
                 log.warning("account %08x: rewriting unreadable info file: %s", self.number, e)
-            self.store.write_info(self.info)
+            try:
+                self.store.write_info(self.info)
+            except OSError as e:
+                raise storage_error(e, f"writing the info file of account {self.number:08x}") from e
         self._info_dirty = False
 
     def close(self) -> None:

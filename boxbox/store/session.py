@@ -16,7 +16,7 @@ import logging
 from typing import BinaryIO, NamedTuple
 
 from boxbox.crypto.seal import MAX_SEALED_NAME, OVERHEAD, SIV_SIZE
-from boxbox.errors import FormatError, NotFound, PermissionDenied, UsageError
+from boxbox.errors import FormatError, NotFound, PermissionDenied, UsageError, storage_error
 from boxbox.objects.directory import (
     DELETED, DIR, FILE, MAGIC as DIRECTORY_MAGIC, MAX_SEALED_ATTRIBUTES, OLD, Directory, Entry,
 )
@@ -136,6 +136,8 @@ class Session:
             try:
                 if self.account.writable:
                     self.sync()
+            except OSError as e:
+                raise storage_error(e, "saving changes at the end of the session") from e
             finally:
                 self.account.close()
                 self.account = None

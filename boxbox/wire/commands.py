@@ -12,7 +12,7 @@ import logging
 from typing import Any, BinaryIO, Callable, Iterable, NamedTuple, Protocol
 
 from boxbox import __version__
-from boxbox.errors import BoxboxError, PermissionDenied, ProgrammingError, ProtocolError
+from boxbox.errors import BoxboxError, PermissionDenied, ProgrammingError, ProtocolError, storage_error
 from boxbox.wire import messages
 from boxbox.wire.transport import Connection, InStream
 
@@ -138,6 +138,9 @@ class Dispatcher:
             return
         try:
             sync()
+        except OSError as e:
+            raise ProtocolError(f"could not save changes, dropping the connection: "
+                                f"{storage_error(e, 'saving changes')}") from None
         except BoxboxError as e:
             raise ProtocolError(f"could not save changes, dropping the connection: {e}") from None
 
@@ -149,6 +152,9 @@ class Dispatcher:
             return
         try:
             finish()
+        except OSError as e:
+            raise ProtocolError(f"could not close the session cleanly, dropping the connection: "
+                                f"{storage_error(e, 'closing the session')}") from None
         except BoxboxError as e:
             raise ProtocolError(f"could not close the session cleanly, dropping the connection: {e}") from None
 
@@ -165,6 +171,10 @@ class Dispatcher:
             result = cmd.handler(self.session, msg, stream)
         except BoxboxError as e:
             self._fail(e, stream)
+            return
+        except OSError as e:  # the store's discs (socket errors arrive as BoxboxErrors)
+            log.warning("%s failed: %s", type(msg).__name__, e)
+            self._fail(storage_error(e, f"handling {type(msg).__name__}"), stream)
             return
         except Exception:
             log.exception("handler for %s failed", type(msg).__name__)

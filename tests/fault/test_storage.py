@@ -75,16 +75,13 @@ def _after_fault(f: Faulty, proc: subprocess.CompletedProcess[str], expect_error
     f.verify(f.tmp / "out")
 
 
-HANG_BUG = ("a storage OSError inside a session is not answered: the session thread dies (closing it writes the "
-            "info file, which fails again, so the socket is never closed) and the client waits for its 300 s timeout")
 RENAME_BUG = ("a rename failing in the middle of a raidfile commit leaves a stripe of the new write beside the old "
               "ones (check: 'stale: left by an interrupted write'), and the client hears 'internal error (a bug)'")
 
 
 @pytest.mark.parametrize("spec", [
     pytest.param({"op": "writev", "errno": "ENOSPC", "nth": 1, "sticky": True}, id="enospc-every-write"),
-    pytest.param({"op": "writev", "errno": "ENOSPC", "nth": 5, "sticky": True}, id="enospc-after-4-writes",
-                 marks=pytest.mark.xfail(strict=True, reason=HANG_BUG)),
+    pytest.param({"op": "writev", "errno": "ENOSPC", "nth": 5, "sticky": True}, id="enospc-after-4-writes"),
     pytest.param({"op": "fsync", "errno": "EIO", "nth": 1}, id="first-fsync-fails"),
     pytest.param({"op": "fsync", "errno": "EIO", "nth": 4}, id="fourth-fsync-fails"),
     pytest.param({"op": "replace", "errno": "EIO", "nth": 1}, id="first-rename-fails"),
@@ -194,9 +191,6 @@ def test_real_disc_full_on_tmpfs(tmp_path: Path, test_ca: Any) -> None:
             subprocess.run(["umount", str(d)], capture_output=True)
 
 
-@pytest.mark.xfail(strict=True, reason="a full disc reaches the client as 'internal error (a bug in boxbox): server "
-                   "internal error' (and a failed fsync as 'server closed the connection'), not as a storage error "
-                   "that names the cause")
 def test_disc_full_is_named_to_the_client(faulty: Faulty) -> None:
     faulty.fault(op="writev", errno="ENOSPC", nth=1, sticky=True)
     proc = _faulted_run(faulty, 10)
