@@ -224,19 +224,78 @@ class RaidWriter:
         """Publish the new content atomically and durably (see the module docstring for the order)."""
         if not self._open:
             raise ProgrammingError(f"{self.label}: commit after commit or abort")
+        renamed = 0
+        old_first: int | None = None
         try:
             if self._buf:
                 self._emit(memoryview(self._buf))
             for t in self._targets:
                 os.pwrite(t.fd, pack_header(Header(t.role, self._shift, self.write_id, self.length)), 0)
             run_parallel(os.fsync, [t.fd for t in self._targets])
+            if len(self._targets) > 2:  # kept to undo the 1st rename if the 2nd fails (see _undo_first)
+                try:
+                    old_first = os.open(self._targets[0].final, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    pass
             for t in self._targets:
                 os.replace(t.temp, t.final)
+                renamed += 1
             run_parallel(fsync_dir, sorted({os.path.dirname(t.final) for t in self._targets}))
         except BaseException:
-            self.abort()
+            try:
+                if renamed == 1 and len(self._targets) > 2:
+                    self._undo_first(old_first)
+                elif 2 <= renamed < len(self._targets):
+                    self._leave_for_recovery(renamed)
+            finally:
+                self.abort()
             raise
+        finally:
+            if old_first is not None:
+                os.close(old_first)
         self._close()
+
+    def _undo_first(self, old_fd: int | None) -> None:
+        """The 1st rename went through, the 2nd failed: the old write still holds two stripes, so put
+        its stripe 1 back (copied from the renamed-over inode, still open), or remove the new one if
+        there was no old file. If that rename fails too, the copy is left as a dead writer's temp,
+        which recovery (`recover_stale`) renames into place on the next open."""
+        t = self._targets[0]
+        if old_fd is None:
+            try:
+                claims.unlink_if_ours(t.fd, t.final)
+            except OSError:
+                pass
+            return
+        fd = claims.claim(t.temp, self.label)
+        try:
+            size = os.fstat(old_fd).st_size
+            off = 0
+            while off < size:
+                data = os.pread(old_fd, min(CHUNK_BYTES, size - off), off)
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                off += len(data)
+            os.fsync(fd)
+        except BaseException:
+            claims.release(fd, t.temp)
+            return
+        try:
+            os.replace(t.temp, t.final)
+            fsync_dir(os.path.dirname(t.final))
+        except OSError:
+            pass  # left for recovery: the claim is dropped without unlinking the temp
+        claims.release(fd, None)
+
+    def _leave_for_recovery(self, renamed: int) -> None:
+        """A rename after the commit point failed: the new write is in effect. Its remaining temps are
+        left (intact, unlocked) for recovery to rename into place on the next open, not unlinked."""
+        for t in self._targets[renamed:]:
+            claims.release(t.fd, None)
+        self._targets = self._targets[:renamed]
 
     @property
     def usage_blocks(self) -> int:

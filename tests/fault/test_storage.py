@@ -75,20 +75,14 @@ def _after_fault(f: Faulty, proc: subprocess.CompletedProcess[str], expect_error
     f.verify(f.tmp / "out")
 
 
-RENAME_BUG = ("a rename failing in the middle of a raidfile commit leaves a stripe of the new write beside the old "
-              "ones (check: 'stale: left by an interrupted write'), and the client hears 'internal error (a bug)'")
-
-
 @pytest.mark.parametrize("spec", [
     pytest.param({"op": "writev", "errno": "ENOSPC", "nth": 1, "sticky": True}, id="enospc-every-write"),
     pytest.param({"op": "writev", "errno": "ENOSPC", "nth": 5, "sticky": True}, id="enospc-after-4-writes"),
     pytest.param({"op": "fsync", "errno": "EIO", "nth": 1}, id="first-fsync-fails"),
     pytest.param({"op": "fsync", "errno": "EIO", "nth": 4}, id="fourth-fsync-fails"),
     pytest.param({"op": "replace", "errno": "EIO", "nth": 1}, id="first-rename-fails"),
-    pytest.param({"op": "replace", "errno": "EIO", "nth": 2}, id="second-rename-fails",
-                 marks=pytest.mark.xfail(strict=True, reason=RENAME_BUG)),
-    pytest.param({"op": "replace", "errno": "ENOSPC", "nth": 3, "sticky": True}, id="renames-fail-from-third",
-                 marks=pytest.mark.xfail(strict=True, reason=RENAME_BUG)),
+    pytest.param({"op": "replace", "errno": "EIO", "nth": 2}, id="second-rename-fails"),
+    pytest.param({"op": "replace", "errno": "ENOSPC", "nth": 3, "sticky": True}, id="renames-fail-from-third"),
 ])
 def test_write_fault(faulty: Faulty, spec: dict[str, Any]) -> None:
     faulty.fault(**spec)
