@@ -121,11 +121,21 @@ class Session:
             delta = acct.replace_object(d.object_id, d.serialize())
             if delta:
                 acct.add(blocks_used=delta, blocks_directories=delta)
-                parent = self._dirs.get(d.container_id)
+                parent = self._parent(d)
                 entry = parent.entry(d.object_id) if parent is not None else None
                 if entry is not None:
                     entry.size_blocks = max(0, entry.size_blocks + delta)
                     self.mark(parent)
+
+    def _parent(self, d: Directory) -> Directory | None:
+        """The directory listing `d` (read if not cached, so its entry's size follows `d`), or None."""
+        if d.object_id == ROOT_DIRECTORY_ID or not d.container_id or d.container_id == d.object_id:
+            return None
+        try:
+            return self.directory(d.container_id)
+        except (NotFound, FormatError) as e:
+            log.warning("directory %#x: its parent %#x is unreadable: %s", d.object_id, d.container_id, e)
+            return None
 
     def finish(self) -> None:
         """The client said Finished: save everything and release the account before the reply."""

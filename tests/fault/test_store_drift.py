@@ -17,9 +17,6 @@ from tests.fault.harness import Setup, errors
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(os.environ.get("BOXBOX_EXE")), reason="source tree only")]
 
 
-@pytest.mark.xfail(strict=True, reason="when a directory's object grows (here 3 -> 5 blocks as old versions of a changing file pile up in it), "
-                   "the entry for it in its parent keeps the old size: check reports 'entry says 3 blocks, the "
-                   "object takes 5'")
 def test_directory_entry_size_follows_its_object(tmp_path: Path, test_ca: Any) -> None:
     s = Setup(tmp_path, test_ca, files=0)
     try:
