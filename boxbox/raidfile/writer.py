@@ -75,8 +75,11 @@ _POOL_LOCK = threading.Lock()
 
 
 def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    """Long-lived workers (made as needed, up to 8 for concurrent sessions): starting fresh threads per commit cost 28 s in Thread.start over
-    10,300 objects (51,000 threads) in benchmarks/vs_boxbackup.py's first backup."""
+    """Long-lived workers, made as needed (up to 8, for concurrent sessions).
+
+    Starting fresh threads per commit cost 28 s in Thread.start over 10,300 objects (51,000
+    threads) in benchmarks/vs_boxbackup.py's first backup.
+    """
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
