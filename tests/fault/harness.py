@@ -21,10 +21,6 @@ from typing import Any
 from tests.clientutil import client_config, local_tree
 from tests.conftest import ROOT, boxbox_command, boxbox_env, free_port, run_boxbox
 
-#: Problem kinds that ordinary runs already produce without any fault (a bug pinned by
-#: tests/fault/test_store_drift.py): set aside so a crash run reports what the crash did.
-KNOWN_NOISE = {"size"}
-
 #: The fault shim wraps the server: `python -m tests.fault.shim server ...` (source tree only).
 SHIM = [sys.executable, "-m", "tests.fault.shim"]
 
@@ -69,8 +65,8 @@ class FaultServer:
     def accounts(self, *args: str, exit_code: int = 0, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return run_boxbox("accounts", "--config", str(self.config), *args, exit_code=exit_code, timeout=timeout)
 
-    def check(self, account: int, fix: bool = False, raw: bool = False) -> dict[str, Any]:
-        """`accounts check --json`; unless `raw`, problems of a KNOWN_NOISE kind are set aside under "noise"."""
+    def check(self, account: int, fix: bool = False) -> dict[str, Any]:
+        """`accounts check --json` (with `--fix` if asked), as a dict with the exit code under "_exit"."""
         args = ["check", f"{account:x}", "--json"] + (["--fix"] if fix else [])
         for _ in range(40):  # the server's own housekeeping may hold the account for a moment
             proc = subprocess.run([*boxbox_command(), "accounts", "--config", str(self.config), *args],
@@ -82,11 +78,6 @@ class FaultServer:
         assert proc.stdout.strip(), f"check printed nothing (exit {proc.returncode}): {proc.stderr}"
         report = json.loads(proc.stdout)
         report["_exit"] = proc.returncode
-        if not raw and not fix:
-            problems = report.get("problems", [])
-            report["noise"] = [p for p in problems if p.get("kind") in KNOWN_NOISE]
-            report["problems"] = [p for p in problems if p.get("kind") not in KNOWN_NOISE]
-            report["errors"] = len(report["problems"])
         return report
 
     def start(self, faults: dict[str, str] | None = None) -> None:

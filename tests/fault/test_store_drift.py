@@ -1,7 +1,6 @@
 """Store bookkeeping over ordinary runs, without any fault: what the crash runs found drifting.
 
-Pinned here on its own so the crash runs can tell a crash's damage from this (see
-`tests.fault.harness.KNOWN_NOISE`).
+Pinned here on its own so the crash runs can tell a crash's damage from this.
 """
 
 from __future__ import annotations
@@ -24,11 +23,11 @@ def test_directory_entry_size_follows_its_object(tmp_path: Path, test_ca: Any) -
         sub.mkdir()
         (sub / "first").write_bytes(b"1")
         s.finish()
-        assert errors(s.server.check(s.account, raw=True)) == 0
+        assert errors(s.server.check(s.account)) == 0
         for run in range(25):  # one file changed each run: its old versions pile up in the directory
             (s.src / "changing.bin").write_bytes(os.urandom(300) + b"%d" % run + bytes(20_000))
             s.finish()
-            report = s.server.check(s.account, raw=True)
+            report = s.server.check(s.account)
             assert errors(report) == 0, (run, report.get("problems"))
     finally:
         s.server.stop()
