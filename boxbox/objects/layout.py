@@ -120,21 +120,28 @@ def read_file_layout(stream: BinaryIO) -> FileLayout:
         offsets.append(pos)
         lengths.append(length)
         pos += RECORD.size + length
+    count = len(kinds)
+    rsize, tail = read_tail(stream, length, count)
+    return FileLayout(header.version, header.cipher_id, header.hash_id, header.uid, header.mtime_ns, container,
+                      count, rsize, prefix, tail, bytes(kinds), offsets, lengths, refs, pos + len(tail))
+
+
+def read_tail(stream: BinaryIO, length: int, block_count: int) -> tuple[int, bytes]:
+    """Read and check what follows the R_END record header: the end record of `length` bytes,
+    the footer, then nothing; returns (rounded size, the whole tail as stored)."""
     if not END.size + OVERHEAD <= length <= END.size + MAX_INDEX:
         raise FormatError(f"end record is {length} bytes, expected {END.size + OVERHEAD} to {END.size + MAX_INDEX}")
     payload = read_exact(stream, length, "file object index")
     count, rsize, _ = parse_end(payload)
-    if count != len(kinds):
-        raise FormatError(f"end record lists {count} blocks, the object has {len(kinds)}")
+    if count != block_count:
+        raise FormatError(f"end record lists {count} blocks, the object has {block_count}")
     footer = read_exact(stream, FOOTER.size, "file object footer")
     ilen, mg = FOOTER.unpack(footer)
     if mg != FOOTER_MAGIC or ilen != length - END.size:
         raise FormatError(f"footer (magic {mg!r}, index length {ilen}) does not match the end record")
     if stream.read(1):
         raise FormatError("data after the file object footer")
-    tail = RECORD.pack(R_END, length) + payload + footer
-    return FileLayout(header.version, header.cipher_id, header.hash_id, header.uid, header.mtime_ns, container,
-                      count, rsize, prefix, tail, bytes(kinds), offsets, lengths, refs, pos + len(tail))
+    return rsize, RECORD.pack(R_END, length) + payload + footer
 
 
 def replace_place(prefix: bytes, place: bytes) -> bytes:

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, BinaryIO, Iterator
 from boxbox.crypto.seal import OVERHEAD
 from boxbox.errors import FormatError, IntegrityError, NotFound
 from boxbox.objects.file import (
-    END, FOOTER, HEADER, INDEX_MAGIC, MAX_BLOCKS, MAX_INDEX, MAX_RECORD, R_END, R_RAW, R_REF, R_ZLIB, RECORD, REF,
-    Sink, parse_end, parse_header, read_exact, read_place,
+    HEADER, MAX_BLOCKS, MAX_RECORD, R_END, R_RAW, R_REF, R_ZLIB, RECORD, REF, Sink, parse_header, read_exact,
+    read_place,
 )
-from boxbox.objects.layout import FileLayout, FileObjectWriter, read_block_record, read_file_layout
+from boxbox.objects.layout import FileLayout, FileObjectWriter, read_block_record, read_file_layout, read_tail
 
 if TYPE_CHECKING:
     from boxbox.store.account import Account
@@ -104,19 +104,8 @@ def combine_diff(upload: BinaryIO, base: FileLayout, base_source: BinaryIO, base
         offsets.append(pos)
         lengths.append(length)
         pos += RECORD.size + length
-    if not END.size + OVERHEAD <= length <= END.size + MAX_INDEX:
-        raise FormatError(f"end record is {length} bytes, expected {END.size + OVERHEAD} to {END.size + MAX_INDEX}")
-    payload = read_exact(upload, length, "file object index")
-    count, rsize, _ = parse_end(payload)
-    if count != len(kinds):
-        raise FormatError(f"end record lists {count} blocks, the object has {len(kinds)}")
-    footer = read_exact(upload, FOOTER.size, "file object footer")
-    ilen, mg = FOOTER.unpack(footer)
-    if mg != INDEX_MAGIC or ilen != length - END.size:
-        raise FormatError(f"footer (magic {mg!r}, index length {ilen}) does not match the end record")
-    if upload.read(1):
-        raise FormatError("data after the file object footer")
-    tail = RECORD.pack(R_END, length) + payload + footer
+    count = len(kinds)
+    rsize, tail = read_tail(upload, length, count)
     writer.finish(tail)
     out.flush()
     return FileLayout(header.version, header.cipher_id, header.hash_id, header.uid, header.mtime_ns, container,
