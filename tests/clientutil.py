@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import textwrap
 import time
@@ -18,7 +17,7 @@ from boxbox.objects.file import decode_file
 from boxbox.wire import tls
 from boxbox.wire.client import Client
 
-from tests.conftest import boxbox_command, boxbox_env, free_port, run_boxbox
+from tests.conftest import boxbox_command, boxbox_env, free_port, run_boxbox, wait_listening
 
 ROOT_DIR = 1
 
@@ -68,16 +67,7 @@ class StoreServer:
             args.append("--allow-root")
         self.proc = subprocess.Popen(args, env=boxbox_env(), stdout=subprocess.DEVNULL,
                                      stderr=open(self.log, "ab"))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}: {self.log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("server did not start listening")
+        wait_listening(self.proc, self.port, self.log)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:

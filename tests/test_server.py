@@ -23,7 +23,7 @@ from boxbox.objects.directory import DELETED, FILE, Directory
 from boxbox.wire import messages as m, tls
 from boxbox.wire.client import Client
 
-from tests.conftest import ROOT, boxbox_command, boxbox_env, free_port, run_boxbox
+from tests.conftest import ROOT, boxbox_command, boxbox_env, free_port, run_boxbox, wait_listening
 from tests.test_store_support import file_object, make_keys, sealed_dir_name
 
 pytestmark = pytest.mark.e2e
@@ -72,16 +72,7 @@ class RunningServer:
             args.append("--allow-root")
         self.proc = subprocess.Popen(args, env=boxbox_env(), stdout=subprocess.DEVNULL,
                                      stderr=open(self.log, "wb"))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}: {self.log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("server did not start listening")
+        wait_listening(self.proc, self.port, self.log)
 
     def stop(self) -> int:
         assert self.proc is not None

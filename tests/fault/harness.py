@@ -10,7 +10,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.clientutil import client_config, local_tree
-from tests.conftest import ROOT, boxbox_command, boxbox_env, free_port, run_boxbox
+from tests.conftest import ROOT, boxbox_command, boxbox_env, free_port, run_boxbox, wait_listening
 
 #: The fault shim wraps the server: `python -m tests.fault.shim server ...` (source tree only).
 SHIM = [sys.executable, "-m", "tests.fault.shim"]
@@ -93,16 +92,7 @@ class FaultServer:
         for k, v in (faults or {}).items():
             env[f"BOXBOX_TEST_FAULT_{k.upper()}"] = v
         self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("server did not start listening")
+        wait_listening(self.proc, self.port, self.log)
 
     def kill(self) -> None:
         """kill -9, as a power cut would."""
