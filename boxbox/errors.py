@@ -95,6 +95,12 @@ class StorageError(BoxboxError):
     wire_code = 12
 
 
+class PreconditionFailed(StorageError):
+    """object store precondition failed: {0}"""
+
+    wire_code = 13
+
+
 #: errno -> how the store names it to the client
 _STORAGE_CAUSES = {
     "ENOSPC": "store disc full (ENOSPC)",
