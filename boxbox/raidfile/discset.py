@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from boxbox.atomic import fsync_dir
 from boxbox.errors import ConfigError, InUse, IntegrityError, NotFound, ProgrammingError
-from boxbox.raidfile import claims
+from boxbox.raidfile import claims, stats
 from boxbox.raidfile.check import StripeReport, check_finals, recover_stale
 from boxbox.raidfile.layout import (
     FINAL_SUFFIX,
@@ -389,6 +389,7 @@ class DiscSet:
                             break
                         w.write(chunk)
                 log.warning("%s: repaired %s", self._label(relpath), report)
+                stats.bump("repairs")  # metrics hook
                 return StripeReport(relpath, report.stripes, report.length, True, repaired=True)
             finally:
                 f.close()

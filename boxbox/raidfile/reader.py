@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from boxbox.errors import FormatError, IntegrityError, NotFound, ProgrammingError
+from boxbox.raidfile import stats
 from boxbox.raidfile.layout import (
     HEADER,
     PARITY,
@@ -227,6 +228,8 @@ class RaidReader(io.RawIOBase):
 
     def _note(self, what: str) -> None:
         if what not in self.damage:
+            if not self.damage:
+                stats.bump("degraded_reads")  # metrics hook: once per file read
             self.damage.append(what)
             log.warning("%s: %s; read from the other stripes", self.label, what)
 
