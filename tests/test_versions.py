@@ -228,3 +228,28 @@ def test_reading_an_old_version_streams_in_bounded_memory(store: Store) -> None:
     # ~4.2 MiB at 8 MiB, ~5.8 MiB at 32 MiB here: raidfile's read buffers, not the file
     assert peak < len(data) // 3, f"peak {peak} bytes while streaming {total}"
     assert v2 != v1
+
+
+def test_merging_out_a_version_whose_shared_blocks_were_its_own_leaves_the_older_whole(store: Store) -> None:
+    """v0 shares only blocks that v1 stores itself; v1 shares others with v2. Removing v1 makes
+    v0 whole, so its version link to v2 must go too (check derives links from references)."""
+    a, b, c, d = (os.urandom(64 * 1024) for _ in range(4))
+    versions = [a + b, a + c, d + c]
+    cl, t = session_client(store, A)
+    cl.login()
+    ids = [upload(cl, KEYS, 1, b"f", versions[0])]
+    for data in versions[1:]:
+        ids.append(upload_diff(cl, KEYS, 1, b"f", ids[-1], data))
+    assert {obj for obj, _ in read_file_layout(io.BytesIO(cl.get_object(ids[0]).read())).refs.values()} == {ids[1]}
+    assert {obj for obj, _ in read_file_layout(io.BytesIO(cl.get_object(ids[1]).read())).refs.values()} == {ids[2]}
+    cl.finish()
+    t.join(5)
+    _remove_versions_of(store, A, [ids[1]])
+    _recount(store)  # asserts check finds no problem, links included
+    cl, t = session_client(store, A)
+    cl.login(read_only=True)
+    assert read_file_layout(io.BytesIO(cl.get_object(ids[0]).read())).refs == {}
+    for obj, data in ((ids[0], versions[0]), (ids[2], versions[2])):
+        assert download(cl, KEYS, 1, obj, b"f") == data
+    cl.finish()
+    t.join(5)

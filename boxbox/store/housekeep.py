@@ -278,12 +278,12 @@ class _Pass:
         assert e is not None  # `where` lists only entries of loaded directories
         older = self.entry(e.older) if e.older else None
         newer = self.entry(e.newer) if e.newer else None
+        links_on = older is not None and self._merge(older, e)
         if older is not None:
-            self._merge(older, e)
-            older.newer = e.newer
+            older.newer = e.newer if links_on else 0
             self.dirty.add(self.where[older.object_id])
         if newer is not None:
-            newer.older = older.object_id if older is not None else 0
+            newer.older = older.object_id if older is not None and links_on else 0
             self.dirty.add(self.where[newer.object_id])
         d.entries.remove(e)
         self.dirty.add(dir_id)
@@ -296,16 +296,19 @@ class _Pass:
         if len(self.doomed) >= BATCH:
             self.flush()
 
-    def _merge(self, older: Entry, middle: Entry) -> None:
+    def _merge(self, older: Entry, middle: Entry) -> bool:
+        """Merge `older` past `middle`; False if `older` is whole afterwards (no link onwards)."""
         acct = self.acct
         with acct.open_object(older.object_id) as of, acct.open_object(middle.object_id) as mf:
             olayout = read_file_layout(of)
-            if middle.object_id in {obj for obj, _ in olayout.refs.values()}:
-                mlayout = read_file_layout(mf)
-                with acct.new_object(older.object_id, check_limit=False) as w:
-                    merge_past(olayout, of, middle.object_id, mlayout, mf, w)
-                older.size_blocks = w.blocks
-                self.result.merged += 1
+            if middle.object_id not in {obj for obj, _ in olayout.refs.values()}:
+                return bool(olayout.refs)
+            mlayout = read_file_layout(mf)
+            with acct.new_object(older.object_id, check_limit=False) as w:
+                targets = merge_past(olayout, of, middle.object_id, mlayout, mf, w)
+            older.size_blocks = w.blocks
+            self.result.merged += 1
+            return bool(targets)
 
     def remove_empty_deleted_directories(self) -> None:
         depth: dict[int, int] = {ROOT_DIRECTORY_ID: 0}

@@ -118,15 +118,18 @@ def reused_blocks(diff: FileLayout, base_id: int) -> int:
 
 
 def merge_past(older: FileLayout, older_source: BinaryIO, middle_id: int, middle: FileLayout,
-               middle_source: BinaryIO, sink: Sink) -> None:
+               middle_source: BinaryIO, sink: Sink) -> set[int]:
     """Rewrite patch `older` so it no longer needs `middle_id` (which is about to be deleted).
 
     A reference to a block the middle version stores becomes a copy of that record; a
     reference to a block the middle version itself refers onwards becomes that reference.
-    The index is unchanged: the clear content of every block stays the same.
+    The index is unchanged: the clear content of every block stays the same. Returns the
+    objects the rewritten patch refers to — empty when every shared block was the middle
+    version's own, and the result is a whole object.
     """
     out = _Gather(sink)
     writer = FileObjectWriter(out, older.prefix)
+    targets: set[int] = set()
     for k in range(older.block_count):
         if older.kinds[k] != R_REF:
             writer.copy_record(read_block_record(older_source, older, k))
@@ -134,14 +137,17 @@ def merge_past(older: FileLayout, older_source: BinaryIO, middle_id: int, middle
         obj, blk = older.refs[k]
         if obj != middle_id:
             writer.add_reference(obj, blk)
+            targets.add(obj)
             continue
         rec = middle.block(blk)
         if rec.kind == R_REF:
             writer.add_reference(rec.ref_object, rec.ref_block)
+            targets.add(rec.ref_object)
         else:
             writer.copy_record(read_block_record(middle_source, middle, blk))
     writer.finish(older.tail)
     out.flush()
+    return targets
 
 
 def ref_targets(layout: FileLayout) -> set[int]:
