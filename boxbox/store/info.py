@@ -1,6 +1,7 @@
 """The account info file: limits, usage by kind, last object id, store marker, enabled, name, retention.
 
-Byte layout (little-endian; version 1 ends after the name, version 2 appends 16 bytes):
+Byte layout (little-endian; version 1 ends after the name, version 2 appends 16 bytes, version 3
+8 more):
 
     offset  size  field
     0       4     magic b"BXAI"
@@ -28,8 +29,11 @@ Byte layout (little-endian; version 1 ends after the name, version 2 appends 16 
     130+n   4     keep_versions_days: old versions are kept at least this long and trimmed
                   by age beyond it; 0 = no retention by age (version 2)
     134+n   4     keep_min_versions: newest old versions per file never trimmed by age (version 2)
+    138+n   8     last backup: Unix time at which the last writing session ended with Finished,
+                  0 = never; kept here (not in server memory) so every server process of a
+                  shared store reports the same value to /metrics (version 3)
 
-Version 1 files are read as version 2 with zeros; every write is version 2.
+Older versions are read with zeros for the fields they lack; every write is version 3.
 Written with the object store's atomic put, so a reader sees the old or the new record.
 """
 
@@ -42,11 +46,12 @@ from boxbox import magic
 from boxbox.errors import FormatError
 
 MAGIC = magic.ACCOUNT_INFO
-VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
 HEADER = struct.Struct("<4sHHII13QH")
 TRAILER = struct.Struct("<QII")
-assert HEADER.size == 122 and TRAILER.size == 16
+TRAILER_V3 = struct.Struct("<q")
+assert HEADER.size == 122 and TRAILER.size == 16 and TRAILER_V3.size == 8
 BLOCK_SIZE = 4096
 MAX_NAME = 1024
 FLAG_ENABLED = 0x1
@@ -76,6 +81,7 @@ class AccountInfo(NamedTuple):
     keep_versions_days: int = 0
     keep_min_versions: int = 0
     writer_open: bool = False
+    last_backup: int = 0
 
     def encode(self) -> bytes:
         name = self.name.encode("utf-8")
@@ -87,7 +93,8 @@ class AccountInfo(NamedTuple):
                            self.blocks_old, self.blocks_deleted, self.blocks_directories, self.count_current,
                            self.count_old, self.count_deleted, self.count_directories, self.last_object_id,
                            self.client_store_marker, len(name)) + name + TRAILER.pack(
-                               self.change_count, self.keep_versions_days, self.keep_min_versions)
+                               self.change_count, self.keep_versions_days, self.keep_min_versions) + TRAILER_V3.pack(
+                                   self.last_backup)
 
     @classmethod
     def decode(cls, data: bytes, where: str) -> "AccountInfo":
@@ -102,7 +109,8 @@ class AccountInfo(NamedTuple):
         if fields[4] != BLOCK_SIZE:
             raise FormatError(f"{where}: block size {fields[4]}, expected {BLOCK_SIZE}")
         name_len = fields[-1]
-        expected = HEADER.size + name_len + (TRAILER.size if fields[1] >= 2 else 0)
+        expected = (HEADER.size + name_len + (TRAILER.size if fields[1] >= 2 else 0)
+                    + (TRAILER_V3.size if fields[1] >= 3 else 0))
         if len(data) != expected:
             raise FormatError(f"{where}: expected {expected} bytes, got {len(data)}")
         end = HEADER.size + name_len
@@ -111,8 +119,9 @@ class AccountInfo(NamedTuple):
         except UnicodeDecodeError:
             raise FormatError(f"{where}: account name is not UTF-8") from None
         trailer = TRAILER.unpack_from(data, end) if fields[1] >= 2 else (0, 0, 0)
+        last_backup = TRAILER_V3.unpack_from(data, end + TRAILER.size)[0] if fields[1] >= 3 else 0
         return cls(fields[3], bool(fields[2] & FLAG_ENABLED), *fields[5:-1], name, *trailer,
-                   bool(fields[2] & FLAG_WRITER))
+                   bool(fields[2] & FLAG_WRITER), last_backup)
 
 
 def blocks_for_bytes(n: int) -> int:
