@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import time
 from typing import BinaryIO, NamedTuple
 
 from boxbox.crypto.seal import MAX_SEALED_NAME, OVERHEAD, SIV_SIZE
@@ -22,6 +23,7 @@ from boxbox.objects.directory import (
 )
 from boxbox.objects.file import COPY_CHUNK, read_place
 from boxbox.objects.layout import FileLayout, read_file_layout, replace_place, write_reverse_patch
+from boxbox.store import metrics
 from boxbox.store.account import ROOT_DIRECTORY_ID, Account, LimitedWriter, Store
 from boxbox.store.versions import combine_diff, open_version, reused_blocks
 from boxbox.wire import messages as m
@@ -139,6 +141,8 @@ class Session:
 
     def finish(self) -> None:
         """The client said Finished: save everything and release the account before the reply."""
+        if self.account is not None and self.account.writable:
+            self.account.change(last_backup=int(time.time()))  # metrics hook: the last clean backup
         self.close()
 
     def close(self) -> None:
@@ -420,6 +424,7 @@ def store_file(session: Session, req: m.StoreFile, stream: InStream | None) -> m
     _add(d, entry)
     acct.add(blocks_used=blocks, blocks_current=blocks, count_current=1)
     session.mark(d)
+    metrics.UPLOADS.observe(stream.size, kind="whole" if base is None else "diff")  # metrics hook
     return m.Success(new_id)
 
 
