@@ -165,6 +165,8 @@ SERVER = (
             Key("idle_timeout", DURATION, 900.0, "drop a client connection silent for this long"),
             Key("read_timeout", DURATION, 120.0, "drop a client that stalls this long inside a message or upload"),
             Key("max_connections", INT, 100, "connections served at once; more are refused"),
+            Key("metrics", BOOL, False, "serve GET /metrics (Prometheus) and GET /health over HTTP on metrics_listen"),
+            Key("metrics_listen", STR, "127.0.0.1:9201", "ADDRESS:PORT for /metrics and /health ([::1]:9201 for IPv6)"),
             *LOG_KEYS,
         ),
     ),
