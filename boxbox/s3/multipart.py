@@ -1,0 +1,111 @@
+"""Streaming writes to S3 with memory bounded by one part.
+
+Data collects in one buffer of `part_size` bytes. If the whole object fits, `commit` sends
+it as one PUT; otherwise each full buffer becomes an UploadPart as soon as more data
+arrives, and `commit` sends the last part and CompleteMultipartUpload. Any failure, an
+exception in a `with` block or `abort()` aborts the multipart upload, so S3 is not left
+holding invisible parts that cost space.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from boxbox.errors import BoxboxError, LimitExceeded, ProgrammingError
+
+if TYPE_CHECKING:
+    from boxbox.s3.client import S3Client
+
+log = logging.getLogger(__name__)
+
+#: S3 allows at most this many parts in one upload
+MAX_PARTS = 10000
+
+
+class S3Writer:
+    """Write an object in pieces; `commit()` makes it visible and returns its ETag."""
+
+    def __init__(self, client: S3Client, key: str, *, if_none_match: bool = False,
+                 if_match: str | None = None) -> None:
+        self._client = client
+        self.key = key
+        self._part_size = client.settings.part_size
+        self._if_none_match = if_none_match
+        self._if_match = if_match
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._etags: list[str] = []
+        self._done = False
+        #: bytes accepted so far
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._done:
+            raise ProgrammingError(f"S3 write to {self.key} after commit or abort")
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        try:
+            while view:
+                if len(self._buffer) == self._part_size:
+                    self._send_part()  # only now: a full buffer with nothing after it is one PUT
+                take = self._part_size - len(self._buffer)
+                self._buffer += view[:take]
+                view = view[take:]
+        except BaseException:
+            self.abort()
+            raise
+        self.size += n
+        return n
+
+    def _send_part(self) -> None:
+        if self._upload_id is None:
+            self._upload_id = self._client.create_upload(self.key)
+            log.debug("S3 multipart upload of %s started", self.key)
+        if len(self._etags) >= MAX_PARTS:
+            raise LimitExceeded(f"S3 object {self.key}: more than {MAX_PARTS} parts of "
+                                f"{self._part_size} bytes; raise part_size")
+        self._etags.append(self._client.upload_part(self.key, self._upload_id, len(self._etags) + 1,
+                                                    self._buffer))
+        self._buffer = bytearray()
+
+    def commit(self) -> str:
+        """Make the object visible; returns its ETag. Conditions apply to this final step."""
+        if self._done:
+            raise ProgrammingError(f"S3 commit of {self.key} after commit or abort")
+        try:
+            if self._upload_id is None:
+                etag = self._client.put_object(self.key, self._buffer, if_none_match=self._if_none_match,
+                                               if_match=self._if_match)
+            else:
+                if self._buffer or not self._etags:
+                    self._send_part()
+                etag = self._client.complete_upload(self.key, self._upload_id, self._etags,
+                                                    if_none_match=self._if_none_match, if_match=self._if_match)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._buffer = bytearray()
+        return etag
+
+    def abort(self) -> None:
+        """Forget the data; abort the multipart upload if one was started. Safe to call twice."""
+        self._done = True
+        self._buffer = bytearray()
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is not None:
+            try:
+                self._client.abort_upload(self.key, upload_id)
+            except BoxboxError as e:
+                # the upload stays until abort_incomplete_uploads or a lifecycle rule removes it
+                log.warning("could not abort S3 multipart upload of %s: %s", self.key, e)
+
+    def __enter__(self) -> S3Writer:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._done:
+            self.commit()

@@ -1,0 +1,218 @@
+"""Signed HTTP requests to one S3 endpoint: a keep-alive pool, timeouts, retries with backoff.
+
+Many server threads share one transport, each request takes its own connection from a
+small pool, so nothing here is shared mid-request. Bodies are bytes in memory (at most one
+multipart part), which is what makes re-sending after a failure safe.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+from boxbox.errors import ConfigError, StorageError
+from boxbox.s3 import sigv4
+
+log = logging.getLogger(__name__)
+
+#: idle keep-alive connections kept per transport; more requests in flight just open more
+POOL_SIZE = 16
+#: error bodies are read only this far (an error is a few hundred bytes of XML)
+MAX_ERROR_BODY = 64 * 1024
+#: statuses that mean "try again": 500 InternalError, 502/504 from a proxy, 503 SlowDown
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+
+#: what a lost connection, timeout or cut-short body looks like from http.client
+#: (IncompleteRead: Content-Length not reached or a chunked body cut off; OSError covers
+#: resets, refusals, timeouts and TLS errors other than an untrusted certificate)
+TRANSIENT_ERRORS = (http.client.HTTPException, OSError)
+
+
+class Response(NamedTuple):
+    status: int
+    reason: str
+    headers: dict[str, str]
+    body: bytes
+    #: how many times the request was sent (>1 means an earlier attempt may have reached S3)
+    attempts: int
+
+
+class Endpoint(NamedTuple):
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def netloc(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def parse_endpoint(endpoint: str, allow_http: bool) -> Endpoint:
+    """Check an endpoint URL once, so a typo is a ConfigError naming it, not a failed request later."""
+    url = urllib.parse.urlsplit(endpoint)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"S3 endpoint {endpoint!r}: expected https://host[:port]")
+    if url.scheme == "http" and not allow_http:
+        raise ConfigError(f"S3 endpoint {endpoint!r} is plain http; use https "
+                          "(plain http is only for loopback tests)")
+    if url.path not in ("", "/") or url.query or url.fragment or url.username:
+        raise ConfigError(f"S3 endpoint {endpoint!r}: expected only scheme, host and port")
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError as e:
+        raise ConfigError(f"S3 endpoint {endpoint!r}: {e}") from None
+    return Endpoint(url.scheme, url.hostname, port)
+
+
+class Transport:
+    """Send signed requests to one endpoint; thread-safe."""
+
+    def __init__(self, endpoint: Endpoint, *, region: str, access_key: str, secret_key: str,
+                 timeout: float, retries: int, backoff: float, ca_file: str | None) -> None:
+        self.endpoint = endpoint
+        self._region = region
+        self._access_key = access_key
+        self._secret_key = secret_key
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = backoff
+        self._context: ssl.SSLContext | None = None
+        if endpoint.scheme == "https":
+            self._context = ssl.create_default_context()
+            if ca_file:
+                try:
+                    self._context.load_verify_locations(cafile=ca_file)
+                except (OSError, ssl.SSLError) as e:
+                    raise ConfigError(f"S3 CA file {ca_file}: {e}") from None
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[http.client.HTTPConnection]] = {}
+        self._closed = False
+        self.requests = 0
+
+    def _connect(self, host: str) -> http.client.HTTPConnection:
+        if self._context is not None:
+            return http.client.HTTPSConnection(host, self.endpoint.port, timeout=self._timeout,
+                                               context=self._context)
+        return http.client.HTTPConnection(host, self.endpoint.port, timeout=self._timeout)
+
+    def _take(self, host: str) -> tuple[http.client.HTTPConnection, bool]:
+        with self._lock:
+            self.requests += 1
+            idle = self._idle.get(host)
+            if idle:
+                return idle.pop(), True
+        return self._connect(host), False
+
+    def _give_back(self, host: str, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(host, [])
+            if not self._closed and len(idle) < POOL_SIZE:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def _drop_idle(self, host: str) -> None:
+        """A reused connection failed: the server probably closed its idle ones, so drop them all."""
+        with self._lock:
+            idle = self._idle.pop(host, [])
+        for conn in idle:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle = [c for conns in self._idle.values() for c in conns]
+            self._idle.clear()
+        for conn in idle:
+            conn.close()
+
+    def request(self, method: str, host: str, path: str, query: Mapping[str, str] | None = None,
+                headers: Mapping[str, str] | None = None, body: bytes | bytearray | memoryview = b"", *,
+                payload_hash: str | None = None, what: str,
+                retry_if: Callable[[Response], bool] | None = None) -> Response:
+        """Send one request, re-sending on 5xx and on transient network failures.
+
+        `path` is the unencoded path (`/bucket/key`); it is encoded here the same way it is
+        signed. `what` names the target in error messages. A 4xx is returned, never retried.
+        """
+        query = dict(query or {})
+        payload = bytes(body) if not isinstance(body, bytes) else body
+        if payload_hash is None:
+            payload_hash = sigv4.sha256_hex(payload)
+        target = sigv4.canonical_uri(path)
+        if query:
+            target += "?" + sigv4.canonical_query(query)
+        attempts = 0
+        while True:
+            attempts += 1
+            signed = sigv4.sign(method, path, query, {"host": self._host_header(host), **(headers or {})},
+                                payload_hash, access_key=self._access_key, secret_key=self._secret_key,
+                                region=self._region, now=datetime.datetime.now(datetime.timezone.utc))
+            signed.pop("host")
+            conn, reused = self._take(host)
+            try:
+                conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+                conn.putheader("Host", self._host_header(host))
+                for name, value in signed.items():
+                    conn.putheader(name, value)
+                if payload or method in ("PUT", "POST"):
+                    conn.putheader("Content-Length", str(len(payload)))
+                conn.endheaders(payload or None)
+                resp = conn.getresponse()
+                data = resp.read() if resp.status < 300 else resp.read(MAX_ERROR_BODY)
+                result = Response(resp.status, resp.reason, {k.lower(): v for k, v in resp.getheaders()},
+                                  data, attempts)
+            except ssl.SSLCertVerificationError as e:
+                conn.close()
+                raise StorageError(f"S3 {method} {what}: TLS certificate of {host} not trusted: "
+                                   f"{e.verify_message}") from None
+            except TRANSIENT_ERRORS as e:
+                conn.close()
+                if reused and attempts == 1:
+                    # a stale keep-alive connection: try at once on a new one, not counted
+                    self._drop_idle(host)
+                    attempts = 0
+                    continue
+                log.debug("%s %s: attempt %d failed: %s", method, what, attempts, type(e).__name__)
+                if attempts > self._retries:
+                    raise StorageError(f"S3 {method} {what}: {_describe(e)} "
+                                       f"(gave up after {attempts} attempts)") from None
+                self._sleep(attempts)
+                continue
+            if resp.will_close or not resp.isclosed():
+                conn.close()  # an unread remainder would poison the next request
+            else:
+                self._give_back(host, conn)
+            log.debug("%s %s -> %d (%d bytes, attempt %d)", method, what, result.status, len(data), attempts)
+            if (result.status in RETRY_STATUSES or (retry_if is not None and retry_if(result))) \
+                    and attempts <= self._retries:
+                self._sleep(attempts)
+                continue
+            return result
+
+    def _host_header(self, host: str) -> str:
+        default = 443 if self.endpoint.scheme == "https" else 80
+        return host if self.endpoint.port == default else f"{host}:{self.endpoint.port}"
+
+    def _sleep(self, attempts: int) -> None:
+        """Exponential backoff with full jitter, so many threads retrying do not move in step."""
+        time.sleep(random.uniform(0, min(10.0, self._backoff * 2 ** (attempts - 1))))
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, http.client.IncompleteRead):
+        return f"response cut short ({len(e.partial)} bytes, {e.expected} more expected)"
+    if isinstance(e, (TimeoutError, socket.timeout)):
+        return "timed out"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
