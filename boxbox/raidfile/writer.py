@@ -143,6 +143,7 @@ class RaidWriter:
         self._units_done = 0
         self.length = 0
         self._open = True
+        self._owed = False  # committed with durable=False, fsyncs not yet done (see sync_all)
         for t in self._targets:
             os.ftruncate(t.fd, 0)
             os.lseek(t.fd, HEADER.size, os.SEEK_SET)
@@ -160,6 +161,8 @@ class RaidWriter:
     def __del__(self) -> None:
         if getattr(self, "_open", False):
             self.abort()
+        elif getattr(self, "_owed", False):
+            self._close()
 
     def tell(self) -> int:
         return self.length
@@ -233,8 +236,14 @@ class RaidWriter:
         iov[1::2] = [crcs[i : i + 4] for i in range(0, 4 * k, 4)]
         return iov
 
-    def commit(self) -> None:
-        """Publish the new content atomically and durably (see the module docstring for the order)."""
+    def commit(self, durable: bool = True) -> None:
+        """Publish the new content atomically and durably (see the module docstring for the order).
+
+        With `durable=False` the fsyncs are left owed: the content is visible at once and
+        `sync_all([...this writer...])` makes it durable later, together with other writers'
+        (group commit). Only for a name with no committed content, that nothing durable
+        refers to until that sync: a power loss before it may leave the name unreadable.
+        """
         if not self._open:
             raise ProgrammingError(f"{self.label}: commit after commit or abort")
         renamed = 0
@@ -244,8 +253,9 @@ class RaidWriter:
                 self._emit(memoryview(self._buf))
             for t in self._targets:
                 os.pwrite(t.fd, pack_header(Header(t.role, self._shift, self.write_id, self.length)), 0)
-            run_parallel(os.fsync, [t.fd for t in self._targets])
-            if len(self._targets) > 2:  # kept to undo the 1st rename if the 2nd fails (see _undo_first)
+            if durable:
+                run_parallel(os.fsync, [t.fd for t in self._targets])
+            if len(self._targets) > 2 and durable:  # kept to undo the 1st rename if the 2nd fails (see _undo_first)
                 try:
                     old_first = os.open(self._targets[0].final, os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
@@ -253,7 +263,8 @@ class RaidWriter:
             for t in self._targets:
                 os.replace(t.temp, t.final)
                 renamed += 1
-            run_parallel(fsync_dir, sorted({os.path.dirname(t.final) for t in self._targets}))
+            if durable:
+                run_parallel(fsync_dir, self.directories())
         except BaseException:
             try:
                 if renamed == 1 and len(self._targets) > 2:
@@ -266,7 +277,15 @@ class RaidWriter:
         finally:
             if old_first is not None:
                 os.close(old_first)
-        self._close()
+        if durable:
+            self._close()
+        else:
+            self._open = False
+            self._owed = True
+
+    def directories(self) -> list[str]:
+        """The directories the stripes are (or will be) named in."""
+        return sorted({os.path.dirname(t.final) for t in self._targets})
 
     def _undo_first(self, old_fd: int | None) -> None:
         """The 1st rename went through, the 2nd failed: the old write still holds two stripes, so put
@@ -324,6 +343,7 @@ class RaidWriter:
             self._close()
 
     def _close(self) -> None:
+        self._owed = False
         for t in self._targets:
             os.close(t.fd)
         for fd, temp in self._extra:
@@ -331,3 +351,19 @@ class RaidWriter:
         self._targets, self._extra = [], []
         self._open = False
         self._buf = bytearray()
+
+
+def sync_all(writers: list[RaidWriter]) -> None:
+    """Make writers committed with `durable=False` durable, as one group: every stripe fsynced at
+    once on the pool, then each directory they were renamed in once (not once per file).
+
+    The writers are done with whether or not this raises; on an error nothing may yet treat
+    their content as durable.
+    """
+    owed = [w for w in writers if w._owed]
+    try:
+        run_parallel(os.fsync, [t.fd for w in owed for t in w._targets])
+        run_parallel(fsync_dir, sorted({d for w in owed for d in w.directories()}))
+    finally:
+        for w in owed:
+            w._close()

@@ -29,10 +29,16 @@ class Verified(NamedTuple):
 
 
 class PutStream(Protocol):
-    """An object being written: invisible until `commit`, gone after `abort`."""
+    """An object being written: invisible until `commit`, gone after `abort`.
+
+    `commit(durable=False)` (new keys only) may leave the durability owed: the object is
+    visible at once and durable after the backend's `sync([...])`, which the store calls
+    before anything durable refers to it (docs/STORE.md "Durability"). A backend whose
+    commit is always durable ignores the flag and makes `sync` a no-op.
+    """
 
     def write(self, data: bytes | bytearray | memoryview) -> int: ...
-    def commit(self) -> None: ...
+    def commit(self, durable: bool = True) -> None: ...
     def abort(self) -> None: ...
 
 
@@ -61,6 +67,9 @@ class ObjectStore(Protocol):
     def verify(self, key: str, repair: bool) -> Verified:
         """Check every checksum of every copy of `key`; with `repair`, rebuild bad copies from good ones."""
 
+    def sync(self, puts: list[PutStream]) -> None:
+        """Make puts committed with `durable=False` durable, all together (a group commit)."""
+
 
 def _check_key(key: str) -> str:
     parts = key.split("/")
@@ -80,6 +89,11 @@ class RaidObjectStore:
 
     def put(self, key: str) -> PutStream:
         return self.discset.create(self._path(key))
+
+    def sync(self, puts: list[PutStream]) -> None:
+        from boxbox.raidfile.writer import sync_all
+
+        sync_all(puts)  # type: ignore[arg-type]
 
     def get(self, key: str) -> BinaryIO:
         return self.discset.open(self._path(key))  # type: ignore[return-value]

@@ -87,6 +87,7 @@ class Session:
         acct = self.account
         if acct is None:
             return
+        acct.sync_objects()  # the barrier: new objects durable before a directory lists them or a reply leaves
         if self._dirty:
             acct.change(change_count=acct.info.change_count + 1)  # housekeeping's dirty marker
         self._write_directories(acct)
@@ -258,7 +259,7 @@ def create_directory(session: Session, req: m.CreateDirectory, stream: InStream 
         raise UsageError(f"a file with that name already exists in directory {req.parent_id:#x}")
     new_id = acct.allocate_id()
     d = Directory(new_id, req.parent_id, req.attributes)
-    blocks = acct.put_object(new_id, d.serialize(), check_limit=False)
+    blocks = acct.put_object(new_id, d.serialize(), check_limit=False, durable=False)
     session._dirs[new_id] = d
     acct.add(blocks_used=blocks, blocks_directories=blocks, count_directories=1)
     _add(parent, Entry(new_id, DIR, req.name, req.attributes_mtime, blocks))
@@ -394,7 +395,7 @@ def store_file(session: Session, req: m.StoreFile, stream: InStream | None) -> m
     if req.diff_from:
         base, base_layout = _diff_base(session, d, req.diff_from)
     new_id = acct.allocate_id()
-    with acct.new_object(new_id) as writer:
+    with acct.new_object(new_id, durable=False) as writer:
         if base is not None:
             # One pass: references are replaced by copies of the base's sealed records as they stream in.
             with acct.open_object(req.diff_from) as base_source:
