@@ -118,3 +118,49 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> SessionCA:
     """The session's test CA: `.cadir`, `.server_dir`, `.client_dir(account)`, `.revoke(serial)`, `.crl`."""
     return SessionCA(tmp_path_factory.mktemp("test-ca"))
 # ---- test CA: end ----
+
+
+# ---- SeaweedFS S3 test bed: begin (issue 12; tests/seaweed.py) ----
+def _start_seaweed(kind: str, root: Path):  # -> tests.seaweed.SeaweedServer | SeaweedCluster
+    """Start a SeaweedFS test bed and wait until it takes writes; skip (never pass) if it cannot run."""
+    from tests import seaweed
+
+    try:
+        seaweed.weed_binary()
+    except seaweed.SeaweedUnavailable as e:
+        pytest.skip(f"SeaweedFS unavailable: {e}")
+    bed = seaweed.SeaweedServer(root) if kind == "server" else seaweed.SeaweedCluster(root)
+    try:
+        bed.wait_ready()
+    except BaseException:
+        bed.stop()
+        raise
+    return bed
+
+
+def _stop_seaweed(bed) -> None:  # noqa: ANN001
+    from tests import seaweed
+
+    pids = [p.pid for p in bed.processes if p.proc is not None]
+    bed.stop()
+    left = [pid for pid in pids if pid in seaweed.leftover_pids()]
+    assert not left, f"weed processes still running after stop: {left}"
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory):  # -> tests.seaweed.SeaweedServer
+    """One `weed server -s3` for the session: `.endpoint`, `.access_key`, `.secret_key`,
+    `.settings(bucket, **overrides) -> S3Settings`, `.new_bucket() -> S3Settings` (a fresh bucket), `.pids`."""
+    bed = _start_seaweed("server", tmp_path_factory.mktemp("seaweed"))
+    yield bed
+    _stop_seaweed(bed)
+
+
+@pytest.fixture(scope="module")
+def seaweed_cluster(tmp_path_factory: pytest.TempPathFactory):  # -> tests.seaweed.SeaweedCluster
+    """A master, three volume servers (replication 001), a filer and an S3 gateway, per module:
+    as `seaweed`, plus `.kill_volume(i)`, `.restart_volume(i)`, `.master`, `.volumes`, `.filer`, `.s3`."""
+    bed = _start_seaweed("cluster", tmp_path_factory.mktemp("seaweed-cluster"))
+    yield bed
+    _stop_seaweed(bed)
+# ---- SeaweedFS S3 test bed: end ----
