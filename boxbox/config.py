@@ -137,6 +137,8 @@ class Section:
     repeated: bool = False
     required: bool = True
     example_names: tuple[str, ...] = ()
+    #: another section that, when present, makes this one optional
+    unless: str = ""
 
     def key(self, name: str) -> Key | None:
         return next((k for k in self.keys if k.name == name), None)
@@ -179,6 +181,27 @@ SERVER = (
         ),
         repeated=True,
         example_names=("0",),
+        unless="s3",
+    ),
+    Section(
+        "s3",
+        "an S3-compatible bucket holding accounts; several servers may share it (docs/STORE.md)",
+        (
+            Key("endpoint", STR, REQUIRED, "https://host[:port] of the S3 service", "https://s3.example.net"),
+            Key("bucket", STR, REQUIRED, "bucket name (it must exist)", "boxbox"),
+            Key("prefix", STR, "boxbox", "key prefix inside the bucket: accounts, account list and leases live under it"),
+            Key("region", STR, "us-east-1", "region used in request signatures"),
+            Key("access_key", STR, REQUIRED, "S3 access key id", "BOXBOXEXAMPLE"),
+            Key("secret_key_file", PATH, REQUIRED, "file holding the S3 secret key, mode 0600", "s3-secret.key"),
+            Key("ca_certificate", PATH, None, "CA certificate for the endpoint (default: the system's)"),
+            Key("addressing", choice("path", "virtual"), "path", "path: host/bucket/key; virtual: bucket.host/key"),
+            Key("allow_http", BOOL, False, "allow a plain-http endpoint (a trusted network only)"),
+            Key("lease_time", DURATION, 60.0, "an account lease lasts this long unrenewed (renewed every third)"),
+            Key("clock_skew", DURATION, 10.0, "largest clock difference between the servers sharing the bucket"),
+        ),
+        repeated=True,
+        required=False,
+        example_names=(),  # not in the example: a store uses disc sets unless configured otherwise
     ),
 )
 
@@ -187,7 +210,8 @@ CLIENT = (
         "client",
         "the backup daemon",
         (
-            Key("server", STR, REQUIRED, "store server host name (must match its certificate)", "backup.example.net"),
+            Key("server", STR, REQUIRED, "store server host name (must match its certificate); several, comma-separated "
+                "(HOST or HOST:PORT), are tried in order when one cannot be reached", "backup.example.net"),
             Key("port", INT, 2201, "store server TCP port"),
             Key("account", STR, REQUIRED, "account number on the store, in hex", "1"),
             Key("certificate", PATH, REQUIRED, "client certificate (from `boxbox ca sign-client`)", "client.crt"),
@@ -300,9 +324,10 @@ def parse_text(text: str, role: str, source: str = "<config>", base: Path | None
             cfg.sections[kind] = values
     for sec in schema:
         present = sec.name in (cfg.groups if sec.repeated else cfg.sections)
-        if not present and sec.required:
+        if not present and sec.required and not (sec.unless and (cfg.groups.get(sec.unless) or sec.unless in cfg.sections)):
             form = f"[{sec.name} NAME]" if sec.repeated else f"[{sec.name}]"
-            raise ConfigError(f"{source}: required section {form} is missing")
+            raise ConfigError(f"{source}: required section {form} is missing",
+                              hint=f"or give a [{sec.unless} NAME] section" if sec.unless else None)
         if sec.repeated:
             cfg.groups.setdefault(sec.name, {})
     return cfg

@@ -19,5 +19,6 @@ CLIENT_STATE = b"BXCS"  # client: saved directory records and id map
 PATCH_OBJECT = b"BXRP"  # store: reverse patch (older version against a newer one)
 HOUSEKEEPING_STATE = b"BXHK"  # store: per-account housekeeping state (dirty marker, retention clock)
 HOUSEKEEPING_JOURNAL = b"BXHJ"  # store: what a housekeeping pass is changing, until it is done
+S3_TRAILER = b"BXST"  # store on S3: payload length and SHA-256 after every object
 
 ALL = {name: value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, bytes)}

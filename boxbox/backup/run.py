@@ -97,7 +97,7 @@ def connect(cfg: Config, timeout: float = 300.0) -> Client:
 
     c = cfg["client"]
     ctx: ssl.SSLContext = tls.client_context(c["certificate"], c["private_key"], c["ca_certificate"])
-    return Client.connect(c["server"], c["port"], ctx, server_hostname=c["server"], timeout=timeout)
+    return Client.connect_any(c["server"], c["port"], ctx, timeout=timeout)
 
 
 class BackupRun:

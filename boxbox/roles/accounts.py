@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("account", help="account number in hex (the client certificate's BACKUP-%%08x)")
     p.add_argument("--soft", required=True, help="soft limit, like 10G: housekeeping trims down to it")
     p.add_argument("--hard", required=True, help="hard limit, like 12G: uploads beyond it are refused")
-    p.add_argument("--discset", default=None, help="disc set name (default: the only one, or '0')")
+    p.add_argument("--discset", default=None, help="disc set or S3 store name (default: the only one, or '0')")
     p.add_argument("--name", default="", help="a label for the account")
     p = sub.add_parser("info", help="limits and usage of an account")
     p.add_argument("account")
@@ -147,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
     if action == "create":
         discset = args.discset
         if discset is None:
-            discset = next(iter(store.discsets)) if len(store.discsets) == 1 else "0"
+            discset = next(iter(store.backends)) if len(store.backends) == 1 else "0"
         info = store.create_account(account, _blocks(args.soft, "--soft"), _blocks(args.hard, "--hard"),
                                     discset, args.name)
         print(f"account {account:08x} created on disc set {discset}: soft {format_size(info.soft_limit * BLOCK_SIZE)}, "

@@ -495,7 +495,7 @@ def connect(cfg: Any, write: bool) -> Any:
     c = cfg["client"]
     keys = load_keys(c["keys_file"])
     context = tls.client_context(c["certificate"], c["private_key"], c["ca_certificate"])
-    client = Client.connect(c["server"], c["port"], context, server_hostname=c["server"])
+    client = Client.connect_any(c["server"], c["port"], context)
     try:
         client.login(read_only=not write)
     except BaseException:

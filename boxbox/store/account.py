@@ -1,9 +1,11 @@
-"""Accounts on disc sets: the store as a whole, and one opened account.
+"""Accounts on disc sets or S3 stores: the store as a whole, and one opened account.
 
 Objects are addressed by 64-bit id under the account, sharded so that no directory holds
 more than 256 objects: `0000002a/o/<id >> 16 hex>/<(id >> 8) & 0xff hex>/<id as 16 hex>`.
-One writer per account at a time (an flock on a local lock file, released by the kernel
-when a client's process or connection dies); read-only sessions need no lock.
+One writer per account at a time; read-only sessions need no lock. The locks are an
+interface (`AccountLocks`): on a disc set an flock on a local lock file (released by the
+kernel when a client's process or connection dies); on an S3 store a lease object in the
+bucket (`boxbox/store/lease.py`), so several servers can share it.
 """
 
 from __future__ import annotations
@@ -15,19 +17,20 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, NamedTuple, Protocol
 
 from boxbox.config import Config
 from boxbox.errors import (
-    ConfigError, FormatError, InUse, IntegrityError, LimitExceeded, NotFound, UsageError, storage_error,
+    ConfigError, FormatError, InUse, IntegrityError, LimitExceeded, NotFound, StorageError, UsageError, storage_error,
 )
 from boxbox.objects.directory import Directory
-from boxbox.store.accountdb import AccountDatabase
+from boxbox.store.accountdb import AccountDatabase, BucketAccountDatabase, StoreDatabase
 from boxbox.store.backend import ObjectStore, PutStream, RaidObjectStore
 from boxbox.store.info import AccountInfo
 
 if TYPE_CHECKING:
     from boxbox.raidfile import DiscSet
+    from boxbox.store.s3backend import S3ObjectStore, S3Store
 
 log = logging.getLogger(__name__)
 
@@ -50,32 +53,165 @@ def info_key(account: int) -> str:
     return f"{account:08x}/info"
 
 
-class Store:
-    """The account database plus the disc sets it points into."""
+class Lock(Protocol):
+    """An account lock. `expires`: a lease that the holder must stop using when `check` raises."""
 
-    def __init__(self, database: AccountDatabase, discsets: dict[str, "DiscSet"]) -> None:
-        self.database = database
+    expires: bool
+
+    def acquire(self) -> "Lock": ...
+    def release(self) -> None: ...
+    def check(self) -> None: ...
+    def __enter__(self) -> "Lock": ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class AccountLocks(Protocol):
+    """The write, housekeeping and info locks of the accounts on one store, and yield requests."""
+
+    #: seconds between tries while waiting for a lock (a try costs a request on S3)
+    poll: float
+
+    def write_lock(self, account: int) -> Lock: ...
+    def housekeeping_lock(self, account: int) -> Lock: ...
+    def info_lock(self, account: int) -> Lock: ...
+    def request_yield(self, account: int) -> None: ...
+    def clear_yield(self, account: int) -> None: ...
+    def yield_requested(self, account: int, max_age: float) -> bool: ...
+
+
+class LocalLocks:
+    """flock files in one local directory: the locks of accounts on disc sets."""
+
+    poll = 0.02
+
+    def __init__(self, lock_dir: Path) -> None:
+        self.lock_dir = lock_dir
+
+    def _dir(self) -> Path:
+        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self.lock_dir
+
+    def write_lock(self, account: int) -> "_Lock":
+        return _Lock(self._dir() / f"{account:08x}.write", blocking=False, account=account)
+
+    def info_lock(self, account: int) -> "_Lock":
+        return _Lock(self._dir() / f"{account:08x}.info", blocking=True)
+
+    def housekeeping_lock(self, account: int) -> "_Lock":
+        return _Lock(self._dir() / f"{account:08x}.housekeeping", blocking=False, account=account)
+
+    def _yield_path(self, account: int) -> Path:
+        return self._dir() / f"{account:08x}.yield"
+
+    def request_yield(self, account: int) -> None:
+        self._yield_path(account).touch()
+
+    def clear_yield(self, account: int) -> None:
+        self._yield_path(account).unlink(missing_ok=True)
+
+    def yield_requested(self, account: int, max_age: float) -> bool:
+        try:
+            return time.time() - os.stat(self._yield_path(account)).st_mtime < max_age
+        except FileNotFoundError:
+            return False
+
+
+class S3Parts(NamedTuple):
+    """What the store keeps per `[s3 NAME]`: the objects, the account locks, the account list."""
+
+    backend: "S3ObjectStore"
+    locks: AccountLocks
+    accounts: BucketAccountDatabase
+
+
+def open_s3(spec: "S3Store") -> S3Parts:
+    """Connect one configured S3 store (no request is made until the account list is read)."""
+    from boxbox.s3.client import S3Client
+    from boxbox.store.lease import LeaseLocks
+    from boxbox.store.s3backend import S3ObjectStore
+
+    client = S3Client(spec.settings)
+    backend = S3ObjectStore(client, spec.prefix, spec.name)
+    return S3Parts(backend, LeaseLocks(lambda: client, backend.prefix, spec.lease),
+                   BucketAccountDatabase(client, backend.prefix + "accounts", spec.name))
+
+
+class GuardedStore:
+    """An S3 account's objects as its writing session sees them: no write once its lease may have expired."""
+
+    def __init__(self, inner: ObjectStore, lock: Lock) -> None:
+        self._inner = inner
+        self._lock = lock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def put(self, key: str, exclusive: bool = False) -> PutStream:
+        self._lock.check()
+        return _GuardedPut(self._inner.put(key, exclusive), self._lock)
+
+    def delete(self, key: str) -> None:
+        self._lock.check()
+        self._inner.delete(key)
+
+
+class _GuardedPut:
+    def __init__(self, put: PutStream, lock: Lock) -> None:
+        self._put = put
+        self._lock = lock
+        self.write = put.write
+        self.abort = put.abort
+
+    def commit(self, durable: bool = True) -> None:
+        self._lock.check()
+        self._put.commit(durable)
+
+
+class Store:
+    """The account database plus the disc sets and S3 stores it points into."""
+
+    def __init__(self, database: AccountDatabase, discsets: dict[str, "DiscSet"],
+                 s3: dict[str, S3Parts] | None = None) -> None:
+        s3 = s3 or {}
+        self.database = StoreDatabase(database, {name: p.accounts for name, p in s3.items()})
         self.discsets = discsets
         self.lock_dir = database.path.parent / (database.path.name + ".locks")
+        self.local_locks = LocalLocks(self.lock_dir)
+        self.backends: dict[str, ObjectStore] = {name: RaidObjectStore(d) for name, d in discsets.items()}
+        self._locks: dict[str, AccountLocks] = {}
+        self.s3 = s3
+        for name, parts in s3.items():
+            if name in self.backends:
+                raise ConfigError(f"[s3 {name}] has the name of a [discset {name}]: names must differ")
+            self.backends[name] = parts.backend
+            self._locks[name] = parts.locks
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Store":
         from boxbox.raidfile import DiscSet
+        from boxbox.store.s3backend import S3Store
 
         discsets = {name: DiscSet.from_config(name, values, str(cfg.path))
                     for name, values in cfg.groups.get("discset", {}).items()}
-        if not discsets:
-            raise ConfigError(f"{cfg.path}: no [discset NAME] section", hint="add [discset 0] with directories = ...")
-        return cls(AccountDatabase(cfg["server"]["account_database"]), discsets)
+        s3 = {name: open_s3(S3Store.from_config(name, values, str(cfg.path)))
+              for name, values in cfg.groups.get("s3", {}).items()}
+        if not discsets and not s3:
+            raise ConfigError(f"{cfg.path}: no [discset NAME] or [s3 NAME] section",
+                              hint="add [discset 0] with directories = ..., or an [s3 NAME] section")
+        return cls(AccountDatabase(cfg["server"]["account_database"]), discsets, s3)
 
     # ------------------------------------------------------------ accounts
     def backend(self, account: int) -> ObjectStore:
         name = self.database.discset_of(account)
         try:
-            return RaidObjectStore(self.discsets[name])
+            return self.backends[name]
         except KeyError:
             raise ConfigError(f"account {account:08x} lives on disc set {name!r}, which the config does not "
-                              f"define (known: {', '.join(sorted(self.discsets))})") from None
+                              f"define (known: {', '.join(sorted(self.backends))})") from None
+
+    def locks(self, account: int) -> AccountLocks:
+        """The flock files for an account on a disc set, the bucket's leases for one on an S3 store."""
+        return self._locks.get(self.database.discset_of(account), self.local_locks)
 
     def read_info(self, account: int) -> AccountInfo:
         backend = self.backend(account)
@@ -97,42 +233,60 @@ class Store:
 
     def create_account(self, account: int, soft_limit: int, hard_limit: int, discset: str,
                        name: str = "") -> AccountInfo:
-        """Register ACCOUNT on DISCSET with limits in blocks and an empty root directory."""
+        """Register ACCOUNT on DISCSET (a disc set or S3 store) with limits in blocks and an empty root directory."""
         _check_limits(soft_limit, hard_limit)
         if not 0 < account <= MAX_ACCOUNT:
             raise UsageError(f"account number must be 1..ffffffff, got {account:x}")
-        if discset not in self.discsets:
-            raise UsageError(f"no disc set {discset!r} in the config (known: {', '.join(sorted(self.discsets))})")
-        with self.database.editing() as accounts:
-            if account in accounts:
+        if discset not in self.backends:
+            raise UsageError(f"no disc set {discset!r} in the config (known: {', '.join(sorted(self.backends))})")
+        backend = self.backends[discset]
+        if discset in self.s3:
+            return self._create_on_s3(account, soft_limit, hard_limit, discset, name, backend)
+        with self.database.local.editing() as accounts:
+            if account in accounts or account in self.database:
                 raise UsageError(f"account {account:08x} already exists")
-            backend = RaidObjectStore(self.discsets[discset])
             if backend.exists(info_key(account)):
                 raise UsageError(f"account {account:08x} has leftover data on disc set {discset!r}",
                                  hint="remove it or choose another account number")
-            root = Directory(ROOT_DIRECTORY_ID, 0).serialize()
-            put = backend.put(object_key(account, ROOT_DIRECTORY_ID))
-            put.write(root)
-            put.commit()
-            blocks = backend.usage_blocks(object_key(account, ROOT_DIRECTORY_ID))
-            info = AccountInfo(account, True, soft_limit, hard_limit, blocks_used=blocks, blocks_directories=blocks,
-                               count_directories=1, last_object_id=ROOT_DIRECTORY_ID, name=name)
-            put = backend.put(info_key(account))
-            put.write(info.encode())
-            put.commit()
+            info = _write_new_account(backend, account, soft_limit, hard_limit, name)
             accounts[account] = discset
+        return info
+
+    def _create_on_s3(self, account: int, soft_limit: int, hard_limit: int, discset: str, name: str,
+                      backend: ObjectStore) -> AccountInfo:
+        """On a bucket shared by servers the info object is created with If-None-Match: whoever
+        creates it first owns the number; only then is the account listed."""
+        self.database.reload()
+        if account in self.database:
+            raise UsageError(f"account {account:08x} already exists")
+        try:
+            info = _write_new_account(backend, account, soft_limit, hard_limit, name)
+        except StorageError:
+            raise UsageError(f"account {account:08x} has leftover data on S3 store {discset!r}",
+                             hint="remove it or choose another account number") from None
+
+        def add(accounts: dict[int, str]) -> None:
+            if account in accounts:
+                raise UsageError(f"account {account:08x} already exists")
+            accounts[account] = discset
+
+        self.s3[discset].accounts.update(add)
         return info
 
     def delete_account(self, account: int) -> int:
         """Remove ACCOUNT and all its objects; returns the number of objects removed."""
+        discset = self.database.discset_of(account)
         with self.write_lock(account):
             backend = self.backend(account)
             removed = 0
             for key in list(backend.list(account_prefix(account))):
                 backend.delete(key)
                 removed += 1
-            with self.database.editing() as accounts:
-                accounts.pop(account, None)
+            if discset in self.s3:
+                self.s3[discset].accounts.update(lambda accounts: accounts.pop(account, None) and None)
+            else:
+                with self.database.local.editing() as accounts:
+                    accounts.pop(account, None)
         return removed
 
     def update_info(self, account: int, **changes: Any) -> AccountInfo:
@@ -146,21 +300,17 @@ class Store:
         return info
 
     # ------------------------------------------------------------ locking
-    def _lock_dir_ready(self) -> Path:
-        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return self.lock_dir
-
-    def write_lock(self, account: int) -> "_Lock":
+    def write_lock(self, account: int) -> Lock:
         """The one-writer lock: InUse if another session holds it."""
-        return _Lock(self._lock_dir_ready() / f"{account:08x}.write", blocking=False, account=account)
+        return self.locks(account).write_lock(account)
 
-    def info_lock(self, account: int) -> "_Lock":
+    def info_lock(self, account: int) -> Lock:
         """Held briefly around read-modify-write of the info file (server session or admin)."""
-        return _Lock(self._lock_dir_ready() / f"{account:08x}.info", blocking=True)
+        return self.locks(account).info_lock(account)
 
-    def housekeeping_lock(self, account: int) -> "_Lock":
+    def housekeeping_lock(self, account: int) -> Lock:
         """Held by housekeeping and check beside the write lock, so a client can tell who has the account."""
-        return _Lock(self._lock_dir_ready() / f"{account:08x}.housekeeping", blocking=False, account=account)
+        return self.locks(account).housekeeping_lock(account)
 
     def housekeeping_running(self, account: int) -> bool:
         try:
@@ -169,21 +319,16 @@ class Store:
             return True
         return False
 
-    def _yield_path(self, account: int) -> Path:
-        return self._lock_dir_ready() / f"{account:08x}.yield"
-
     def yield_requested(self, account: int) -> bool:
         """A client is waiting for the account (a request younger than YIELD_WAIT x 3)."""
-        try:
-            return time.time() - os.stat(self._yield_path(account)).st_mtime < 3 * YIELD_WAIT
-        except FileNotFoundError:
-            return False
+        return self.locks(account).yield_requested(account, 3 * YIELD_WAIT)
 
-    def take_from_housekeeping(self, account: int) -> "_Lock":
+    def take_from_housekeeping(self, account: int) -> Lock:
         """The housekeeping lock for an admin job (check): a running pass is asked to stop and awaited."""
-        lock = self.housekeeping_lock(account)
+        locks = self.locks(account)
+        lock = locks.housekeeping_lock(account)
         deadline = time.monotonic() + YIELD_WAIT
-        request = self._yield_path(account)
+        asked = False
         try:
             while True:
                 try:
@@ -192,40 +337,48 @@ class Store:
                     if time.monotonic() > deadline:
                         raise InUse(f"account {account:08x} is being housekept or checked and did not let go "
                                     f"within {YIELD_WAIT:.0f} s", hint="try again in a moment") from None
-                    request.touch()
-                    time.sleep(0.02)
+                    if not asked:
+                        locks.request_yield(account)
+                        asked = True
+                    time.sleep(locks.poll)
         finally:
-            request.unlink(missing_ok=True)
+            if asked:
+                locks.clear_yield(account)
 
-    def _acquire_writer(self, account: int) -> "_Lock":
+    def _acquire_writer(self, account: int) -> Lock:
         """The write lock; if housekeeping holds it, ask it to stop and wait up to YIELD_WAIT."""
+        locks = self.locks(account)
         try:
-            return self.write_lock(account).acquire()
+            return locks.write_lock(account).acquire()
         except InUse:
             if not self.housekeeping_running(account):
                 # Housekeeping may have let go between our two tries (it releases the write lock
                 # first): one more try tells that apart from another client holding it.
-                return self.write_lock(account).acquire()
-        request = self._yield_path(account)
-        request.touch()
+                return locks.write_lock(account).acquire()
+        locks.request_yield(account)
         deadline = time.monotonic() + YIELD_WAIT
         try:
             while True:
                 try:
-                    return self.write_lock(account).acquire()
+                    return locks.write_lock(account).acquire()
                 except InUse:
                     if time.monotonic() > deadline:
                         raise InUse(f"account {account:08x} is being housekept or checked and did not yield "
                                     f"within {YIELD_WAIT:.0f} s", hint="try again in a moment") from None
-                    time.sleep(0.02)
+                    time.sleep(locks.poll)
         finally:
-            request.unlink(missing_ok=True)
+            locks.clear_yield(account)
 
     def open(self, account: int, write: bool) -> "Account":
         """Open ACCOUNT for a session; a writer takes the account's lock first (housekeeping yields to it)."""
         backend = self.backend(account)
         lock = self._acquire_writer(account) if write else None
         try:
+            if lock is not None and lock.expires:
+                # Another server may have written since we last looked: forget what we remembered,
+                # and refuse every write once the lease may have run out.
+                backend.forget(account_prefix(account))  # type: ignore[attr-defined]
+                backend = GuardedStore(backend, lock)
             info = self.read_info(account)
             if write:
                 if info.writer_open:  # the last writer died mid-batch: settle what it left first
@@ -240,8 +393,26 @@ class Store:
         return Account(self, backend, info, lock)
 
 
+def _write_new_account(backend: ObjectStore, account: int, soft_limit: int, hard_limit: int,
+                       name: str) -> AccountInfo:
+    """The empty root directory and the info file; the info is created exclusively where the backend can."""
+    root = Directory(ROOT_DIRECTORY_ID, 0).serialize()
+    put = backend.put(object_key(account, ROOT_DIRECTORY_ID))
+    put.write(root)
+    put.commit()
+    blocks = backend.usage_blocks(object_key(account, ROOT_DIRECTORY_ID))
+    info = AccountInfo(account, True, soft_limit, hard_limit, blocks_used=blocks, blocks_directories=blocks,
+                       count_directories=1, last_object_id=ROOT_DIRECTORY_ID, name=name)
+    put = backend.put(info_key(account), exclusive=True)
+    put.write(info.encode())
+    put.commit()
+    return info
+
+
 class _Lock:
     """An flock on a local file: held by an open descriptor, so a dead holder frees it."""
+
+    expires = False
 
     def __init__(self, path: Path, blocking: bool, account: int | None = None) -> None:
         self.path = path
@@ -262,6 +433,9 @@ class _Lock:
             raise
         self._fd = fd
         return self
+
+    def check(self) -> None:
+        """An flock cannot be lost while its descriptor is open."""
 
     def release(self) -> None:
         if self._fd is not None:
@@ -312,7 +486,7 @@ class LimitedWriter:
 class Account:
     """One account opened by a session: its objects, its info, its usage arithmetic."""
 
-    def __init__(self, store: Store, backend: ObjectStore, info: AccountInfo, lock: _Lock | None) -> None:
+    def __init__(self, store: Store, backend: ObjectStore, info: AccountInfo, lock: Lock | None) -> None:
         self.store = store
         self.backend = backend
         self.info = info
@@ -335,7 +509,8 @@ class Account:
     def allocate_id(self) -> int:
         """The next unused id. An existing object is skipped, never overwritten, whatever the info says."""
         new = self.info.last_object_id + 1
-        while new <= MAX_OBJECT_ID and self.backend.exists(self.key(new)):
+        # On S3 the new object is created with If-None-Match instead: no HEAD per upload.
+        while new <= MAX_OBJECT_ID and not self.backend.exclusive_create and self.backend.exists(self.key(new)):
             log.warning("account %08x: object %#x exists beyond the last id; skipped", self.number, new)
             new += 1
         if new > MAX_OBJECT_ID:
@@ -372,7 +547,8 @@ class Account:
         """
         what = f"writing object {object_id:#x}"
         try:
-            put = self.backend.put(self.key(object_id))
+            # durable=False is for new ids only: where the backend can, they are created exclusively
+            put = self.backend.put(self.key(object_id), exclusive=not durable)
         except OSError as e:
             raise storage_error(e, what) from e
         room = self.info.hard_limit - self.info.blocks_used if check_limit else None

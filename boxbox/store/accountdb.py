@@ -12,6 +12,12 @@ Byte layout (little-endian):
 Written atomically (Box Backup's was not); changes by `boxbox accounts` take a lock file
 beside it, so two admins cannot lose each other's edits. The server re-reads the file
 when it changes, so accounts can be created while it runs.
+
+Accounts on an S3 store are listed, in the same format, in the object `<prefix>accounts` of
+its bucket, so every server on the bucket sees them; it is changed with conditional PUTs
+(`If-Match` the ETag read, `If-None-Match: *` for the first), read again and retried on 412,
+so two servers or admins never lose each other's edits. `StoreDatabase` is the union the
+store uses.
 """
 
 from __future__ import annotations
@@ -19,13 +25,17 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 
 from boxbox import magic
 from boxbox.atomic import write_atomic
-from boxbox.errors import FormatError, NotFound
+from boxbox.errors import FormatError, NotFound, PreconditionFailed, StorageError
+
+if TYPE_CHECKING:
+    from boxbox.s3.client import S3Client
 
 MAGIC = magic.ACCOUNT_DB
 VERSION = 1
@@ -135,3 +145,92 @@ class AccountDatabase:
             yield accounts
             write_atomic(self.path, encode(accounts), mode=0o600)
             self.reload()
+
+
+class BucketAccountDatabase:
+    """The accounts of one S3 store, kept in its bucket; every entry names that store."""
+
+    #: `refresh` reads the bucket at most this often (each session's login asks)
+    REFRESH_EVERY = 1.0
+
+    def __init__(self, client: "S3Client", key: str, store_name: str) -> None:
+        self._client = client
+        self.key = key
+        self.store_name = store_name
+        self._accounts: dict[int, str] = {}
+        self._etag: str | None = None
+        self._read_at = 0.0
+        self.reload()
+
+    def _read(self) -> tuple[dict[int, str], str | None]:
+        try:
+            info = self._client.head_object(self.key)
+            data = self._client.get_object(self.key)
+        except NotFound:
+            return {}, None
+        accounts = decode(data, f"s3://{self._client.settings.bucket}/{self.key}")
+        return {a: self.store_name for a in accounts}, info.etag
+
+    def reload(self) -> None:
+        self._accounts, self._etag = self._read()
+        self._read_at = time.monotonic()
+
+    def refresh(self) -> None:
+        if time.monotonic() - self._read_at >= self.REFRESH_EVERY:
+            self.reload()
+
+    def accounts(self) -> dict[int, str]:
+        return dict(self._accounts)
+
+    def update(self, change: Callable[[dict[int, str]], None]) -> None:
+        """Apply `change` to a fresh copy and write it back only if nobody wrote meanwhile; else redo."""
+        for _ in range(20):
+            accounts, etag = self._read()
+            change(accounts)
+            data = encode(accounts)
+            try:
+                if etag is None:
+                    self._client.put_object(self.key, data, if_none_match=True)
+                else:
+                    self._client.put_object(self.key, data, if_match=etag)
+            except PreconditionFailed:
+                time.sleep(0.05)
+                continue
+            self.reload()
+            return
+        raise StorageError(f"s3://{self._client.settings.bucket}/{self.key}: the account database kept changing "
+                           "under 20 tries", hint="try again in a moment")
+
+
+class StoreDatabase:
+    """The local database file (accounts on disc sets) plus the bucket databases of the S3 stores."""
+
+    def __init__(self, local: AccountDatabase, buckets: dict[str, BucketAccountDatabase]) -> None:
+        self.local = local
+        self.buckets = buckets
+        self.path = local.path
+
+    def reload(self) -> None:
+        self.local.reload()
+        for b in self.buckets.values():
+            b.reload()
+
+    def refresh(self) -> None:
+        self.local.refresh()
+        for b in self.buckets.values():
+            b.refresh()
+
+    def accounts(self) -> dict[int, str]:
+        merged = self.local.accounts()
+        for b in self.buckets.values():
+            merged.update(b.accounts())
+        return merged
+
+    def discset_of(self, account: int) -> str:
+        for b in self.buckets.values():
+            if account in b.accounts():
+                return b.store_name
+        return self.local.discset_of(account)
+
+    def __contains__(self, account: int) -> bool:
+        return account in self.local or any(account in b.accounts() for b in self.buckets.values())

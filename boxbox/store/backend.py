@@ -2,7 +2,7 @@
 
 Everything above this module (accounts, protocol handlers, housekeeping, check) names
 objects by key — `"0000002a/info"`, `"0000002a/o/0/01/0000000000000123"` — and never by
-path, so an S3-compatible backend can be added by implementing `ObjectStore` alone.
+path, so an S3-compatible backend (`boxbox/store/s3backend.py`) implements `ObjectStore` alone.
 """
 
 from __future__ import annotations
@@ -43,8 +43,13 @@ class PutStream(Protocol):
 
 
 class ObjectStore(Protocol):
-    def put(self, key: str) -> PutStream:
-        """Start writing `key`; commit atomically replaces any previous object."""
+    #: True if `put(key, exclusive=True)` itself refuses to replace an object (S3 `If-None-Match`),
+    #: so a caller allocating a new key need not ask `exists` first.
+    exclusive_create: bool
+
+    def put(self, key: str, exclusive: bool = False) -> PutStream:
+        """Start writing `key`; commit atomically replaces any previous object (unless `exclusive`
+        and the backend has `exclusive_create`: then commit fails with StorageError)."""
 
     def get(self, key: str) -> BinaryIO:
         """A readable, seekable stream of `key`; NotFound if absent."""
@@ -71,7 +76,7 @@ class ObjectStore(Protocol):
         """Make puts committed with `durable=False` durable, all together (a group commit)."""
 
 
-def _check_key(key: str) -> str:
+def check_key(key: str) -> str:
     parts = key.split("/")
     if not key or any(p in ("", ".", "..") for p in parts):
         raise ProgrammingError(f"object key {key!r} is not a clean relative name")
@@ -81,13 +86,15 @@ def _check_key(key: str) -> str:
 class RaidObjectStore:
     """`ObjectStore` over a raidfile `DiscSet`: keys are paths under `backup/`."""
 
+    exclusive_create = False  # a new id is checked with `exists` (one stat) by the caller
+
     def __init__(self, discset: "DiscSet") -> None:
         self.discset = discset
 
     def _path(self, key: str) -> str:
-        return f"{ROOT}/{_check_key(key)}"
+        return f"{ROOT}/{check_key(key)}"
 
-    def put(self, key: str) -> PutStream:
+    def put(self, key: str, exclusive: bool = False) -> PutStream:
         return self.discset.create(self._path(key))
 
     def sync(self, puts: list[PutStream]) -> None:
@@ -105,7 +112,7 @@ class RaidObjectStore:
         return self.discset.exists(self._path(key))
 
     def list(self, prefix: str) -> Iterator[str]:
-        stack = [_check_key(prefix)]
+        stack = [check_key(prefix)]
         while stack:
             here = stack.pop()
             path = f"{ROOT}/{here}"

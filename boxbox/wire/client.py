@@ -20,6 +20,8 @@ from boxbox.wire.transport import Connection, InStream, set_nodelay
 
 #: Unread replies allowed before `submit` reads some (each is ~20 bytes; 256 fit any socket buffer).
 MAX_IN_FLIGHT = 256
+#: Seconds to wait for a TCP connection before trying the next configured server.
+CONNECT_TIMEOUT = 15.0
 
 
 class Pending:
@@ -50,6 +52,20 @@ def _tls_error(e: ssl.SSLError | OSError, host: str) -> BoxboxError:
     return PermissionDenied(f"server {host} refused the TLS session: {reason}")
 
 
+def server_addresses(servers: str, port: int) -> list[tuple[str, int]]:
+    """`[client] server`: host names separated by commas or spaces, each optionally `:PORT`."""
+    out = []
+    for item in servers.replace(",", " ").split():
+        host, sep, port_text = item.rpartition(":")
+        if sep and port_text.isdigit() and host and not host.endswith(":"):
+            out.append((host.strip("[]"), int(port_text)))
+        else:
+            out.append((item.strip("[]"), port))
+    if not out:
+        raise ProtocolError("no store server address given")
+    return out
+
+
 class Client:
     """A logged-in or not-yet-logged-in session with a store server."""
 
@@ -67,12 +83,37 @@ class Client:
             raw = socket.create_connection((host, port), timeout=timeout)
         except OSError as e:
             raise ProtocolError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
+        return cls._over(raw, context, server_hostname or host, timeout)
+
+    @classmethod
+    def connect_any(cls, servers: str, port: int, context: ssl.SSLContext, *, timeout: float = 300.0) -> "Client":
+        """Connect to the first of `servers` ("a.example, b.example:2202") that accepts a TCP connection.
+
+        Several servers sharing one S3 bucket serve the same accounts; one that is down is
+        skipped. Each name must match its own certificate. Only a failed connect moves on: a
+        server that answers and refuses (certificate, account in use) is the answer.
+        """
+        addresses = server_addresses(servers, port)
+        failures = []
+        for host, p in addresses:
+            try:  # a host that is down may not answer at all: give up on it sooner than `timeout`
+                raw = socket.create_connection((host, p), timeout=min(timeout, CONNECT_TIMEOUT))
+            except OSError as e:
+                failures.append(f"{host}:{p}: {e.strerror or e}")
+                continue
+            raw.settimeout(timeout)
+            return cls._over(raw, context, host, timeout)
+        raise ProtocolError(f"cannot connect to {'; '.join(failures)}")
+
+    @classmethod
+    def _over(cls, raw: socket.socket, context: ssl.SSLContext, host: str, timeout: float) -> "Client":
+        """TLS and hello over a connected socket."""
         set_nodelay(raw)
         try:
-            sock = context.wrap_socket(raw, server_hostname=server_hostname or host)
+            sock = context.wrap_socket(raw, server_hostname=host)
         except (ssl.SSLError, OSError) as e:
             raw.close()
-            raise _tls_error(e, server_hostname or host) from None
+            raise _tls_error(e, host) from None
         client = cls(Connection(sock, idle_timeout=timeout, read_timeout=timeout))
         try:
             client.hello()
@@ -87,7 +128,7 @@ class Client:
             client.close()
             # In TLS 1.3 the server checks our certificate after the client's handshake is
             # done; a refusal shows up as a dropped connection on the first exchange.
-            raise PermissionDenied(f"server {server_hostname or host} ended the session during hello "
+            raise PermissionDenied(f"server {host} ended the session during hello "
                                    f"(it probably refused this client's certificate): {e.args[0]}") from None
         except BoxboxError:
             client.close()

@@ -1,0 +1,377 @@
+"""`ObjectStore` over an S3-compatible bucket: the store with no local discs at all.
+
+Keys are `<prefix>/<key>` in the bucket. Redundancy is the object store's job (replication
+or erasure coding in the cluster): boxbox adds none, so `usage_blocks` is the object's
+stored size in 4 KiB blocks with no RAID overhead, and `verify` cannot repair anything: it
+only tells a good object from a damaged one.
+
+Every object carries its own checksum in a trailer, because the checksum must survive
+what S3 headers do not: a multipart upload's ETag is not a digest of the content,
+`x-amz-checksum-sha256` is not honoured by every S3-compatible store (SeaweedFS among
+them), and user metadata needs a HEAD per object to read back. A trailer (not a header)
+because a streamed upload learns its digest only at the end.
+
+Trailer byte layout (little-endian), after the payload:
+
+    offset  size  field
+    0       4     magic b"BXST"
+    4       2     version (1)
+    6       2     reserved, zero
+    8       8     payload length
+    16      32    SHA-256 of the payload
+
+Requests per stored object: one PUT (multipart above the client's part size). Objects are
+created with `If-None-Match: *`, so a new id never replaces an object and no HEAD is needed
+before; sizes of objects written or read are remembered, so usage needs no HEAD either.
+A read is one ranged GET of the first `SMALL` bytes: a small object (most of them) is then
+checked against its trailer and served from memory; a bigger one continues with ranged GETs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import struct
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, NamedTuple
+
+from boxbox import magic
+from boxbox.errors import (
+    ConfigError, FormatError, IntegrityError, NotFound, PermissionDenied, PreconditionFailed, StorageError,
+)
+from boxbox.store.backend import PutStream, Verified, check_key
+from boxbox.store.info import BLOCK_SIZE
+from boxbox.store.lease import LeaseSettings
+
+if TYPE_CHECKING:
+    from boxbox.s3.client import S3Client, S3Settings
+
+MAGIC = magic.S3_TRAILER
+VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+TRAILER = struct.Struct("<4sHHQ32s")
+assert TRAILER.size == 48
+#: First read of every object; anything up to this size is fetched, checked and served in one GET.
+SMALL = 1 << 20
+#: Sizes remembered; past this the cache starts over (a few MB of memory).
+SIZE_CACHE = 200_000
+
+
+class S3Store(NamedTuple):
+    """A parsed `[s3 NAME]` section: where the bucket is, and the lease timings of its accounts."""
+
+    name: str
+    settings: "S3Settings"
+    prefix: str
+    lease: LeaseSettings
+
+    @classmethod
+    def from_config(cls, name: str, values: dict[str, Any], source: str) -> "S3Store":
+        """Build from a parsed `[s3 NAME]` section; errors name `source:s3 NAME.key`."""
+        from boxbox.s3.client import S3Settings
+
+        where = f"{source}:s3 {name}"
+        lease = LeaseSettings(values["lease_time"], values["clock_skew"])
+        if not 0 < 2 * lease.skew < lease.duration:
+            raise ConfigError(f"{where}.clock_skew: {lease.skew:g} s must be above 0 and under half of "
+                              f"lease_time ({lease.duration:g} s)")
+        endpoint = values["endpoint"]
+        if endpoint.startswith("http://") and not values["allow_http"]:
+            raise ConfigError(f"{where}.endpoint: {endpoint} is plain http",
+                              hint="use https, or set allow_http = yes on a network you trust")
+        ca = values["ca_certificate"]
+        settings = S3Settings(endpoint=endpoint, bucket=values["bucket"], region=values["region"],
+                              access_key=values["access_key"],
+                              secret_key=read_secret(values["secret_key_file"], f"{where}.secret_key_file"),
+                              addressing=values["addressing"], ca_file=str(ca) if ca else None,
+                              allow_http=values["allow_http"])
+        return cls(name, settings, values["prefix"].strip("/"), lease)
+
+
+def read_secret(path: Path, where: str) -> str:
+    """The S3 secret key: a regular file readable by its owner only (checked like the keys file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot open {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{where}: {path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise PermissionDenied(f"{where}: {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}, "
+                                   "expected 0600)", hint=f"chmod 600 {path}")
+        secret = f.read(4096).decode("utf-8", "replace").strip()
+    if not secret:
+        raise ConfigError(f"{where}: {path} is empty")
+    return secret
+
+
+def seal(payload: bytes | bytearray | memoryview) -> bytes:
+    """Payload + trailer, for a small object written in one go."""
+    return bytes(payload) + trailer(len(payload), hashlib.sha256(payload).digest())
+
+
+def trailer(length: int, digest: bytes) -> bytes:
+    return TRAILER.pack(MAGIC, VERSION, 0, length, digest)
+
+
+def parse_trailer(data: bytes, size: int, where: str) -> tuple[int, bytes]:
+    """(payload length, SHA-256) from the last TRAILER.size bytes of an object of `size` bytes."""
+    if size < TRAILER.size or len(data) != TRAILER.size:
+        raise FormatError(f"{where}: object of {size} bytes, expected at least {TRAILER.size}")
+    magic_, version, _, length, digest = TRAILER.unpack(data)
+    if magic_ != MAGIC:
+        raise FormatError(f"{where}: trailer magic {magic_!r}, expected {MAGIC!r}")
+    if version not in SUPPORTED_VERSIONS:
+        raise FormatError(f"{where}: trailer version {version}, expected one of {SUPPORTED_VERSIONS}")
+    if length != size - TRAILER.size:
+        raise FormatError(f"{where}: trailer says {length} bytes of payload, the object holds {size - TRAILER.size}")
+    return length, digest
+
+
+class _Put:
+    """Buffers up to the part size and sends one PUT; beyond that streams a multipart upload."""
+
+    def __init__(self, store: "S3ObjectStore", key: str, exclusive: bool) -> None:
+        self._store = store
+        self._key = key
+        self._exclusive = exclusive
+        self._buf = bytearray()
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._writer = None  # type: ignore[var-annotated]
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = len(data)
+        self._hash.update(data)
+        self._size += n
+        if self._writer is not None:
+            self._writer.write(data)
+        else:
+            self._buf += data
+            if len(self._buf) >= self._store.client.settings.part_size:
+                self._writer = self._store.client.writer(self._key, if_none_match=self._exclusive)
+                self._writer.write(self._buf)
+                self._buf = bytearray()
+        return n
+
+    def commit(self, durable: bool = True) -> None:
+        """Durable on return either way: the object store acknowledges only what it has stored."""
+        tail = trailer(self._size, self._hash.digest())
+        what = self._store.label(self._key)
+        try:
+            if self._writer is not None:
+                self._writer.write(tail)
+                self._writer.commit()
+            else:
+                self._buf += tail
+                self._store.client.put_object(self._key, self._buf, if_none_match=self._exclusive)
+        except PreconditionFailed:
+            raise StorageError(f"{what} already exists; a new object never replaces one",
+                               hint="run `boxbox accounts check --fix` on the account") from None
+        self._store.remember(self._key, self._size + TRAILER.size)
+        self._buf = bytearray()
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+        self._buf = bytearray()
+
+
+class _Window(io.RawIOBase):
+    """The payload of a big object: its first SMALL bytes already read, the rest by ranged GETs."""
+
+    def __init__(self, client: "S3Client", key: str, head: bytes) -> None:
+        super().__init__()
+        self._client = client
+        self._key = key
+        self._head = head
+        self._raw: BinaryIO | None = None
+        self._size = -1
+        self._pos = 0
+
+    def _opened(self) -> BinaryIO:
+        if self._raw is None:
+            self._raw = self._client.open(self._key)
+            self._size = self._raw.seek(0, io.SEEK_END) - TRAILER.size
+        return self._raw
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def payload_size(self) -> int:
+        self._opened()
+        return self._size
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos}.get(whence)
+        if base is None:
+            base = self.payload_size()
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        want = len(b)
+        if self._pos + want <= len(self._head) - TRAILER.size:  # surely payload, whatever the size
+            b[:want] = self._head[self._pos:self._pos + want]
+            self._pos += want
+            return want
+        raw = self._opened()
+        want = max(0, min(want, self._size - self._pos))
+        if want == 0:
+            return 0
+        raw.seek(self._pos)
+        data = raw.read(want)
+        b[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.payload_size() - self._pos
+        buf = bytearray(max(0, size))
+        n = self.readinto(buf)
+        return bytes(buf[:n])
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+        super().close()
+
+
+class S3ObjectStore:
+    """`ObjectStore` on one bucket under one prefix; one per configured `[s3 NAME]`, shared by threads."""
+
+    #: `put(key, exclusive=True)` refuses to replace an object, so callers need not check first.
+    exclusive_create = True
+
+    def __init__(self, client: "S3Client", prefix: str, name: str = "s3") -> None:
+        self.client = client
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.name = name
+        self._sizes: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def label(self, s3key: str) -> str:
+        return f"s3 store {self.name}: {s3key[len(self.prefix):]}"
+
+    def remember(self, s3key: str, size: int) -> None:
+        with self._lock:
+            if len(self._sizes) >= SIZE_CACHE:
+                self._sizes.clear()
+            self._sizes[s3key] = size
+
+    def forget(self, prefix: str) -> None:
+        """Drop remembered sizes under `prefix`: another server may have written there (a lease changed hands)."""
+        start = self._key(prefix) + "/"
+        with self._lock:
+            for k in [k for k in self._sizes if k.startswith(start)]:
+                del self._sizes[k]
+
+    # ------------------------------------------------------------ ObjectStore
+    def put(self, key: str, exclusive: bool = False) -> PutStream:
+        return _Put(self, self._key(key), exclusive)
+
+    def get(self, key: str) -> BinaryIO:
+        s3key = self._key(key)
+        try:
+            head = self.client.get_object(s3key, 0, SMALL)
+        except NotFound:
+            raise NotFound(self.label(s3key)) from None
+        if len(head) < SMALL:
+            self.remember(s3key, len(head))
+            return io.BytesIO(self._checked(s3key, head))
+        return _Window(self.client, s3key, head)  # type: ignore[return-value]
+
+    def _checked(self, s3key: str, data: bytes) -> bytes:
+        length, digest = parse_trailer(data[-TRAILER.size:], len(data), self.label(s3key))
+        payload = data[:length]
+        if hashlib.sha256(payload).digest() != digest:
+            raise IntegrityError(f"{self.label(s3key)}: SHA-256 of the {length} bytes stored does not match "
+                                 "the object's trailer")
+        return payload
+
+    def sync(self, puts: list[PutStream]) -> None:
+        """Nothing owed: every commit is durable when S3 answers it."""
+
+    def delete(self, key: str) -> None:
+        """Remove `key`. Unlike a disc set, a missing key is not an error (S3 cannot tell without a HEAD)."""
+        s3key = self._key(key)
+        self.client.delete_object(s3key)
+        with self._lock:
+            self._sizes.pop(s3key, None)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._size(self._key(key))
+        except NotFound:
+            return False
+        return True
+
+    def list(self, prefix: str) -> Iterator[str]:
+        start = self._key(prefix) + "/"
+        for info in self.client.list_objects(start):
+            self.remember(info.key, info.size)
+            yield info.key[len(self.prefix):]
+
+    def _size(self, s3key: str) -> int:
+        size = self._sizes.get(s3key)
+        if size is None:
+            try:
+                size = self.client.head_object(s3key).size
+            except NotFound:
+                raise NotFound(self.label(s3key)) from None
+            self.remember(s3key, size)
+        return size
+
+    def usage_blocks(self, key: str) -> int:
+        """The stored size in 4 KiB blocks; no redundancy overhead is ours to count."""
+        return -(-self._size(self._key(key)) // BLOCK_SIZE)
+
+    def blocks_for_length(self, length: int) -> int:
+        return -(-(length + TRAILER.size) // BLOCK_SIZE)
+
+    def verify(self, key: str, repair: bool) -> Verified:
+        """Read the whole object and check its SHA-256; nothing to repair from (the cluster's redundancy is below us)."""
+        s3key = self._key(key)
+        try:
+            f = self.client.open(s3key)
+        except NotFound:
+            return Verified(False, False, False, f"{self.label(s3key)}: missing")
+        try:
+            size = f.seek(0, io.SEEK_END)
+            if size < TRAILER.size:
+                raise FormatError(f"{self.label(s3key)}: object of {size} bytes, expected at least {TRAILER.size}")
+            f.seek(size - TRAILER.size)
+            length, digest = parse_trailer(f.read(TRAILER.size), size, self.label(s3key))
+            f.seek(0)
+            h = hashlib.sha256()
+            left = length
+            while left:
+                chunk = f.read(min(left, SMALL))
+                if not chunk:
+                    raise FormatError(f"{self.label(s3key)}: ended {left} bytes early")
+                h.update(chunk)
+                left -= len(chunk)
+        except (FormatError, IntegrityError, NotFound) as e:
+            return Verified(False, False, False, str(e))
+        finally:
+            f.close()
+        if h.digest() != digest:
+            return Verified(False, False, False, f"{self.label(s3key)}: SHA-256 does not match the trailer")
+        return Verified(True, True, False, f"{self.label(s3key)}: SHA-256 ok")
