@@ -18,14 +18,18 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boxbox import config, logs
 from boxbox.daemon import running
 from boxbox.errors import BoxboxError, ConfigError, PermissionDenied
+from boxbox.store import metrics
 from boxbox.wire import tls
 from boxbox.wire.commands import Dispatcher
 from boxbox.wire.transport import Connection, set_nodelay
+
+if TYPE_CHECKING:
+    from boxbox.store.exporter import Exporter
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,7 @@ class Server:
         self._session_module = store_session
         self.context = self._make_context()
         self.listeners: list[socket.socket] = []
+        self.exporter: Exporter | None = None
         self._connections: dict[int, socket.socket] = {}
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
@@ -84,6 +89,11 @@ class Server:
             sock.setblocking(False)
             self.listeners.append(sock)
             log.info("listening on %s port %d", address, sock.getsockname()[1])
+        if self.settings["metrics"]:
+            from boxbox.store.exporter import Exporter
+
+            self.exporter = Exporter(self.store, self.settings["metrics_listen"],
+                                     f"{self.cfg.path}:server.metrics_listen", lambda: len(self._connections))
 
     # ------------------------------------------------------------ signals
     def request_stop(self, *_: Any) -> None:
@@ -134,20 +144,28 @@ class Server:
             except BoxboxError as e:
                 log.error("housekeeping: cannot read the account database: %s", e)
                 continue
+            round_started = time.time()
             for account in accounts if interval > 0 else []:
                 if self._stopping.is_set():
                     return
+                started = time.monotonic()
                 try:
                     result = housekeep(self.store, account, stop=self._stopping)
                 except BoxboxError as e:
                     log.error("housekeeping account %08x failed: %s", account, e)
+                    metrics.record_housekeeping(False, False, time.monotonic() - started, 0)
                     continue
+                metrics.record_housekeeping(True, bool(result.skipped), time.monotonic() - started,
+                                            result.blocks_freed)
                 if not result.skipped or result.yielded:
                     log.info("housekeeping %s", result.summary())
                 else:
                     log.debug("housekeeping %s", result.summary())
+            if interval > 0:
+                metrics.record_round("housekeeping", round_started)
             if next_scrub is not None and time.monotonic() >= next_scrub:
                 next_scrub = time.monotonic() + scrub_every
+                round_started, unrecoverable = time.time(), 0
                 for account in accounts:
                     if self._stopping.is_set():
                         return
@@ -155,15 +173,22 @@ class Server:
                         keys, repaired, failed = scrub_account(self.store, account)
                     except BoxboxError as e:
                         log.error("scrub of account %08x failed: %s", account, e)
+                        metrics.SCRUB_FAILED.inc()
                         continue
+                    metrics.SCRUB_OBJECTS.inc(keys)
+                    metrics.SCRUB_REPAIRED.inc(repaired)
+                    unrecoverable += len(failed)
                     log.info("scrub of account %08x: %d objects, %d rebuilt, %d unrecoverable", account, keys,
                              repaired, len(failed))
                     for detail in failed:
                         log.error("scrub of account %08x: %s", account, detail)
+                metrics.record_round("scrub", round_started, unrecoverable)
 
     def serve_forever(self) -> None:
         maintenance = threading.Thread(target=self._maintenance, daemon=True, name="housekeeping")
         maintenance.start()
+        if self.exporter is not None:
+            self.exporter.start()
         sel = selectors.DefaultSelector()
         for sock in self.listeners:
             sel.register(sock, selectors.EVENT_READ)
@@ -178,6 +203,8 @@ class Server:
                 self.reload()
         sel.close()
         self.shutdown()
+        if self.exporter is not None:
+            self.exporter.close()
         maintenance.join(SHUTDOWN_GRACE)
 
     def _accept(self, listener: socket.socket) -> None:
@@ -208,7 +235,7 @@ class Server:
         account: int | None = None
         conn: Connection | None = None
         session = None
-        result = "dropped"
+        result = outcome = "dropped"
         try:
             raw.settimeout(HANDSHAKE_TIMEOUT)
             sock = self.context.wrap_socket(raw, server_side=True)
@@ -220,23 +247,25 @@ class Server:
             session = self._session_module.Session(self.store, account)
             finished = Dispatcher(conn, session).run()
             result = "finished" if finished else "client closed the connection"
+            outcome = "finished" if finished else "closed"
         except (ssl.SSLError, OSError) as e:
-            result = f"TLS handshake failed: {getattr(e, 'reason', None) or e}"
+            result, outcome = f"TLS handshake failed: {getattr(e, 'reason', None) or e}", "network_error"
         except BoxboxError as e:
-            result = f"error: {e}"
+            result, outcome = f"error: {e}", "error"
         except Exception:
             log.exception("session with %s crashed", peer[0])
-            result = "internal error"
+            result, outcome = "internal error", "internal_error"
         finally:
             if session is not None:
                 try:
                     session.close()
                 except BoxboxError as e:
-                    result += f"; closing failed: {e}"
+                    result, outcome = result + f"; closing failed: {e}", "error"
             (conn.close() if conn is not None else raw.close())
             with self._lock:
                 self._connections.pop(fileno, None)
                 self._threads.discard(threading.current_thread())
+            metrics.record_session(outcome, conn.bytes_in if conn else 0, conn.bytes_out if conn else 0)
             who = f"account {account:08x}" if account is not None else "no account"
             log.info("session %s from %s: %.1f s, %d bytes in, %d bytes out, %s", who, peer[0],
                      time.monotonic() - started, conn.bytes_in if conn else 0, conn.bytes_out if conn else 0,
