@@ -175,12 +175,16 @@ def test_block_from_another_file_and_index_from_another_object(seekable):
                seekable=seekable)
 
 
-def test_same_content_other_object_blocks_are_harmless():
-    """A block with identical clear content from another object decodes to the same bytes."""
+@pytest.mark.parametrize("seekable", [True, False])
+def test_same_content_block_of_another_seal_is_detected(seekable):
+    """The index names each position's seal (its tag), not just its content: a block with the
+    same clear content from another object, or from an older version of this one, is refused."""
     other = encode(DATA)
     layout, recs = _records(OBJ)
     _, orecs = _records(other)
-    assert decode(_assemble(layout, [orecs[0], *recs[1:]])) == DATA
+    assert orecs[0] != recs[0] and decode(other) == decode(OBJ) == DATA
+    with pytest.raises(IntegrityError, match="block 0"):
+        decode(_assemble(layout, [orecs[0], *recs[1:]]), seekable=seekable)
 
 
 @pytest.mark.parametrize("seekable", [True, False])
@@ -309,7 +313,8 @@ def test_reference_to_wrong_block_is_caught_at_decode():
     (b"", "truncated"),
     (b"XXXX" + bytes(60), "magic"),
     (fo.MAGIC + b"\x09" + bytes(59), "version 9"),
-    (fo.MAGIC + b"\x01\x01\x07\x01" + bytes(56), "cipher id 7"),
+    (fo.MAGIC + b"\x02\x01\x07\x01" + bytes(56), "cipher id 7"),
+    (fo.MAGIC + b"\x01\x01\x01\x01" + bytes(56), "version 1 is not supported"),
 ])
 def test_malformed_headers_are_format_errors(data, message):
     with pytest.raises(FormatError, match=message):
@@ -408,7 +413,7 @@ def test_rolling_delta_end_to_end_through_the_store():
 
 
 def test_delta_blocks_cuts_literals():
-    index = ix.Index(1, 10, [ix.IndexEntry(10, 40, 1, bytes(16))], None)
+    index = ix.Index(1, 10, [ix.IndexEntry(10, 40, 1, bytes(16), bytes(16))], None)
     out = list(ix.delta_blocks(index, 5, [b"a" * 5, b"b" * 10, 0, b"c" * 3], 4))
     assert out[:4] == [b"aaaa", b"abbb", b"bbbb", b"bbb"]
     assert out[4] == ix.Reference(5, 0, index.entries[0]) and out[5] == b"ccc"

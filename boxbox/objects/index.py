@@ -3,21 +3,25 @@
 Plaintext layout (little-endian; sealed with the index key inside a file object's end record):
     HEAD, 20 bytes
       0   4   magic b"BXFI"
-      4   1   version (1)
+      4   1   version (2; version 1 had no seal tags)
       5   1   strong hash id (rolling.checksum.HASHES; equals the object header's)
       6   2   flags: 1 = anchors section present
       8   4   block count (equals the end record's)
       12  8   exact clear size (the sum of the clear sizes)
-    ENTRIES, 28 bytes per block
+    ENTRIES, 44 bytes per block
       0   4   clear size
       4   4   stored size (the length of the block's record in the object)
       8   4   weak rolling checksum (rolling.checksum.weak_checksum)
-      12  16  strong checksum (rolling.checksum.strong_function(hash))
+      12  16  strong checksum (rolling.checksum.strong_function(hash)): for diffs only
+      28  16  seal tag: the last 16 bytes of the block's sealed record (its AEAD tag). Decode
+              checks that the record at this position carries this tag and opens: that names
+              one genuine seal, so the clear data need not be hashed again (docs/FORMATS.md)
     ANCHORS, when flags & 1: per block the 80-byte rolling.anchors.RECORD (8 u16 positions,
       8 u64 words), the candidate filter that makes a diff against all-new data ~8x faster.
 
 A client diffing a new version downloads only this (`file.open_index`), turns it into a
-rolling Signature, and refers to unchanged blocks by `Index.reference`.
+rolling Signature, and refers to unchanged blocks by `Index.reference` (entry and tag
+included: the store copies the sealed record byte for byte, so its tag stays valid).
 """
 
 from __future__ import annotations
@@ -27,22 +31,24 @@ from array import array
 from typing import Iterable, Iterator, NamedTuple
 
 from boxbox import magic
+from boxbox.crypto.seal import TAG_SIZE
 from boxbox.errors import FormatError, IntegrityError
 from boxbox.rolling import anchors
 from boxbox.rolling.checksum import HASHES, STRONG_SIZE, uniform_byte, uniform_digest
 from boxbox.rolling.signature import BlockSig, Signature
 
 MAGIC = magic.FILE_INDEX
-VERSION = 1
+VERSION = 2
+SUPPORTED_VERSIONS = (2,)
 HEAD = struct.Struct("<4sBBHIQ")
-ENTRY = struct.Struct(f"<III{STRONG_SIZE}s")
+ENTRY = struct.Struct(f"<III{STRONG_SIZE}s{TAG_SIZE}s")
 ANCHOR_SLOTS = anchors.SLOTS
 ANCHOR_RECORD = anchors.RECORD
 ANCHOR_SIZE = ANCHOR_RECORD.size
-assert (HEAD.size, ENTRY.size, ANCHOR_SIZE) == (20, 28, 80)
+assert (HEAD.size, ENTRY.size, ANCHOR_SIZE) == (20, 44, 80)
 NO_ANCHORS = anchors.EMPTY_RECORD
 HAS_ANCHORS = 0x0001
-#: at most 2^21 blocks: 1 TiB at 512 KiB per block; the index plaintext is then 216 MiB
+#: at most 2^21 blocks: 1 TiB at 512 KiB per block; the index plaintext is then 248 MiB
 MAX_BLOCKS = 1 << 21
 MAX_SIZE = HEAD.size + MAX_BLOCKS * (ENTRY.size + ANCHOR_SIZE)
 #: the store sees clear sizes rounded up to this (the exact size is sealed in the index)
@@ -63,6 +69,7 @@ class IndexEntry(NamedTuple):
     stored_size: int
     weak: int
     strong: bytes
+    tag: bytes
 
 
 class Reference(NamedTuple):
@@ -99,7 +106,7 @@ class Index(NamedTuple):
 
 
 class IndexBuilder:
-    """Collects the index while blocks stream past; memory is 108 bytes a block plus one anchor batch.
+    """Collects the index while blocks stream past; memory is 124 bytes a block plus one anchor batch.
 
     Anchors are picked by rolling.anchors exactly as its signature_of does for `block_size`:
     blocks of that size batched ~1 MiB at a time (`picks` is vectorized over a batch; one
@@ -182,7 +189,9 @@ def parse_index(plain: bytes, hash_id: int, count: int, rounded_size: int, label
     if len(plain) < HEAD.size:
         raise IntegrityError(f"{label}: index is {len(plain)} bytes, shorter than its head")
     mg, version, hid, flags, icount, size = HEAD.unpack_from(plain)
-    if (mg, version, hid, flags & ~HAS_ANCHORS, icount) != (MAGIC, VERSION, hash_id, 0, count):
+    if version not in SUPPORTED_VERSIONS:
+        raise IntegrityError(f"{label}: index version {version} is not supported (this boxbox reads {VERSION})")
+    if (mg, hid, flags & ~HAS_ANCHORS, icount) != (MAGIC, hash_id, 0, count):
         raise IntegrityError(f"{label}: index head does not match the object header")
     entries_end = HEAD.size + count * ENTRY.size
     expected = entries_end + (count * ANCHOR_SIZE if flags & HAS_ANCHORS else 0)

@@ -144,6 +144,51 @@ def test_any_block_swap_or_substitution_is_integrity_error(data, seekable):
         decode(_assemble(layout, recs), seekable)
 
 
+#: an older version of SMALL's file: same name, directory and size, one byte changed; its blocks
+#: are genuine seals of the same positions, most with the same clear content
+OLDER = encode(make_data("mixed", 20_000, 5)[:-1] + b"\x00", block_size=2048)
+
+
+def _raw_assemble(layout, records) -> bytes:
+    """Like _assemble, without the writer's block count check: a store may write anything."""
+    return layout.prefix + b"".join(records) + layout.tail
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.sampled_from(["this", "older", "other"]), st.integers(0, 20)), max_size=14),
+       st.booleans())
+@example([("this", k) for k in range(9)] + [("older", 9)], False)  # the last block replayed from yesterday
+@example([("older", 0)] + [("this", k) for k in range(1, 10)], True)  # the same clear content, an older seal
+@example([("this", k) for k in (0, 1, 2, 4, 3, 5, 6, 7, 8, 9)], True)  # two blocks reordered
+@example([("this", k) for k in range(9)], True)  # the last block dropped
+@example([("this", k) for k in range(10)] + [("this", 9)], False)  # one block appended twice
+def test_any_other_sequence_of_genuine_blocks_is_integrity_error(picks, seekable):
+    """The store holds only genuine seals; whatever sequence of them it serves under this object's
+    prefix and index - swapped, reordered, dropped, duplicated, from another file, or replayed
+    from an older version of the same file at the same position - fails unless it is the
+    original sequence byte for byte (the index names each position's seal by its tag)."""
+    layout, recs = _records(SMALL)
+    pools = {"this": recs, "older": _records(OLDER)[1], "other": _records(OTHER)[1]}
+    assert len(recs) == len(pools["older"]) == 10
+    served = [pools[src][k % len(pools[src])] for src, k in picks]
+    assume(served != recs)
+    with pytest.raises(IntegrityError, match="object 0x7"):
+        decode(_raw_assemble(layout, served), seekable)
+
+
+def test_index_names_each_records_tag_and_an_older_index_does_not_fit():
+    """Every entry's tag is its record's AEAD tag; the older version's index (same place, same
+    block count) under this object's blocks fails: it is bound to the older object's uid."""
+    layout, recs = _records(SMALL)
+    index = fo.open_index(KEYS, layout.index_blob())
+    assert [e.tag for e in index.entries] == [r[-16:] for r in recs]
+    assert [e.stored_size for e in index.entries] == [len(r) - fo.RECORD.size for r in recs]
+    older = lo.read_file_layout(io.BytesIO(OLDER))
+    for seekable in (True, False):
+        with pytest.raises(IntegrityError, match="index"):
+            decode(layout.prefix + b"".join(recs) + older.tail, seekable)
+
+
 @given(st.binary(max_size=400), st.booleans())
 @example(fo.MAGIC + bytes(28), True)
 def test_random_bytes_are_format_errors_for_the_store_and_integrity_errors_for_the_client(data, seekable):
