@@ -228,7 +228,7 @@ SECRET_NAMES = ("secret-payroll-2024.xlsx", "private-diary", "holiday-photo.jpg"
 
 
 def test_metrics_move_with_backup_and_restore_and_never_show_names(server: StoreServer, tmp_path: Path) -> None:
-    port = with_metrics(server)
+    port = with_metrics(server, "housekeeping_interval = 1s\nscrub_interval = 1s\n")
     server.start()
     account = server.new_account()
     server.accounts("name", f"{account:x}", 'alice "laptop"')
@@ -276,6 +276,9 @@ def test_metrics_move_with_backup_and_restore_and_never_show_names(server: Store
         assert secret not in text
     assert not [labels for _, labels in restored if any("/" in v for _, v in labels)], "a path in a label"
     assert get(port, "/nothing")[0] == 404
+    assert value(restored, "boxbox_housekeeping_runs_total", result="done") >= 1
+    assert value(restored, "boxbox_housekeeping_last_run_timestamp_seconds") > 0
+    assert value(restored, "boxbox_scrub_objects_total") > 0 and value(restored, "boxbox_scrub_unrecoverable_objects") == 0
 
 
 def test_metrics_are_off_by_default(server: StoreServer) -> None:
