@@ -14,18 +14,22 @@ from typing import Any
 from boxbox.crypto.keys import create_keys_file, load_keys
 from boxbox.objects.directory import DELETED, DIR, FILE, OLD, Directory, open_entry
 from boxbox.objects.file import decode_file
+from boxbox.s3.client import S3Settings
 from boxbox.wire import tls
 from boxbox.wire.client import Client
 
 from tests.conftest import boxbox_command, boxbox_env, free_port, run_boxbox, wait_listening
+from tests.serverutil import s3_section
 
 ROOT_DIR = 1
 
 
 class StoreServer:
-    """A `boxbox server --foreground` on 127.0.0.1 with one disc set; stopped by PID."""
+    """A `boxbox server --foreground` on 127.0.0.1 with one disc set, or given `s3` (a bucket's
+    settings) with S3 store "0" on that bucket; stopped by PID."""
 
-    def __init__(self, tmp: Path, test_ca: Any) -> None:
+    def __init__(self, tmp: Path, test_ca: Any, s3: S3Settings | None = None, prefix: str = "store",
+                 extra: str = "") -> None:
         self.tmp = tmp
         self.ca = test_ca
         self.port = free_port()
@@ -45,10 +49,10 @@ class StoreServer:
             idle_timeout = 30s
             read_timeout = 10s
             log_level = info
-
+            """) + textwrap.dedent(extra) + (textwrap.dedent(f"""
             [discset 0]
             directories = {disc}
-            """))
+            """) if s3 is None else s3_section(s3, tmp, prefix=prefix)))
         self.proc: subprocess.Popen[bytes] | None = None
         self._next_account = 0xC000
 

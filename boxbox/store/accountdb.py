@@ -150,16 +150,12 @@ class AccountDatabase:
 class BucketAccountDatabase:
     """The accounts of one S3 store, kept in its bucket; every entry names that store."""
 
-    #: `refresh` reads the bucket at most this often (each session's login asks)
-    REFRESH_EVERY = 1.0
-
     def __init__(self, client: "S3Client", key: str, store_name: str) -> None:
         self._client = client
         self.key = key
         self.store_name = store_name
         self._accounts: dict[int, str] = {}
         self._etag: str | None = None
-        self._read_at = 0.0
         self.reload()
 
     def _read(self) -> tuple[dict[int, str], str | None]:
@@ -173,10 +169,14 @@ class BucketAccountDatabase:
 
     def reload(self) -> None:
         self._accounts, self._etag = self._read()
-        self._read_at = time.monotonic()
 
     def refresh(self) -> None:
-        if time.monotonic() - self._read_at >= self.REFRESH_EVERY:
+        """Re-read if another server or admin changed it (one HEAD: every login asks)."""
+        try:
+            etag: str | None = self._client.head_object(self.key).etag
+        except NotFound:
+            etag = None
+        if etag != self._etag:
             self.reload()
 
     def accounts(self) -> dict[int, str]:

@@ -13,7 +13,8 @@ sees them as strays):
 - renew: every `duration / 3` a thread rewrites it with `If-Match: <our etag>`.
 - a 412 on our own retry (the success response was lost) is resolved by reading the lease:
   our token there means it is ours.
-- release: read; delete only if the token is still ours and it has not expired meanwhile.
+- release: delete it, only while our own deadline (below) has not passed: until then nobody
+  else can have taken it over, so no read is needed; after it, leave it to expire.
 - the holder stops writing at `last renewal sent + duration - skew` by its monotonic clock
   (`Lease.check`), so with clocks at most `skew` apart no two writers ever overlap.
 
@@ -91,6 +92,8 @@ def read_lease(client: "S3Client", key: str) -> LeaseState | None:
 
 class Lease:
     """One lease; `acquire` raises InUse while someone else holds it unexpired."""
+
+    expires = True  # the holder stops writing when `check` says so
 
     def __init__(self, client: Callable[[], "S3Client"], key: str, kind: str, what: str,
                  settings: LeaseSettings, *, blocking: bool = False, renew: bool = True,
@@ -208,14 +211,11 @@ class Lease:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        token, self.token = self.token, ""
+        self.token = ""
         if self._lost or time.monotonic() > self._deadline:
             return  # it may be someone else's by now: leave it to expire
-        try:
-            client = self._client()
-            current = read_lease(client, self.key)
-            if current is not None and current.token == token:
-                client.delete_object(self.key)
+        try:  # before our deadline nobody can have taken it over: no need to read it first
+            self._client().delete_object(self.key)
         except (StorageError, NotFound, OSError) as e:
             log.warning("%s: releasing the lease failed (it expires by itself): %s", self.what, e)
 
@@ -228,6 +228,9 @@ class Lease:
 
 class LeaseLocks:
     """The account locks of one S3 store (see `boxbox.store.account.LocalLocks` for the flock ones)."""
+
+    #: seconds between tries while a login waits for housekeeping to let go (each try is a PUT and a read)
+    poll = 0.1
 
     def __init__(self, client: Callable[[], "S3Client"], prefix: str, settings: LeaseSettings) -> None:
         self._client = client
