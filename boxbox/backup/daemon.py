@@ -23,7 +23,7 @@ from typing import Any
 
 from boxbox import config
 from boxbox.atomic import write_atomic
-from boxbox.backup import state as state_mod
+from boxbox.backup import events, state as state_mod, textfile
 from boxbox.backup.run import BackupRun, RunResult, client_id
 from boxbox.ca.names import parse_account
 from boxbox.crypto.keys import load_keys
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 BACKOFF_START = 10.0
 JITTER = 0.1
 SCRIPT_TIMEOUT = 60.0
-ERROR_EVENTS = frozenset(("backup-error", "store-full", "read-error"))
 
 
 def load_config(path: str | Path) -> config.Config:
@@ -72,6 +71,8 @@ class Daemon:
         self.paused = ""  # why backups are paused (store marker), "" when not
         self.next_run: float | None = None
         self.totals = {"runs": 0, "files_uploaded": 0, "bytes_sent": 0, "failed_runs": 0}
+        self.store_usage: dict[str, float] | None = None  # at the last login, with its time ("at")
+        self.last_success = textfile.last_success(self.cfg["client"]["metrics_textfile"])
         self._backoff = 0.0
         self._last_notified: dict[str, str] = {}
 
@@ -150,14 +151,17 @@ class Daemon:
             state = "idle"
         return {"state": state, "mode": "lazy" if self.lazy else "snapshot", "pid": os.getpid(),
                 "paused": self.paused, "next_run": self.next_run, "runs_started": self.started,
-                "last_run": last.to_json() if last is not None else None, "totals": dict(self.totals)}
+                "last_run": last.to_json() if last is not None else None, "last_success": self.last_success,
+                "store_usage": self.store_usage, "totals": dict(self.totals)}
 
     # ------------------------------------------------------------ scripts
-    def notify(self, event: str, detail: str = "") -> None:
-        """Run notify_script EVENT; a repeated error event (same detail) is suppressed unless configured."""
+    def notify(self, event: str, detail: str = "", fields: dict[str, object] | None = None) -> None:
+        """Send EVENT to syslog (always) and run notify_script (a repeated error event is suppressed unless
+        configured); `fields` go into the syslog line's key=value tail."""
         script = self.cfg["client"]["notify_script"]
         log.info("event %s%s", event, f": {detail}" if detail else "")
-        if event in ERROR_EVENTS:
+        events.send(event, detail, {"account": f"{self.account:08x}", **(fields or {})})
+        if event in events.ERROR_EVENTS:
             if self._last_notified.get(event) == detail and not self.cfg["client"]["notify_repeats"]:
                 return
             self._last_notified[event] = detail
@@ -210,16 +214,29 @@ class Daemon:
 
     def _after_run(self, number: int, result: RunResult) -> None:
         self.paused = result.error if result.marker_conflict else ""
-        for text in result.stats.read_errors:
+        if result.ok:
+            self.last_success = result.finished
+        if result.store_usage is not None:
+            self.store_usage = {**result.store_usage, "at": result.finished}
+        failed_network = not result.ok and not result.store_full and not self.paused \
+            and not result.stats.upload_errors
+        self.next_run = self._next_scheduled(not failed_network)
+        if result.store_full and self.next_run is None:
+            self.next_run = time.time() + max(BACKOFF_START, self.cfg["client"]["update_store_interval"])
+        s = result.stats
+        summary = {"ok": int(result.ok), "files_uploaded": s.files_uploaded, "bytes_sent": result.bytes_sent,
+                   "read_errors": len(s.read_errors), "upload_errors": len(s.upload_errors),
+                   "seconds": round(result.finished - result.started, 3)}
+        for text in s.read_errors:
             self.notify("read-error", text)
         if result.store_full:
             self.notify("store-full", result.error)
         if result.ok:
-            self.notify("backup-ok")
+            self.notify("backup-ok", fields=summary)
         else:
-            self.notify("backup-error", result.error)
-        self.notify("backup-finish")
-        self._write_metrics(result)
+            self.notify("backup-error", result.error, summary)
+        self.notify("backup-finish", fields=summary)
+        self._write_textfile(result)
         with self.cond:
             self.totals["runs"] += 1
             self.totals["files_uploaded"] += result.stats.files_uploaded
@@ -231,22 +248,16 @@ class Daemon:
             self.running = False
             self.cond.notify_all()
 
-    def _write_metrics(self, result: RunResult) -> None:
+    def _write_textfile(self, result: RunResult) -> None:
         """node_exporter textfile (metrics_textfile), replaced atomically after each run."""
         path = self.cfg["client"]["metrics_textfile"]
         if path is None:
             return
-        s = result.stats
-        lines = [f"boxbox_client_last_run_timestamp_seconds {result.finished:.0f}",
-                 f"boxbox_client_last_run_duration_seconds {result.finished - result.started:.3f}",
-                 f"boxbox_client_last_run_ok {int(result.ok)}",
-                 f"boxbox_client_last_run_bytes_sent {result.bytes_sent}",
-                 f"boxbox_client_last_run_files_uploaded {s.files_uploaded}",
-                 f"boxbox_client_last_run_read_errors {len(s.read_errors)}",
-                 f"boxbox_client_store_full {int(result.store_full)}",
-                 f"boxbox_client_paused {int(bool(self.paused))}"]
+        text = textfile.render(result, last_success=self.last_success, next_run=self.next_run,
+                               paused=bool(self.paused), store_usage=self.store_usage,
+                               runs=self.totals["runs"] + 1, failed_runs=self.totals["failed_runs"] + (not result.ok))
         try:
-            write_atomic(path, ("\n".join(lines) + "\n").encode(), mode=0o644)
+            write_atomic(path, text.encode(), mode=0o644)
         except OSError as e:
             log.error("metrics_textfile %s: %s", path, e.strerror)
 
@@ -325,9 +336,4 @@ class Daemon:
                     self.finished = self.started
                     self.cond.notify_all()
                 continue
-            result = self.run_once(force=force, take_over=force)
-            failed_network = not result.ok and not result.store_full and not self.paused \
-                and not result.stats.upload_errors
-            self.next_run = self._next_scheduled(not failed_network)
-            if result.store_full and self.next_run is None:
-                self.next_run = time.time() + max(BACKOFF_START, self.cfg["client"]["update_store_interval"])
+            self.run_once(force=force, take_over=force)  # schedules the next run (_after_run)

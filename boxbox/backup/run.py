@@ -56,6 +56,8 @@ class RunResult:
     finished: float = 0.0
     bytes_sent: int = 0
     stats: RunStats = field(default_factory=RunStats)
+    #: what the store said at login, bytes: used, soft_limit, hard_limit (None if it did not log in)
+    store_usage: dict[str, int] | None = None
 
     def to_json(self) -> dict[str, object]:
         s = self.stats
@@ -64,7 +66,8 @@ class RunResult:
                 "files_uploaded": s.files_uploaded, "diffs": s.diffs, "file_bytes": s.file_bytes,
                 "new_bytes": s.new_bytes, "attributes_changed": s.attributes_changed,
                 "directories_created": s.directories_created, "moved": s.moved, "deleted": s.deleted,
-                "waiting": s.waiting, "read_errors": s.read_errors[-20:], "upload_errors": s.upload_errors[-20:]}
+                "waiting": s.waiting, "read_errors": s.read_errors[-20:], "upload_errors": s.upload_errors[-20:],
+                "store_usage": self.store_usage}
 
 
 def settings_from(cfg: Config) -> Settings:
@@ -139,6 +142,9 @@ class BackupRun:
                 log.warning("the store has no client marker: the account was emptied or recreated; "
                             "this run rebuilds the state from the store")
                 self._rebuild = True
+            self.result.store_usage = {"used": reply.blocks_used * reply.block_size,
+                                       "soft_limit": reply.blocks_soft_limit * reply.block_size,
+                                       "hard_limit": reply.blocks_hard_limit * reply.block_size}
             full = bool(reply.blocks_hard_limit) and reply.blocks_used >= reply.blocks_hard_limit
             if full:
                 log.warning("the store is full (%d of %d blocks): uploads paused, deletions go on",

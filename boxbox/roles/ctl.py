@@ -40,6 +40,13 @@ def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
 def _print_status(reply: dict[str, Any]) -> None:
     print(f"state: {reply['state']} ({reply['mode']} mode, pid {reply['pid']})")
     if reply.get("paused"):
@@ -56,6 +63,11 @@ def _print_status(reply: dict[str, Any]) -> None:
             print(f"  error: {err}")
     else:
         print("last run: none yet")
+    print(f"last successful run: {_when(reply.get('last_success'))}")
+    usage = reply.get("store_usage")
+    if usage:
+        print(f"store usage at last login ({_when(usage['at'])}): {_size(usage['used'])} of "
+              f"{_size(usage['soft_limit'])} soft, {_size(usage['hard_limit'])} hard limit")
     t = reply["totals"]
     print(f"since start: {t['runs']} runs ({t['failed_runs']} failed), {t['files_uploaded']} files, "
           f"{t['bytes_sent']} bytes sent")
