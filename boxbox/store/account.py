@@ -629,6 +629,8 @@ class Account:
         """Write the info file if it changed, preserving admin edits made meanwhile (limits, name, enabled)."""
         if not self._info_dirty:
             return
+        if self._lock is not None:
+            self._lock.check()  # a writer whose lease lapsed must not write the info either
         with self.store.info_lock(self.number):
             try:
                 on_disc = self.store.read_info(self.number)

@@ -1,0 +1,199 @@
+"""The store on SeaweedFS: the S3 object store, its checksums and usage, its config, the
+account list in the bucket shared by two stores, a writer that loses its lease, check."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from boxbox import config
+from boxbox.errors import ConfigError, IntegrityError, NotFound, PermissionDenied, StorageError, UsageError
+from boxbox.s3.client import S3Client
+from boxbox.store.account import Store, object_key
+from boxbox.store.check import check_account
+from boxbox.store.s3backend import SMALL, TRAILER, S3ObjectStore
+
+from tests.serverutil import make_store, s3_section, upload
+from tests.test_store_support import make_keys, session_client
+
+A = 0x51
+KEYS = make_keys()
+
+
+@pytest.fixture()
+def backend(seaweed: Any) -> S3ObjectStore:
+    return S3ObjectStore(S3Client(seaweed.new_bucket()), "pre/fix", "t")
+
+
+def put(backend: S3ObjectStore, key: str, *chunks: bytes, exclusive: bool = False) -> None:
+    p = backend.put(key, exclusive)
+    for c in chunks:
+        p.write(c)
+    p.commit()
+
+
+def test_round_trip_in_one_request_each(backend: S3ObjectStore) -> None:
+    before = backend.client.requests
+    put(backend, "0000002a/o/0/00/0000000000000002", b"hello ", b"world", exclusive=True)
+    assert backend.client.requests - before == 1  # no HEAD before, none after
+    assert backend.get("0000002a/o/0/00/0000000000000002").read() == b"hello world"
+    assert backend.usage_blocks("0000002a/o/0/00/0000000000000002") == 1
+    assert backend.client.requests - before == 2  # the size was remembered: no HEAD for usage
+    assert [i.key for i in backend.client.list_objects("pre/fix/")] == ["pre/fix/0000002a/o/0/00/0000000000000002"]
+    assert list(backend.list("0000002a")) == ["0000002a/o/0/00/0000000000000002"]
+    assert backend.exists("0000002a/o/0/00/0000000000000002") and not backend.exists("0000002a/info")
+    backend.delete("0000002a/o/0/00/0000000000000002")
+    backend.delete("0000002a/o/0/00/0000000000000002")  # S3: a missing key is not an error
+    with pytest.raises(NotFound, match="s3 store t: 0000002a/o/0/00/0000000000000002"):
+        backend.get("0000002a/o/0/00/0000000000000002")
+
+
+def test_a_new_object_never_replaces_one(backend: S3ObjectStore) -> None:
+    put(backend, "a/b", b"first", exclusive=True)
+    with pytest.raises(StorageError, match="a/b already exists"):
+        put(backend, "a/b", b"second", exclusive=True)
+    put(backend, "a/b", b"rewritten")  # a rewrite (a directory, a patch) replaces
+    assert backend.get("a/b").read() == b"rewritten"
+
+
+def test_usage_is_the_stored_size_without_raid_overhead(backend: S3ObjectStore) -> None:
+    for n in (0, 4096 - TRAILER.size, 4096 - TRAILER.size + 1, 100_000):
+        put(backend, f"u/{n}", b"x" * n)
+        assert backend.usage_blocks(f"u/{n}") == -(-(n + TRAILER.size) // 4096) == backend.blocks_for_length(n)
+
+
+def test_big_object_streams_in_parts_and_reads_by_range(backend: S3ObjectStore) -> None:
+    data = os.urandom(3 * SMALL) * 4  # 12 MiB: multipart (5 MiB parts in the test bed)
+    put(backend, "big", data[:7_000_000], data[7_000_000:])
+    with backend.get("big") as f:
+        assert f.seek(0, io.SEEK_END) == len(data)
+        f.seek(100)
+        assert f.read(50) == data[100:150]
+        f.seek(len(data) - 10)
+        assert f.read(100) == data[-10:]
+        f.seek(0)
+        assert f.read() == data
+    assert backend.verify("big", repair=True).ok
+
+
+def test_damage_is_found_by_reads_and_verify(backend: S3ObjectStore) -> None:
+    put(backend, "small", b"precious" * 100)
+    raw = bytearray(backend.client.get_object("pre/fix/small"))
+    raw[3] ^= 1
+    backend.client.put_object("pre/fix/small", bytes(raw))
+    with pytest.raises(IntegrityError, match="small: SHA-256"):
+        backend.get("small")
+    v = backend.verify("small", repair=True)
+    assert (v.ok, v.readable, v.repaired) == (False, False, False) and "SHA-256" in v.detail
+    backend.client.put_object("pre/fix/small", b"no trailer")
+    assert not backend.verify("small", repair=False).readable
+    assert not backend.verify("gone", repair=False).readable
+
+
+# ---------------------------------------------------------------- config
+def server_config(tmp_path: Path, s3_text: str, discset: bool = False) -> Path:
+    path = tmp_path / "server.conf"
+    path.write_text("[server]\ncertificate = s.crt\nprivate_key = s.key\nca_certificate = ca.crt\n"
+                    f"account_database = {tmp_path / 'accounts.db'}\n" + s3_text
+                    + (f"\n[discset 0]\ndirectories = {tmp_path}\n" if discset else ""))
+    return path
+
+
+def test_config_section_and_its_errors(tmp_path: Path, seaweed: Any) -> None:
+    s3 = seaweed.new_bucket()
+    text = s3_section(s3, tmp_path, name="cloud")
+    store = Store.from_config(config.load(server_config(tmp_path, text), "server"))  # no disc set needed
+    assert sorted(store.backends) == ["cloud"] and store.backends["cloud"].prefix == "store/"  # type: ignore[attr-defined]
+    secret = tmp_path / "s3-cloud.secret"
+    secret.chmod(0o644)
+    with pytest.raises(PermissionDenied, match=r"server.conf:s3 cloud.secret_key_file: .* readable by others"):
+        Store.from_config(config.load(server_config(tmp_path, text), "server"))
+    secret.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"s3 cloud.endpoint: http://.* is plain http"):
+        Store.from_config(config.load(server_config(tmp_path, text.replace("allow_http = yes", "")), "server"))
+    with pytest.raises(ConfigError, match=r"s3 cloud.clock_skew: 4 s must be above 0 and under half of lease_time"):
+        Store.from_config(config.load(server_config(tmp_path, text.replace("clock_skew = 1s", "clock_skew = 4s")),
+                                      "server"))
+    with pytest.raises(ConfigError, match=r"s3 cloud.secret_key_file: required key is missing"):
+        config.load(server_config(tmp_path, "\n".join(ln for ln in text.splitlines()
+                                                      if not ln.startswith("secret_key_file"))), "server")
+    with pytest.raises(ConfigError, match=r"required section \[discset NAME\] is missing"):
+        config.load(server_config(tmp_path, ""), "server")
+    clash = s3_section(s3, tmp_path, name="0")
+    with pytest.raises(ConfigError, match=r"\[s3 0\] has the name of a \[discset 0\]"):
+        Store.from_config(config.load(server_config(tmp_path, clash, discset=True), "server"))
+
+
+# ---------------------------------------------------------------- two stores, one bucket
+def test_account_list_is_shared_and_edits_are_never_lost(tmp_path: Path, seaweed: Any) -> None:
+    s3 = seaweed.new_bucket()
+    one = make_store(tmp_path / "one", s3=s3)
+    two = make_store(tmp_path / "two", s3=s3)
+    one.create_account(A, 1000, 2000, "0")
+    two.database.refresh()
+    assert A in two.database and two.read_info(A).hard_limit == 2000
+    with pytest.raises(UsageError, match="already exists"):
+        two.create_account(A, 1, 2, "0")
+    # many creations at once through both stores: each lands once, none is lost
+    errors: list[Exception] = []
+
+    def create(store: Store, account: int) -> None:
+        try:
+            store.create_account(account, 10, 20, "0")
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=create, args=(s, 0x100 + i)) for i, s in enumerate([one, two] * 4)]
+    threads += [threading.Thread(target=create, args=(two, 0x100))]  # a duplicate racing the first
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 1 and isinstance(errors[0], UsageError), errors
+    one.database.refresh()
+    assert sorted(one.database.accounts()) == [A, *range(0x100, 0x108)]
+    assert two.delete_account(0x101) > 0
+    one.database.refresh()
+    assert 0x101 not in one.database
+
+
+def test_a_writer_whose_lease_lapses_stops_writing(tmp_path: Path, seaweed: Any) -> None:
+    store = make_store(tmp_path, (A, 10_000, 20_000), s3=seaweed.new_bucket())
+    acct = store.open(A, write=True)
+    acct.put_object(acct.allocate_id(), b"fine", check_limit=False)
+    acct._lock._lost = True  # type: ignore[union-attr]  # as a renewal that found another server's lease
+    with pytest.raises(StorageError, match="the session stops writing"):
+        acct.put_object(acct.allocate_id(), b"refused", check_limit=False)
+    with pytest.raises(StorageError):
+        acct.close()  # its info write is refused too; the lease is left to expire
+    time.sleep(6 + 1 + 0.5)  # TEST_LEASE: duration + skew
+    store.open(A, write=True).close()  # the next writer gets in, settles the unfinished session
+
+
+def test_check_finds_and_removes_a_damaged_object(tmp_path: Path, seaweed: Any) -> None:
+    store = make_store(tmp_path, (A, 10_000, 20_000), s3=seaweed.new_bucket())
+    client, thread = session_client(store, A)
+    client.login(read_only=False)
+    ids = [upload(client, KEYS, 1, f"f{i}".encode(), os.urandom(5000)) for i in range(5)]
+    client.close()
+    thread.join(10)
+    report = check_account(store, A)
+    assert report.errors == 0 and report.objects == 6, [str(p) for p in report.problems]
+    backend = store.backend(A)
+    key = backend.prefix + object_key(A, ids[2])  # type: ignore[attr-defined]
+    raw = bytearray(backend.client.get_object(key))  # type: ignore[attr-defined]
+    raw[100] ^= 0xFF
+    backend.client.put_object(key, bytes(raw))  # type: ignore[attr-defined]
+    report = check_account(store, A)
+    assert report.errors >= 1 and any(p.object_id == ids[2] for p in report.problems)
+    fixed = check_account(store, A, fix=True)
+    assert fixed.errors >= 1
+    after = check_account(store, A)
+    assert after.errors == 0 and after.files == 4, [str(p) for p in after.problems]
+    assert check_account(store, A, scrub=True).errors == 0
