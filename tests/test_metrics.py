@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from boxbox.errors import ConfigError, ProgrammingError
+from boxbox.errors import ConfigError, FormatError, ProgrammingError
 from boxbox.store import metrics
 from boxbox.store.exporter import USAGE_TTL, AccountUsage, parse_address
 
@@ -296,3 +296,39 @@ def test_bad_metrics_address_is_one_line(server: StoreServer) -> None:
         "[discset 0]", "metrics = yes\nmetrics_listen = nowhere\n\n[discset 0]"))
     proc = run_boxbox("server", "--config", str(server.config), "--foreground", "--allow-root", exit_code=1)
     assert "server.metrics_listen: expected ADDRESS:PORT" in proc.stderr
+
+
+def test_monitoring_doc_names_only_real_metrics(tmp_path: Path) -> None:
+    """Every boxbox_... name in docs/MONITORING.md (and so in its alert rules) is one that is written."""
+    from boxbox.backup import textfile
+    from boxbox.backup.run import RunResult
+    from boxbox.store.exporter import store_families
+
+    store = make_store(tmp_path, (0x2A, 100, 200))
+    reg = metrics.Registry()
+    reg.add_collector(lambda: [*AccountUsage(store, ttl=0)(), *store_families(store, lambda: 0)])
+    client = textfile.render(RunResult(), last_success=None, next_run=None, paused=False, runs=1, failed_runs=0,
+                             store_usage={"used": 1, "soft_limit": 2, "hard_limit": 3, "at": 4})
+    written: set[str] = set()
+    for text in (metrics.REGISTRY.render(), reg.render(), client):
+        series, types = parse_exposition(text)
+        written |= set(types) | {name for name, _ in series}
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "MONITORING.md").read_text()
+    named = set(re.findall(r"\bboxbox_\w+", doc))
+    assert named and named <= written, f"not written by anything: {sorted(named - written)}"
+    rules = doc[doc.index("groups:"):]
+    for needed in ("boxbox_account_last_backup_timestamp_seconds", "boxbox_account_hard_limit_bytes",
+                   "boxbox_discset_directory_present", "boxbox_raid_degraded_reads_total"):
+        assert needed in rules
+
+
+def test_info_files_of_version_2_read_with_no_last_backup() -> None:
+    from boxbox.store.info import AccountInfo
+
+    info = AccountInfo(0x2A, True, 10, 20, name="nas", change_count=5, last_backup=1_700_000_123)
+    data = info.encode()
+    assert AccountInfo.decode(data, "x") == info
+    v2 = data[:4] + (2).to_bytes(2, "little") + data[6:-8]
+    assert AccountInfo.decode(v2, "x") == info._replace(last_backup=0)
+    with pytest.raises(FormatError, match="expected"):
+        AccountInfo.decode(data[:-1], "x")
