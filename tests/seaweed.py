@@ -192,11 +192,12 @@ class _S3Bed:
         _write_identities(self.identities, self.access_key, self.secret_key)
 
     def settings(self, bucket: str, **overrides: object) -> S3Settings:
-        options: dict[str, object] = {"access_key": self.access_key, "secret_key": self.secret_key,
+        options: dict[str, object] = {"endpoint": self.endpoint, "bucket": bucket,
+                                      "access_key": self.access_key, "secret_key": self.secret_key,
                                       "allow_http": True, "timeout": 10.0, "backoff": 0.05,
                                       "part_size": 5 * 1024 * 1024}
         options.update(overrides)
-        return S3Settings(self.endpoint, bucket, **options)  # type: ignore[arg-type]
+        return S3Settings(**options)  # type: ignore[arg-type]
 
     def new_bucket(self, **overrides: object) -> S3Settings:
         """Settings for a bucket nobody else uses, created already."""
