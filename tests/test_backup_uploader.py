@@ -153,3 +153,43 @@ def test_unreadable_file_is_reported_and_skipped(server: StoreServer, tmp_path: 
     assert result.ok and result.stats.files_uploaded == 1
     assert result.stats.read_errors == ["home:secret: cannot read: Permission denied"]
     assert set(store_tree(server, account, cfg["client"]["keys_file"])) == {b"fine"}
+
+
+class CountingClient(Client):
+    """Counts the directory listings a run asks for."""
+
+    listed: list[int] = []
+
+    def submit(self, request: Any, upload: Any = None, download: bool = False) -> Pending:
+        if isinstance(request, m.ListDirectory):
+            CountingClient.listed.append(request.dir_id)
+        return super().submit(request, upload, download)
+
+
+@pytest.mark.e2e
+def test_directories_created_by_the_run_are_never_listed(server: StoreServer, tmp_path: Path) -> None:
+    """A first backup streams on into new subdirectories: only the root and the location's own directory are listed."""
+    account = server.new_account()
+    tree = tmp_path / "tree"
+    for a in range(3):
+        for b in range(2):
+            (tree / f"a{a}" / f"b{b}").mkdir(parents=True)
+            (tree / f"a{a}" / f"b{b}" / "f").write_bytes(b"%d %d" % (a, b))
+        (tree / f"a{a}" / "g").write_bytes(os.urandom(5000))
+    conf = client_config(tmp_path, server, account, tree)
+    cfg = load_config(conf)
+    keys = load_keys(cfg["client"]["keys_file"])
+    cfg["client"]["data_directory"].mkdir()
+    d = server.ca.client_dir(account)
+
+    def connector() -> Client:
+        from boxbox.wire import tls
+        ctx = tls.client_context(d / "client.crt", d / "client.key", d / "ca.crt")
+        return CountingClient.connect("127.0.0.1", server.port, ctx, server_hostname="localhost")
+
+    CountingClient.listed = []
+    result = BackupRun(cfg, keys, state_mod.ClientState(), cid=11, connector=connector).run()
+    assert result.ok and result.stats.files_uploaded == 9 and result.stats.directories_created == 9
+    assert len(CountingClient.listed) == 2
+    stored = store_tree(server, account, cfg["client"]["keys_file"])
+    assert stored[b"a2/b1/f"][1] == b"2 1" and stored[b"a0/g"][1] == (tree / "a0" / "g").read_bytes()

@@ -169,6 +169,8 @@ class LocationSync:
         #: new names whose inode had a store id: (old id, directory id, name, stat, path in location)
         self.renamed: list[tuple[int, int, bytes, os.stat_result, bytes]] = []
         self.moved_ids: set[int] = set()
+        #: directories this run created where no current entry had the name: empty, attributes set
+        self.fresh: set[int] = set()
         self.failed_paths: set[bytes] = set()
         self.pending: dict[bytes, float] = {}
         self._base = b""
@@ -251,6 +253,8 @@ class LocationSync:
             change.store_id = client.create_directory(parent, sealing.seal_entry_name(self.keys, parent, name),
                                                       sealed_attrs, dattrs.mtime_ns if dattrs else 0)
             listing = self._list(change.store_id)
+        elif change.store_id in self.fresh:
+            listing = None  # nothing to list or to change: the pipeline does not wait here
         else:
             listing = self._list(change.store_id)
             if dattrs is not None:
@@ -261,12 +265,14 @@ class LocationSync:
                          on_error=self._fail(path))
         dir_id = change.store_id
         current: dict[bytes, Entry] = {}
-        for e in listing.entries:
+        for e in listing.entries if listing is not None else ():
             if not e.flags & (OLD | DELETED):
                 current[e.sealed_name] = e
         complete = True
         new_dirs: list[tuple[bytes, Pending]] = []
-        for name, st in change.entries:
+        # Subdirectories first: their ids are needed before the scan goes down into them, and waiting for
+        # replies sent ahead of this directory's uploads leaves those uploads in flight.
+        for name, st in sorted(change.entries, key=lambda e: not stat.S_ISDIR(e[1].st_mode)):
             sealed = sealing.seal_entry_name(self.keys, dir_id, name)
             existing = current.pop(sealed, None)
             if stat.S_ISDIR(st.st_mode):
@@ -280,7 +286,8 @@ class LocationSync:
             self.vanished[e.object_id] = (dir_id, e)
         for name, pending in new_dirs:
             try:
-                change.subdir_ids[name] = pending.result().object_id
+                change.subdir_ids[name] = new_id = pending.result().object_id
+                self.fresh.add(new_id)
                 s.stats.directories_created += 1
             except (ProtocolError, OSError):
                 raise
@@ -327,7 +334,8 @@ class LocationSync:
                 raise
             except BoxboxError as e:
                 log.info("%s:%s: not moved (%s); creating it", self.name, os.fsdecode(path), e)
-        s.drain()
+        # No current entry has the name (it was not in the listing, or was just deleted above), so the
+        # server makes a new, empty directory: the caller marks it fresh and never lists it.
         return client.submit(m.CreateDirectory(dir_id, attrs.mtime_ns, sealed, sealed_attrs))
 
     def _sync_file(self, change: Change, dir_id: int, name: bytes, sealed: bytes, st: os.stat_result,

@@ -280,8 +280,7 @@ class RaidWriter:
         if durable:
             self._close()
         else:
-            self._open = False
-            self._owed = True
+            self._open, self._owed, self._buf = False, True, bytearray()  # the buffer is not held while owed
 
     def directories(self) -> list[str]:
         """The directories the stripes are (or will be) named in."""
