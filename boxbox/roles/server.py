@@ -219,6 +219,7 @@ class Server:
             busy = len(self._connections) >= self.settings["max_connections"]
         if busy:
             log.warning("refused %s: %d connections already (max_connections)", peer[0], len(self._connections))
+            metrics.SESSIONS.inc(result="refused")
             raw.close()
             return
         raw.setblocking(True)
@@ -286,6 +287,8 @@ class Server:
         deadline = time.monotonic() + SHUTDOWN_GRACE
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        for name, parts in self.store.s3.items():
+            log.info("s3 store %s: %d requests since start", name, parts.backend.client.requests)
         log.info("stopped")
 
 

@@ -56,7 +56,7 @@ class AccountUsage:
         for account in sorted(self.store.database.accounts()):
             try:
                 infos.append(self.store.read_info(account))
-            except BoxboxError as e:
+            except (BoxboxError, OSError) as e:
                 log.debug("metrics: account %08x: %s", account, e)
                 unreadable += 1
         self._infos, self._unreadable = infos, unreadable
@@ -169,6 +169,7 @@ def _handler(exporter: Exporter) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "boxbox"
         sys_version = ""
+        timeout = 10.0  # a scraper that connects and says nothing does not keep its thread
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             try:

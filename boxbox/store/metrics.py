@@ -210,7 +210,7 @@ REGISTRY = Registry()
 REGISTRY.add_collector(process_families)
 
 SESSIONS = REGISTRY.counter("boxbox_sessions_total", "client sessions ended, by result "
-                            "(finished, closed, error, network_error, internal_error)", ("result",))
+                            "(finished, closed, error, network_error, internal_error; refused: over max_connections)", ("result",))
 RECEIVED = REGISTRY.counter("boxbox_received_bytes_total", "bytes received from clients (counted at session end)")
 SENT = REGISTRY.counter("boxbox_sent_bytes_total", "bytes sent to clients (counted at session end)")
 UPLOADS = REGISTRY.histogram("boxbox_upload_size_bytes", "size of each stored upload stream, by kind (whole, diff)",
