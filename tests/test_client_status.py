@@ -11,7 +11,7 @@ import pytest
 from boxbox.backup import events
 
 from tests.clientutil import Daemon, StoreServer, client_config
-from tests.test_metrics import parse_exposition, value
+from tests.test_metrics import parse_exposition
 
 pytestmark = pytest.mark.e2e
 
