@@ -18,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterable
 from importlib import metadata
@@ -301,6 +302,20 @@ class SeaweedCluster(_S3Bed):
             f"-localSocket={root / 's3.sock'}", "-port.iceberg=0", "-port.lance=0"],
             root / "s3.log", [s3, s3_grpc])
         self.processes = [self.master, *self.volumes, self.filer, self.s3]
+
+    def volume_servers(self, collection: str) -> dict[int, list[str]]:
+        """Volume id -> the volume servers holding a copy, for one bucket (= collection), from the master."""
+        url = f"http://127.0.0.1:{self.master.ports[0]}/vol/status"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            status = json.load(resp)
+        placement: dict[int, list[str]] = {}
+        for racks in status["Volumes"]["DataCenters"].values():
+            for nodes in racks.values():
+                for node, volumes in nodes.items():
+                    for v in volumes or ():
+                        if v["Collection"] == collection:
+                            placement.setdefault(v["Id"], []).append(node)
+        return placement
 
     def kill_volume(self, i: int) -> None:
         """SIGKILL volume server i, as a crash would."""
