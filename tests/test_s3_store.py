@@ -197,3 +197,34 @@ def test_check_finds_and_removes_a_damaged_object(tmp_path: Path, seaweed: Any) 
     after = check_account(store, A)
     assert after.errors == 0 and after.files == 4, [str(p) for p in after.problems]
     assert check_account(store, A, scrub=True).errors == 0
+
+
+def test_session_commits_and_admin_edits_never_lose_each_other(tmp_path: Path, seaweed: Any) -> None:
+    s3 = seaweed.new_bucket()
+    server = make_store(tmp_path / "one", (A, 10_000, 20_000), s3=s3)
+    admin = make_store(tmp_path / "two", s3=s3)  # another server, or `boxbox accounts` elsewhere
+    acct = server.open(A, write=True)
+    new_id = acct.allocate_id()
+    acct.put_object(new_id, b"x" * 10, check_limit=False)
+    admin.update_info(A, hard_limit=30_000, name="edited meanwhile")
+    acct.commit()  # its If-Match fails once: re-read, keep the admin's edit, write
+    acct.change(client_store_marker=7)
+    admin.update_info(A, soft_limit=15_000)  # conditional too: the session's write is not lost either
+    acct.close()
+    info = admin.read_info(A)
+    assert (info.hard_limit, info.soft_limit, info.name) == (30_000, 15_000, "edited meanwhile")
+    assert (info.last_object_id, info.client_store_marker, info.writer_open) == (new_id, 7, False)
+
+
+def test_uploads_cost_at_most_three_requests_a_file(tmp_path: Path, seaweed: Any) -> None:
+    store = make_store(tmp_path, (A, 100_000, 200_000), s3=seaweed.new_bucket())
+    client, thread = session_client(store, A)
+    client.login(read_only=False)
+    requests = store.backend(A).client  # type: ignore[attr-defined]
+    before = requests.requests
+    for i in range(30):  # one at a time, each synced on its own: the worst case (a client pipelines)
+        upload(client, KEYS, 1, f"f{i}".encode(), os.urandom(3000))
+    used = requests.requests - before  # per file: the object, the directory rewritten, the info (If-Match)
+    client.close()
+    thread.join(10)
+    assert used <= 3 * 30, used

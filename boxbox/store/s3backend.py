@@ -309,6 +309,27 @@ class S3ObjectStore:
     def sync(self, puts: list[PutStream]) -> None:
         """Nothing owed: every commit is durable when S3 answers it."""
 
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        """A small object's payload and its ETag, for a later `put_if` (HEAD first: a newer body with an
+        older tag only makes the conditional write fail, never succeed wrongly)."""
+        s3key = self._key(key)
+        try:
+            etag = self.client.head_object(s3key).etag
+            data = self.client.get_object(s3key)
+        except NotFound:
+            raise NotFound(self.label(s3key)) from None
+        self.remember(s3key, len(data))
+        return self._checked(s3key, data), etag
+
+    def put_if(self, key: str, data: bytes, etag: str | None) -> str:
+        """Write a small object only if it is still the version `etag` (None: unconditionally); its new ETag.
+        PreconditionFailed if it changed."""
+        s3key = self._key(key)
+        sealed = seal(data)
+        new = self.client.put_object(s3key, sealed, if_match=etag)
+        self.remember(s3key, len(sealed))
+        return new
+
     def delete(self, key: str) -> None:
         """Remove `key`. Unlike a disc set, a missing key is not an error (S3 cannot tell without a HEAD)."""
         s3key = self._key(key)

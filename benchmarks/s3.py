@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""First backup and full restore with the store on SeaweedFS (S3) against the store on raidfile.
+
+The tree (default ~300 MB in 10,000 files; `--quick` ~30 MB in 1,000) is benchmarks/restore.py's:
+half the bytes in 10 large random files, half in small files of mixed compressibility. For
+each store kind, in the same run, a fresh `boxbox server` on 127.0.0.1 with one account:
+the first backup (`boxbox client --once`), then a full restore (`boxbox query restore`),
+each timed as a whole process, and the restored tree compared byte for byte with the
+original. The S3 store is a single `weed server -s3` (tests/seaweed.py) on this machine,
+over plain http on loopback; the raidfile store is a 3-directory disc set on the same disc.
+S3 requests are counted by the server's client (logged when it stops, so it is restarted
+between the backup and the restore). The last line is machine-readable:
+
+    RESULT backup_ratio=X restore_ratio=X requests_per_file=X
+
+(ratios: S3 MB/s divided by raidfile MB/s; requests_per_file: S3 requests of the first
+backup divided by the files in the tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from boxbox.ca import authority  # noqa: E402
+from restore import ENV, boxbox, client_conf, make_tree, timed  # noqa: E402
+
+from tests.seaweed import SeaweedServer  # noqa: E402
+
+
+class Server:
+    """A `boxbox server` with one account on a disc set or on a bucket; restartable."""
+
+    def __init__(self, d: Path, s3: object | None) -> None:
+        self.d = d
+        d.mkdir()
+        with socket.create_server(("127.0.0.1", 0)) as s:
+            self.port = s.getsockname()[1]
+        ca = d.parent
+        if s3 is None:
+            discs = [d / f"disc{i}" for i in range(3)]
+            for disc in discs:
+                disc.mkdir()
+            store = f"[discset 0]\ndirectories = {', '.join(str(x) for x in discs)}\n"
+        else:
+            secret = d / "s3.secret"
+            secret.write_text(s3.secret_key)  # type: ignore[attr-defined]
+            secret.chmod(0o600)
+            store = (f"[s3 0]\nendpoint = {s3.endpoint}\nbucket = {s3.bucket}\naccess_key = {s3.access_key}\n"  # type: ignore[attr-defined]
+                     f"secret_key_file = {secret}\nallow_http = yes\n")
+        self.conf = d / "server.conf"
+        self.conf.write_text(textwrap.dedent(f"""\
+            [server]
+            listen = 127.0.0.1
+            port = {self.port}
+            certificate = {ca / 'server' / 'server.crt'}
+            private_key = {ca / 'server' / 'server.key'}
+            ca_certificate = {ca / 'ca' / 'ca.crt'}
+            account_database = {d / 'accounts.db'}
+            housekeeping_interval = 0
+            log_level = info
+
+            """) + store)
+        subprocess.run(boxbox("accounts", "--config", str(self.conf), "create", "1", "--soft", "100G", "--hard",
+                              "100G"), check=True, env=ENV, stdout=subprocess.DEVNULL)
+        self.log = d / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> int:
+        args = boxbox("server", "--config", str(self.conf), "--foreground")
+        if os.geteuid() == 0:
+            args.append("--allow-root")
+        self.proc = subprocess.Popen(args, env=ENV, stderr=open(self.log, "ab"))
+        for _ in range(400):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self.proc.pid
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit(f"server did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> int:
+        """Stop it; the S3 requests it made (0 on raidfile)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(60)
+        found = re.findall(r"s3 store 0: (\d+) requests", self.log.read_text())
+        self.log.write_text("")
+        return int(found[-1]) if found else 0
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    """Every file of `a` in `b` with the same bytes (and nothing more)."""
+    for dirpath, dirnames, filenames in os.walk(a):
+        rel = Path(dirpath).relative_to(a)
+        other = b / rel
+        if sorted(dirnames + filenames) != sorted(os.listdir(other)):
+            return False
+        for n in filenames:
+            if not filecmp.cmp(Path(dirpath) / n, other / n, shallow=False):
+                return False
+    return True
+
+
+def run_kind(d: Path, name: str, tree: Path, s3: object | None) -> dict[str, float]:
+    srv = Server(d / name, s3)
+    home = d / name / "c"  # a client of its own (keys, state), with the one certificate
+    home.mkdir()
+    (home / "client").symlink_to(d / "client")
+    conf = client_conf(home, srv.port, tree)
+    pid = srv.start()
+    backup, backup_cpu = timed(boxbox("client", "--config", str(conf), "--once"), pid)
+    backup_requests = srv.stop()
+    pid = srv.start()
+    out = d / name / "restored"
+    os.sync()
+    restore, restore_cpu = timed(boxbox("query", "--config", str(conf), "--quiet", "restore", "/home", str(out)), pid)
+    restore_requests = srv.stop()
+    if not same_tree(tree, out):
+        raise SystemExit(f"{name}: the restored tree differs from the original")
+    return {"backup": backup, "backup_cpu": backup_cpu, "backup_requests": backup_requests,
+            "restore": restore, "restore_cpu": restore_cpu, "restore_requests": restore_requests}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="~30 MB in 1,000 files (under two minutes)")
+    ap.add_argument("--dir", help="work directory (default: a new temporary one)")
+    args = ap.parse_args()
+    total, files = (30_000_000, 1_000) if args.quick else (300_000_000, 10_000)
+    d = Path(tempfile.mkdtemp(prefix="boxbox-s3-bench-", dir=args.dir))
+    bed = None
+    try:
+        authority.init_ca(d / "ca")
+        authority.sign_server(d / "ca", "localhost", d / "server", alt_names=["127.0.0.1"])
+        authority.sign_client(d / "ca", 1, d / "client")
+        tree = d / "tree"
+        nfiles, nbytes = make_tree(tree, total, files, b"boxbox")
+        bed = SeaweedServer(d / "seaweed")
+        bed.wait_ready()
+        print(f"tree: {nfiles} files, {nbytes / 1e6:.0f} MB; SeaweedFS `weed server -s3` at {bed.endpoint}")
+        results = {"raidfile": run_kind(d, "raidfile", tree, None),
+                   "s3": run_kind(d, "s3", tree, bed.new_bucket())}
+        print(f"{'':<10} {'':<8} {'wall s':>8} {'MB/s':>8} {'CPU s':>7} {'requests':>9} {'req/file':>9}")
+        for phase in ("backup", "restore"):
+            for kind, r in results.items():
+                req = r[f"{phase}_requests"]
+                print(f"{phase:<10} {kind:<8} {r[phase]:>8.2f} {nbytes / r[phase] / 1e6:>8.1f} "
+                      f"{r[f'{phase}_cpu']:>7.2f} {req if kind == 's3' else '-':>9} "
+                      f"{req / nfiles if kind == 's3' else 0:>9.2f}")
+        print("(CPU s: the command's user + system time plus the boxbox server's; SeaweedFS's own CPU is not counted)")
+        backup_ratio = results["raidfile"]["backup"] / results["s3"]["backup"]
+        restore_ratio = results["raidfile"]["restore"] / results["s3"]["restore"]
+        per_file = results["s3"]["backup_requests"] / nfiles
+        print(f"RESULT backup_ratio={backup_ratio:.2f} restore_ratio={restore_ratio:.2f} "
+              f"requests_per_file={per_file:.2f}")
+    finally:
+        if bed is not None:
+            bed.stop()
+        shutil.rmtree(d, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
