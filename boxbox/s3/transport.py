@@ -35,6 +35,8 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 #: (IncompleteRead: Content-Length not reached or a chunked body cut off; OSError covers
 #: resets, refusals, timeouts and TLS errors other than an untrusted certificate)
 TRANSIENT_ERRORS = (http.client.HTTPException, OSError)
+#: what a keep-alive connection the server has already closed looks like
+STALE_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 class Response(NamedTuple):
@@ -42,7 +44,8 @@ class Response(NamedTuple):
     reason: str
     headers: dict[str, str]
     body: bytes
-    #: how many times the request was sent (>1 means an earlier attempt may have reached S3)
+    #: how many times the request was sent, a stale keep-alive connection included
+    #: (>1 means an earlier attempt may have reached S3 and only its answer was lost)
     attempts: int
 
 
@@ -51,11 +54,6 @@ class Endpoint(NamedTuple):
     host: str
     port: int
 
-    @property
-    def netloc(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
 
 
 def parse_endpoint(endpoint: str, allow_http: bool) -> Endpoint:
@@ -144,7 +142,8 @@ class Transport:
         """Send one request, re-sending on 5xx and on transient network failures.
 
         `path` is the unencoded path (`/bucket/key`); it is encoded here the same way it is
-        signed. `what` names the target in error messages. A 4xx is returned, never retried.
+        signed. `what` names the target in error messages. A 4xx is returned, never retried;
+        `retry_if` marks other answers as transient (S3 can put an error in a 200 body).
         """
         query = dict(query or {})
         payload = bytes(body) if not isinstance(body, bytes) else body
@@ -154,6 +153,7 @@ class Transport:
         if query:
             target += "?" + sigv4.canonical_query(query)
         attempts = 0
+        stale_replaced = False
         while True:
             attempts += 1
             signed = sigv4.sign(method, path, query, {"host": self._host_header(host), **(headers or {})},
@@ -179,16 +179,17 @@ class Transport:
                                    f"{e.verify_message}") from None
             except TRANSIENT_ERRORS as e:
                 conn.close()
-                if reused and attempts == 1:
-                    # a stale keep-alive connection: try at once on a new one, not counted
+                if reused and not stale_replaced and isinstance(e, STALE_ERRORS):
+                    # the server closed this idle keep-alive connection: once, try at once on a
+                    # fresh one without counting an attempt (it costs one request)
+                    stale_replaced = True
                     self._drop_idle(host)
-                    attempts = 0
                     continue
                 log.debug("%s %s: attempt %d failed: %s", method, what, attempts, type(e).__name__)
-                if attempts > self._retries:
+                if attempts - stale_replaced > self._retries:
                     raise StorageError(f"S3 {method} {what}: {_describe(e)} "
                                        f"(gave up after {attempts} attempts)") from None
-                self._sleep(attempts)
+                self._sleep(attempts - stale_replaced)
                 continue
             if resp.will_close or not resp.isclosed():
                 conn.close()  # an unread remainder would poison the next request
@@ -196,13 +197,14 @@ class Transport:
                 self._give_back(host, conn)
             log.debug("%s %s -> %d (%d bytes, attempt %d)", method, what, result.status, len(data), attempts)
             if (result.status in RETRY_STATUSES or (retry_if is not None and retry_if(result))) \
-                    and attempts <= self._retries:
-                self._sleep(attempts)
+                    and attempts - stale_replaced <= self._retries:
+                self._sleep(attempts - stale_replaced)
                 continue
             return result
 
     def _host_header(self, host: str) -> str:
         default = 443 if self.endpoint.scheme == "https" else 80
+        host = f"[{host}]" if ":" in host else host
         return host if self.endpoint.port == default else f"{host}:{self.endpoint.port}"
 
     def _sleep(self, attempts: int) -> None:
