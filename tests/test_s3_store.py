@@ -227,4 +227,4 @@ def test_uploads_cost_at_most_three_requests_a_file(tmp_path: Path, seaweed: Any
     used = requests.requests - before  # per file: the object, the directory rewritten, the info (If-Match)
     client.close()
     thread.join(10)
-    assert used <= 3 * 30, used
+    assert used <= 3 * 30 + 1, used  # + reading the directory once
