@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -58,6 +59,8 @@ class FaultProxy:
     """Start with `start()`; `.endpoint` is what the client should use."""
 
     upstream_port: int
+    #: serve https with this context (the upstream stays plain http)
+    tls: ssl.SSLContext | None = None
     rules: list[Rule] = field(default_factory=list)
     #: (method, target, fault or "") for every request seen
     log: list[tuple[str, str, str]] = field(default_factory=list)
@@ -101,6 +104,9 @@ class FaultProxy:
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
+            self.endpoint = f"https://localhost:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def start(self) -> FaultProxy:
