@@ -373,3 +373,23 @@ def test_many_threads_share_one_client(client: S3Client) -> None:
     assert client.requests >= 8 * 15 * 2
     assert len(list(client.list_objects("t/"))) == 8 * 15
 
+
+
+def test_whole_body_checks() -> None:
+    """The checks a whole GET applies: the MD5 ETag, then the stored SHA-256 checksum."""
+    from boxbox.s3.client import whole_body_problem
+    from boxbox.s3.transport import Response
+
+    body = b"the object"
+    md5 = f'"{hashlib.md5(body).hexdigest()}"'
+    sha = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    bad_sha = base64.b64encode(hashlib.sha256(b"x").digest()).decode()
+
+    def problem(headers: dict[str, str], data: bytes = body) -> str:
+        return whole_body_problem(Response(200, "OK", headers, data, 1))
+
+    assert problem({"etag": md5, "x-amz-checksum-sha256": sha}) == ""
+    assert "ETag" in problem({"etag": md5}, b"the objecT")
+    assert "x-amz-checksum-sha256" in problem({"etag": '"abc-2"', "x-amz-checksum-sha256": bad_sha})
+    assert problem({"etag": '"abc-2"', "x-amz-checksum-sha256": "c29tZQ==-3"}) == ""  # composite: not checked
+    assert problem({}) == ""
