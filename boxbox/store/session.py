@@ -76,6 +76,10 @@ class Session:
     def patch_later(self, patch: "PendingPatch") -> None:
         self._patches.append(patch)
 
+    def unsaved(self) -> bool:
+        """Changes a sync would write (the dispatcher waits a moment for more before syncing them)."""
+        return bool(self._dirty or self._patches)
+
     def sync(self) -> None:
         """Write changed directories and the account info (called before replies are flushed).
 

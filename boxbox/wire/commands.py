@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import select
 from typing import Any, BinaryIO, Callable, Iterable, NamedTuple, Protocol
 
 from boxbox import __version__
@@ -21,6 +22,11 @@ log = logging.getLogger(__name__)
 #: Requests answered per sync-and-flush at most, however long the client keeps pipelining,
 #: so changes are made durable (and replies sent) at least this often.
 MAX_BATCH = 64
+#: Group commit: with unsaved changes and no request buffered, wait this long for the client's next
+#: one before syncing. A client streaming small files sends one every ~0.5-1 ms, a little slower than
+#: the server serves them; without the wait every request paid its own sync (3,100 uploads, 6,275
+#: syncs, 19 s of a 32 s first backup at scale 0.3). A client that is waiting for a reply pays it once.
+COMMIT_DELAY = 0.002
 
 
 class Access(enum.IntEnum):
@@ -41,7 +47,7 @@ class StreamReply(NamedTuple):
 
 class Session(Protocol):
     """What the dispatcher needs of a session; an optional `sync()` runs before each reply flush, an
-    optional `finish()` before Finished is answered."""
+    optional `finish()` before Finished is answered, an optional `unsaved()` says a sync has work."""
 
     access: Access
 
@@ -122,10 +128,22 @@ class Dispatcher:
                 return True
             self.dispatch(msg)
             batch += 1
-            if batch >= MAX_BATCH or not conn.has_buffered_frame():
+            if batch >= MAX_BATCH or not (conn.has_buffered_frame() or self._more_soon()):
                 self._sync()
                 conn.flush()
                 batch = 0
+
+    def _more_soon(self) -> bool:
+        """True if the session has changes to sync and the client's next request arrives within
+        COMMIT_DELAY, so that one sync (and one flush) covers both."""
+        unsaved = getattr(self.session, "unsaved", None)
+        if unsaved is None or not unsaved():
+            return False
+        sock = self.conn.sock
+        pending = getattr(sock, "pending", None)  # TLS bytes already decrypted but not yet read
+        if pending is not None and pending():
+            return True
+        return bool(select.select([sock], [], [], COMMIT_DELAY)[0])
 
     def _sync(self) -> None:
         """Let the session make queued changes durable before their replies leave.
