@@ -38,7 +38,7 @@ STREAM_TYPES = frozenset((STREAM_DATA, STREAM_END, STREAM_ABORT))
 
 class Frame(NamedTuple):
     type: int
-    payload: bytes
+    payload: bytes  # a bytearray for big STREAM_DATA frames received in place (see next_frame)
 
 
 def encode_frame(frame_type: int, payload: bytes | bytearray | memoryview = b"") -> bytes:
@@ -110,7 +110,10 @@ class FrameDecoder:
             if self._filled < len(self._direct):
                 return None
             assert self._need is not None
-            frame = Frame(self._need[0], bytes(self._direct))
+            frame_type, payload = self._need[0], self._direct
+            # stream data is handed over as received (a fresh buffer per frame, never reused):
+            # bytes() here copied every restored byte once more; messages stay immutable bytes
+            frame = Frame(frame_type, payload if frame_type == STREAM_DATA else bytes(payload))
             self._direct = None
             self._need = None
             return frame
