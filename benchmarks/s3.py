@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """First backup and full restore with the store on SeaweedFS (S3) against the store on raidfile.
 
-The tree (default ~300 MB in 10,000 files; `--quick` ~30 MB in 1,000) is benchmarks/restore.py's:
-half the bytes in 10 large random files, half in small files of mixed compressibility. For
+The tree (default ~300 MB in 10,000 files; `--quick` ~30 MB in 1,000) is half the bytes in
+10 large random files, half in small files of mixed compressibility. For
 each store kind, in the same run, a fresh `boxbox server` on 127.0.0.1 with one account:
 the first backup (`boxbox client --once`), then a full restore (`boxbox query restore`),
 each timed as a whole process, and the restored tree compared byte for byte with the
@@ -23,6 +23,7 @@ import argparse
 import filecmp
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -35,12 +36,76 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from boxbox.ca import authority  # noqa: E402
-from restore import ENV, boxbox, client_conf, make_tree, timed  # noqa: E402
+from boxbox.crypto.keys import create_keys_file  # noqa: E402
 
 from tests.seaweed import SeaweedServer  # noqa: E402
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def boxbox(*args: str) -> list[str]:
+    return [sys.executable, "-m", "boxbox", *args]
+
+
+def make_tree(root: Path, total: int, files: int) -> tuple[int, int]:
+    """Half the bytes in 10 large random files under big/, half in small files (100 per
+    directory) of mixed compressibility: random, and repetitive text."""
+    big = root / "big"
+    big.mkdir(parents=True)
+    for i in range(10):
+        (big / f"large{i}.bin").write_bytes(os.urandom(total // 20))
+    n_small = files - 10
+    each = total // 2 // n_small
+    text = b"the quick brown fox jumps over the lazy dog " * (each // 40 + 1)
+    pool = os.urandom(each * 64)
+    for i in range(n_small):
+        d = root / "small" / f"d{i // 100:03d}"
+        if i % 100 == 0:
+            d.mkdir(parents=True)
+        size = each // 2 + (i * 7919) % each
+        (d / f"f{i:05d}.dat").write_bytes(text[:size] if i % 2 else pool[(i * 4099) % (len(pool) - size):][:size])
+    return files, sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def client_conf(d: Path, port: int, tree: Path, certs: Path) -> Path:
+    create_keys_file(d / "keys.dat")
+    conf = d / "client.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        [client]
+        server = localhost
+        port = {port}
+        account = 1
+        certificate = {certs / 'client.crt'}
+        private_key = {certs / 'client.key'}
+        ca_certificate = {certs / 'ca.crt'}
+        keys_file = {d / 'keys.dat'}
+        data_directory = {d / 'state'}
+        automatic_backup = no
+        log_level = warning
+
+        [location home]
+        path = {tree}
+        """))
+    return conf
+
+
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(cmd: list[str], server_pid: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the command plus the server's while it ran)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = process_cpu(server_pid)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=ENV, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, cpu + process_cpu(server_pid) - server_before
 
 
 class Server:
@@ -121,8 +186,7 @@ def run_kind(d: Path, name: str, tree: Path, s3: object | None) -> dict[str, flo
     srv = Server(d / name, s3)
     home = d / name / "c"  # a client of its own (keys, state), with the one certificate
     home.mkdir()
-    (home / "client").symlink_to(d / "client")
-    conf = client_conf(home, srv.port, tree)
+    conf = client_conf(home, srv.port, tree, d / "client")
     pid = srv.start()
     backup, backup_cpu = timed(boxbox("client", "--config", str(conf), "--once"), pid)
     backup_requests = srv.stop()
@@ -150,7 +214,7 @@ def main() -> int:
         authority.sign_server(d / "ca", "localhost", d / "server", alt_names=["127.0.0.1"])
         authority.sign_client(d / "ca", 1, d / "client")
         tree = d / "tree"
-        nfiles, nbytes = make_tree(tree, total, files, b"boxbox")
+        nfiles, nbytes = make_tree(tree, total, files)
         bed = SeaweedServer(d / "seaweed")
         bed.wait_ready()
         print(f"tree: {nfiles} files, {nbytes / 1e6:.0f} MB; SeaweedFS `weed server -s3` at {bed.endpoint}")

@@ -228,3 +228,22 @@ def test_uploads_cost_at_most_three_requests_a_file(tmp_path: Path, seaweed: Any
     client.close()
     thread.join(10)
     assert used <= 3 * 30 + 1, used  # + reading the directory once
+
+
+def test_read_ahead_is_taken_once_and_never_stale(backend: S3ObjectStore) -> None:
+    for i in range(3):
+        put(backend, f"r/{i}", f"version one of {i}".encode())
+    backend.prefetch(["r/0", "r/1", "r/2", "r/missing"])
+    time.sleep(0.5)
+    before = backend.client.requests
+    assert backend.get("r/0").read() == b"version one of 0"
+    assert backend.client.requests == before  # fetched ahead: no request now
+    put(backend, "r/1", b"rewritten after the read-ahead")
+    backend.delete("r/2")
+    before = backend.client.requests
+    assert backend.get("r/1").read() == b"rewritten after the read-ahead"
+    with pytest.raises(NotFound):
+        backend.get("r/2")
+    with pytest.raises(NotFound):
+        backend.get("r/missing")
+    assert backend.client.requests - before == 2  # r/1 and r/2 read again; r/missing's 404 was fetched ahead

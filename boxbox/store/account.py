@@ -40,6 +40,10 @@ MAX_OBJECT_ID = (1 << 64) - 1
 MAX_ACCOUNT = 0xFFFFFFFF
 #: How long a client's login waits for housekeeping or check to notice its request and let go.
 YIELD_WAIT = 10.0
+#: Read-ahead (S3 stores, read-only sessions): a read at most this many ids past the last one
+#: counts as reading forward, and then the next READ_AHEAD_IDS ids are fetched in the background.
+READ_AHEAD_GAP = 4
+READ_AHEAD_IDS = 12
 
 
 def account_prefix(account: int) -> str:
@@ -423,6 +427,8 @@ class Store:
         acct = Account(self, backend, info, lock)
         if write:
             acct.info_etag = etag
+        else:
+            acct.read_ahead = True
         return acct
 
 
@@ -527,6 +533,10 @@ class Account:
         self._info_dirty = False
         #: on an S3 store, the tag of the info file as this session last wrote it (None: read it first)
         self.info_etag: str | None = None
+        #: read-only sessions only (nothing rewrites an object under a read fetched ahead)
+        self.read_ahead = False
+        self._last_read = 0
+        self._ahead_upto = 0
         self._owed: list[PutStream] = []  # new objects committed without their fsyncs (see sync_objects)
 
     @property
@@ -560,10 +570,24 @@ class Account:
         """A reader for an object of this account; ids of other accounts simply do not exist."""
         if not 0 < object_id <= MAX_OBJECT_ID:
             raise NotFound(f"object {object_id:#x}")
+        if self.read_ahead:
+            self._read_ahead(object_id)
         try:
             return self.backend.get(self.key(object_id))
         except NotFound:
             raise NotFound(f"object {object_id:#x}") from None
+
+    def _read_ahead(self, object_id: int) -> None:
+        """Reading forward through the ids (a restore follows upload order): have the next ones fetched."""
+        prefetch = getattr(self.backend, "prefetch", None)
+        forward = 0 < object_id - self._last_read <= READ_AHEAD_GAP
+        self._last_read = object_id
+        if prefetch is None or not forward:
+            return
+        start = max(self._ahead_upto, object_id) + 1
+        self._ahead_upto = object_id + READ_AHEAD_IDS
+        if start <= self._ahead_upto:
+            prefetch([self.key(i) for i in range(start, min(self._ahead_upto, MAX_OBJECT_ID) + 1)])
 
     def read_object(self, object_id: int) -> bytes:
         with self.open_object(object_id) as f:
