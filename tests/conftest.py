@@ -139,11 +139,10 @@ def _start_seaweed(kind: str, root: Path):  # -> tests.seaweed.SeaweedServer | S
 
 
 def _stop_seaweed(bed) -> None:  # noqa: ANN001
-    from tests import seaweed
-
-    pids = [p.pid for p in bed.processes if p.proc is not None]
+    """Stop every process of the bed by PID and check that each has really exited."""
+    procs = [p.proc for p in bed.processes if p.proc is not None]
     bed.stop()
-    left = [pid for pid in pids if pid in seaweed.leftover_pids()]
+    left = [proc.pid for proc in procs if proc.poll() is None]
     assert not left, f"weed processes still running after stop: {left}"
 
 

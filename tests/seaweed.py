@@ -161,11 +161,6 @@ def _remove_sockets(port: int) -> None:
         sock.unlink(missing_ok=True)
 
 
-def leftover_pids() -> list[int]:
-    """PIDs of weed processes this run started that are still running (should be none)."""
-    return [pid for pid, proc in _RUNNING.items() if proc.poll() is None]
-
-
 @atexit.register
 def _reap_all() -> None:
     for proc in list(_RUNNING.values()):
