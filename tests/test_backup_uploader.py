@@ -156,13 +156,15 @@ def test_unreadable_file_is_reported_and_skipped(server: StoreServer, tmp_path: 
 
 
 class CountingClient(Client):
-    """Counts the directory listings a run asks for."""
+    """Records the requests a run sends, and the directory listings among them."""
 
     listed: list[int] = []
+    sent: list[str] = []
 
     def submit(self, request: Any, upload: Any = None, download: bool = False) -> Pending:
         if isinstance(request, m.ListDirectory):
             CountingClient.listed.append(request.dir_id)
+        CountingClient.sent.append(type(request).__name__ + ("+diff" if getattr(request, "diff_from", 0) else ""))
         return super().submit(request, upload, download)
 
 
@@ -193,3 +195,37 @@ def test_directories_created_by_the_run_are_never_listed(server: StoreServer, tm
     assert len(CountingClient.listed) == 2
     stored = store_tree(server, account, cfg["client"]["keys_file"])
     assert stored[b"a2/b1/f"][1] == b"2 1" and stored[b"a0/g"][1] == (tree / "a0" / "g").read_bytes()
+
+
+@pytest.mark.e2e
+def test_diff_bases_of_a_directory_are_fetched_together(server: StoreServer, tmp_path: Path) -> None:
+    """An incremental asks for every block index of a directory at once, then sends the diffs pipelined."""
+    account = server.new_account()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(3):
+        (tree / f"big{i}").write_bytes(os.urandom(300_000))
+    conf = client_config(tmp_path, server, account, tree)
+    cfg = load_config(conf)
+    keys = load_keys(cfg["client"]["keys_file"])
+    cfg["client"]["data_directory"].mkdir()
+    d = server.ca.client_dir(account)
+
+    def connector() -> Client:
+        from boxbox.wire import tls
+        ctx = tls.client_context(d / "client.crt", d / "client.key", d / "ca.crt")
+        return CountingClient.connect("127.0.0.1", server.port, ctx, server_hostname="localhost")
+
+    state = state_mod.ClientState()
+    assert BackupRun(cfg, keys, state, cid=12, connector=connector).run().ok
+    for i in range(3):
+        p = tree / f"big{i}"
+        p.write_bytes(p.read_bytes() + b"appended %d" % i)
+    CountingClient.sent = []
+    result = BackupRun(cfg, keys, state, cid=12, connector=connector).run()
+    assert result.ok and result.stats.diffs == 3
+    asked = [i for i, r in enumerate(CountingClient.sent) if r == "GetBlockIndexByName"]
+    diffs = [i for i, r in enumerate(CountingClient.sent) if r == "StoreFile+diff"]
+    assert len(asked) == 3 and len(diffs) == 3 and max(asked) < min(diffs)
+    stored = store_tree(server, account, cfg["client"]["keys_file"])
+    assert all(stored[b"big%d" % i][1] == (tree / f"big{i}").read_bytes() for i in range(3))

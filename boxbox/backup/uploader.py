@@ -171,6 +171,10 @@ class LocationSync:
         self.moved_ids: set[int] = set()
         #: directories this run created where no current entry had the name: empty, attributes set
         self.fresh: set[int] = set()
+        #: block indexes of this directory's diff bases, fetched together (sealed name -> index or error)
+        self._indexes: dict[bytes, tuple[int, bytes] | BoxboxError] = {}
+        #: diff uploads the server refused, uploaded whole by `finish`: (directory id, name, sealed, stat, path)
+        self._refused: list[tuple[int, bytes, bytes, os.stat_result, bytes]] = []
         self.failed_paths: set[bytes] = set()
         self.pending: dict[bytes, float] = {}
         self._base = b""
@@ -269,6 +273,7 @@ class LocationSync:
             if not e.flags & (OLD | DELETED):
                 current[e.sealed_name] = e
         complete = True
+        self._fetch_indexes(dir_id, change.entries, current)
         new_dirs: list[tuple[bytes, Pending]] = []
         # Subdirectories first: their ids are needed before the scan goes down into them, and waiting for
         # replies sent ahead of this directory's uploads leaves those uploads in flight.
@@ -295,6 +300,36 @@ class LocationSync:
                 self._fail(path)(e)
                 complete = False
         change.done = complete
+
+    def _fetch_indexes(self, dir_id: int, entries: list[tuple[bytes, os.stat_result]],
+                       current: dict[bytes, Entry]) -> None:
+        """Ask for the block index of every changed file that will be diffed, all in one round trip
+        (one wait per directory, not one per file)."""
+        self._indexes = {}
+        s = self.session
+        if not s.accepts_diffs or s.store_full:
+            return
+        threshold = self.settings.diffing_upload_size_threshold
+        wanted = []
+        for name, st in entries:
+            if not stat.S_ISREG(st.st_mode) or st.st_size < threshold:
+                continue
+            sealed = sealing.seal_entry_name(self.keys, dir_id, name)
+            e = current.get(sealed)
+            if e is not None and e.flags & FILE and e.mtime_ns != st.st_mtime_ns:
+                wanted.append(sealed)
+        if not wanted:
+            return
+        pendings = [(sealed, s.client.submit(m.GetBlockIndexByName(dir_id, sealed), download=True))
+                    for sealed in wanted]
+        for sealed, pending in pendings:  # in order: each reply's stream is read before the next reply
+            try:
+                reply, stream = pending.result()
+                self._indexes[sealed] = (reply.object_id, stream.read())
+            except (ProtocolError, OSError):
+                raise
+            except BoxboxError as e:
+                self._indexes[sealed] = e
 
     def _list(self, dir_id: int) -> Directory:
         self.session.drain()  # earlier replies first: the listing must include them
@@ -414,25 +449,18 @@ class LocationSync:
                 if tracked:
                     self.state.inodes.set(st.st_ino, reply.object_id)
 
-            try:
-                if diff_from:
-                    s.drain()
-                    pending = client.submit(request, upload=stream)
-                    try:
-                        on_ok(pending.result())
-                        return True
-                    except UsageError as e:
-                        if "diff" not in str(e):
-                            raise
+            on_error = self._fail(path, os.path.dirname(path))
+            if diff_from:  # pipelined like any upload; a refused diff is sent whole by `finish`
+                def on_error(e: BoxboxError, failed: Callable[[BoxboxError], None] = on_error) -> None:
+                    if not (isinstance(e, UsageError) and "diff" in str(e)):
+                        failed(e)
+                        return
+                    if s.accepts_diffs:
                         log.info("the server refuses diff uploads (%s): uploading whole files", e)
-                        s.accepts_diffs = False
-                        f.seek(0)  # type: ignore[union-attr]
-                        stream = whole_file(self.keys, f, st, container_id=dir_id, name=name, attributes=attrs,
-                                            cipher=self.settings.cipher, limit=s.limit)
-                        request = _store_file(dir_id, sealed, entry, 0)
-                        diff_from = 0
-                s.submit(lambda: client.submit(request, upload=stream), on_ok,
-                         self._fail(path, os.path.dirname(path)))
+                    s.accepts_diffs = False
+                    self._refused.append((dir_id, name, sealed, st, path))
+            try:
+                s.submit(lambda: client.submit(request, upload=stream), on_ok, on_error)
             except FileChanged as e:
                 log.info("%s:%s: %s; retried next run", self.name, os.fsdecode(path), e)
                 self.failed_paths.add(os.path.dirname(path))
@@ -453,10 +481,15 @@ class LocationSync:
     def _diff_source(self, dir_id: int, name: bytes, sealed: bytes, f: Any, st: os.stat_result, attrs: Attributes,
                      stats: dict[str, int]) -> tuple[int, Any] | None:
         s = self.session
-        s.drain()
         try:
-            object_id, stream = s.client.get_block_index_by_name(dir_id, sealed)
-            blob = stream.read()
+            fetched = self._indexes.pop(sealed, None)
+            if isinstance(fetched, BoxboxError):
+                raise fetched
+            if fetched is None:  # not fetched with its directory (a renamed file, in finish)
+                s.drain()
+                object_id, stream = s.client.get_block_index_by_name(dir_id, sealed)
+                fetched = (object_id, stream.read())
+            object_id, blob = fetched
             index = open_index(self.keys, blob, container_id=dir_id, name=name)
         except (ProtocolError, OSError):
             raise
@@ -470,10 +503,21 @@ class LocationSync:
 
     # ------------------------------------------------------------ end of run
     def finish(self) -> None:
-        """Renamed files become moves where their old entry vanished; the rest are uploaded; then deletions."""
+        """Refused diffs are uploaded whole; renamed files become moves where their old entry vanished,
+        the rest are uploaded; then deletions."""
         s = self.session
         client = s.client
         s.drain()
+        threshold = self.settings.file_tracking_size_threshold
+        for dir_id, name, sealed, st, path in self._refused:
+            full = self._full(os.path.dirname(path), name)
+            try:
+                attrs = attributes_from_path(full, st)
+            except (OSError, BoxboxError) as e:
+                self._read_error(path, f"cannot read attributes: {getattr(e, 'strerror', None) or e}")
+                continue
+            self._upload(dir_id, name, sealed, st, attrs, None, path, full, st.st_size >= threshold)
+        self._refused = []
         for old_id, dir_id, name, st, path in self.renamed:
             full = self._full(os.path.dirname(path), name)
             sealed = sealing.seal_entry_name(self.keys, dir_id, name)
