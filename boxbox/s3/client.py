@@ -13,7 +13,6 @@ import base64
 import hashlib
 import logging
 import re
-import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
