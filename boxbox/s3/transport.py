@@ -11,7 +11,6 @@ import datetime
 import http.client
 import logging
 import random
-import socket
 import ssl
 import threading
 import time
@@ -26,6 +25,9 @@ log = logging.getLogger(__name__)
 
 #: idle keep-alive connections kept per transport; more requests in flight just open more
 POOL_SIZE = 16
+#: an idle connection older than this is closed rather than reused: servers drop idle
+#: keep-alives (AWS after about 20 s), and reusing a dropped one costs a failed send
+MAX_IDLE = 15.0
 #: error bodies are read only this far (an error is a few hundred bytes of XML)
 MAX_ERROR_BODY = 64 * 1024
 #: statuses that mean "try again": 500 InternalError, 502/504 from a proxy, 503 SlowDown
@@ -53,7 +55,6 @@ class Endpoint(NamedTuple):
     scheme: str
     host: str
     port: int
-
 
 
 def parse_endpoint(endpoint: str, allow_http: bool) -> Endpoint:
@@ -94,7 +95,8 @@ class Transport:
                 except (OSError, ssl.SSLError) as e:
                     raise ConfigError(f"S3 CA file {ca_file}: {e}") from None
         self._lock = threading.Lock()
-        self._idle: dict[str, list[http.client.HTTPConnection]] = {}
+        #: host -> [(connection, when it went idle)], most recent last
+        self._idle: dict[str, list[tuple[http.client.HTTPConnection, float]]] = {}
         self._closed = False
         self.requests = 0
 
@@ -105,18 +107,27 @@ class Transport:
         return http.client.HTTPConnection(host, self.endpoint.port, timeout=self._timeout)
 
     def _take(self, host: str) -> tuple[http.client.HTTPConnection, bool]:
+        expired: list[tuple[http.client.HTTPConnection, float]] = []
+        conn = None
         with self._lock:
             self.requests += 1
-            idle = self._idle.get(host)
-            if idle:
-                return idle.pop(), True
-        return self._connect(host), False
+            idle = self._idle.get(host, [])
+            cutoff = time.monotonic() - MAX_IDLE
+            while idle and conn is None:
+                candidate = idle.pop()
+                if candidate[1] >= cutoff:
+                    conn = candidate[0]
+                else:
+                    expired.append(candidate)
+        for old, _ in expired:
+            old.close()
+        return (conn, True) if conn is not None else (self._connect(host), False)
 
     def _give_back(self, host: str, conn: http.client.HTTPConnection) -> None:
         with self._lock:
             idle = self._idle.setdefault(host, [])
             if not self._closed and len(idle) < POOL_SIZE:
-                idle.append(conn)
+                idle.append((conn, time.monotonic()))
                 return
         conn.close()
 
@@ -124,13 +135,13 @@ class Transport:
         """A reused connection failed: the server probably closed its idle ones, so drop them all."""
         with self._lock:
             idle = self._idle.pop(host, [])
-        for conn in idle:
+        for conn, _ in idle:
             conn.close()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            idle = [c for conns in self._idle.values() for c in conns]
+            idle = [conn for conns in self._idle.values() for conn, _ in conns]
             self._idle.clear()
         for conn in idle:
             conn.close()
@@ -215,6 +226,6 @@ class Transport:
 def _describe(e: BaseException) -> str:
     if isinstance(e, http.client.IncompleteRead):
         return f"response cut short ({len(e.partial)} bytes, {e.expected} more expected)"
-    if isinstance(e, (TimeoutError, socket.timeout)):
+    if isinstance(e, TimeoutError):
         return "timed out"
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

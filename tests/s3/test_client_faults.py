@@ -215,3 +215,17 @@ def test_connection_refused_is_retried_then_reported(seaweed) -> None:  # noqa: 
         with pytest.raises(StorageError, match=r"ConnectionRefusedError.*gave up after 3 attempts"):
             c.get_object("k")
         assert c.requests == 3
+
+
+def test_old_idle_connections_are_not_reused(bucket: tuple[S3Client, S3Client], proxy: FaultProxy,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from boxbox.s3 import transport
+
+    c, d = bucket
+    d.put_object("k", b"v")
+    assert c.get_object("k") == b"v"
+    monkeypatch.setattr(transport, "MAX_IDLE", 0.0)
+    proxy.drop_connections()  # would cost a failed send if the idle connection were reused
+    before = c.requests
+    assert c.get_object("k") == b"v"
+    assert c.requests - before == 1
