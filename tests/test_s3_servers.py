@@ -161,17 +161,19 @@ def cluster_server(tmp_path_factory: pytest.TempPathFactory, test_ca: Any,
 def test_a_volume_server_dies_mid_backup(cluster_server: StoreServer, seaweed_cluster: Any, tmp_path: Path) -> None:
     a = cluster_server.new_account()
     tree = tmp_path / "tree"
-    for i in range(120):
-        d = tree / f"d{i % 6}"
+    for i in range(400):
+        d = tree / f"d{i % 8}"
         d.mkdir(parents=True, exist_ok=True)
-        (d / f"f{i}").write_bytes(os.urandom(20_000 + 1000 * i))
+        (d / f"f{i}").write_bytes(os.urandom(20_000 + 200 * i))
     conf = client_config(tmp_path, cluster_server, a, tree)
     proc = subprocess.Popen([*boxbox_command(), "client", "--config", str(conf), "--once"], env=boxbox_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    time.sleep(1.0)  # the client has started and is uploading (~8 MB in 400 files take several seconds)
+    assert proc.poll() is None, "the backup ended before the volume server could be killed"
     seaweed_cluster.kill_volume(1)
     try:
         _, err = proc.communicate(timeout=180)
+        print(f"backup with a volume server killed: exit {proc.returncode}; {err.strip().splitlines()[-1:]}")
         if proc.returncode != 0:  # failing is allowed, but cleanly: one boxbox line, no traceback
             assert proc.returncode == 1 and "Traceback" not in err and "boxbox: " in err, err
         deadline = time.monotonic() + 120
