@@ -154,3 +154,26 @@ def test_objects_are_readable_before_their_barrier(store: Store) -> None:
     assert acct._owed == []
     acct.close()
 
+
+
+def test_the_dispatcher_waits_for_more_requests_only_with_unsaved_changes() -> None:
+    from boxbox.wire.commands import NONE, Dispatcher
+    from boxbox.wire.transport import Connection
+
+    class Dirty:
+        access = NONE
+        dirty = True
+
+        def unsaved(self) -> bool:
+            return self.dirty
+
+    a, b = socket.socketpair()
+    session = Dirty()
+    d = Dispatcher(Connection(b), session)
+    assert not d._more_soon()  # nothing came within COMMIT_DELAY: sync now
+    a.sendall(b"x")
+    assert d._more_soon()  # the next request is on its way: one sync for both
+    session.dirty = False
+    assert not d._more_soon()  # nothing to save: replies go at once
+    a.close()
+    b.close()
