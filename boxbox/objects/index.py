@@ -26,6 +26,7 @@ included: the store copies the sealed record byte for byte, so its tag stays val
 
 from __future__ import annotations
 
+import functools
 import struct
 from array import array
 from typing import Iterable, Iterator, NamedTuple
@@ -70,6 +71,9 @@ class IndexEntry(NamedTuple):
     weak: int
     strong: bytes
     tag: bytes
+
+
+_new_entry = functools.partial(tuple.__new__, IndexEntry)
 
 
 class Reference(NamedTuple):
@@ -197,7 +201,8 @@ def parse_index(plain: bytes, hash_id: int, count: int, rounded_size: int, label
     expected = entries_end + (count * ANCHOR_SIZE if flags & HAS_ANCHORS else 0)
     if len(plain) != expected:
         raise IntegrityError(f"{label}: index is {len(plain)} bytes, expected {expected} for {count} blocks")
-    entries = [IndexEntry._make(e) for e in ENTRY.iter_unpack(memoryview(plain)[HEAD.size:entries_end])]
+    # tuple.__new__ in C, not IndexEntry._make's Python frame per entry (~1 us each under a profiler)
+    entries = list(map(_new_entry, ENTRY.iter_unpack(memoryview(plain)[HEAD.size:entries_end])))
     if sum(e.clear_size for e in entries) != size or rounded(size) != rounded_size:
         raise IntegrityError(f"{label}: index sizes do not add up to the recorded size")
     return Index(hid, size, entries, plain[entries_end:] if flags & HAS_ANCHORS else None)
