@@ -20,7 +20,7 @@ from typing import BinaryIO, NamedTuple
 from urllib.parse import unquote_plus
 
 from boxbox.errors import (BoxboxError, ConfigError, IntegrityError, NotFound, PermissionDenied,
-                           PreconditionFailed, StorageError)
+                           PreconditionFailed, ProgrammingError, StorageError)
 from boxbox.s3.multipart import S3Writer
 from boxbox.s3.reader import S3Reader
 from boxbox.s3.transport import Response, Transport, parse_endpoint
@@ -162,7 +162,7 @@ class S3Client:
         if key is None:
             return self._prefix + "/"
         if not key:
-            raise BoxboxError("S3 object key is empty")
+            raise ProgrammingError("S3 object key is empty")
         return f"{self._prefix}/{key}"
 
     def _request(self, method: str, key: str | None, *, query: dict[str, str] | None = None,
@@ -249,7 +249,7 @@ class S3Client:
         checksum when the store has them; a mismatch is read once more, then IntegrityError.
         """
         if start < 0 or (end is not None and end < start):
-            raise BoxboxError(f"S3 GET {self._what(key)}: bad range {start}..{end}")
+            raise ProgrammingError(f"S3 GET {self._what(key)}: bad range {start}..{end}")
         if end is not None and end == start:
             return b""
         ranged = bool(start) or end is not None

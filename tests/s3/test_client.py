@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from boxbox.errors import BoxboxError, ConfigError, NotFound, PermissionDenied, PreconditionFailed
+from boxbox.errors import (BoxboxError, ConfigError, NotFound, PermissionDenied, PreconditionFailed,
+                           ProgrammingError)
 from boxbox.s3.client import MIN_PART_SIZE, ObjectInfo, S3Client, S3Settings, multipart_etag
 
 PART = MIN_PART_SIZE
@@ -73,8 +74,10 @@ def test_ranges(client: S3Client) -> None:
     assert client.get_object("r", 1000, 5000) == data[1000:]
     assert client.get_object("r", 5, 5) == b""
     assert client.get_object("r", 2000) == b""  # past the end: 416 -> nothing
-    with pytest.raises(BoxboxError, match="bad range"):
+    with pytest.raises(ProgrammingError, match="bad range"):
         client.get_object("r", 10, 5)
+    with pytest.raises(ProgrammingError, match="key is empty"):
+        client.get_object("")
 
 
 def test_open_read_seek(seaweed) -> None:  # noqa: ANN001
