@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 from urllib.parse import unquote_plus
+from xml.sax.saxutils import escape
 
 from boxbox.errors import (BoxboxError, ConfigError, IntegrityError, NotFound, PermissionDenied,
                            PreconditionFailed, ProgrammingError, StorageError)
@@ -87,6 +88,17 @@ def whole_body_problem(resp: Response) -> str:
     if len(digest) == 32 and hashlib.sha256(resp.body).digest() != digest:
         return f"{len(resp.body)} bytes read do not match x-amz-checksum-sha256 {checksum}"
     return ""
+
+
+def _error_fields(resp: Response) -> tuple[str, str]:
+    """(Code, Message) of an S3 error body; only these two, never the rest (it may echo the signature)."""
+    if resp.body.lstrip().startswith(b"<"):
+        try:
+            root = ET.fromstring(resp.body)
+            return _child(root, "Code"), _child(root, "Message")
+        except ET.ParseError:
+            pass
+    return "", ""
 
 
 def _strip_etag(etag: str) -> str:
@@ -167,23 +179,19 @@ class S3Client:
 
     def _request(self, method: str, key: str | None, *, query: dict[str, str] | None = None,
                  headers: dict[str, str] | None = None, body: bytes | bytearray | memoryview = b"",
-                 ok: tuple[int, ...] = (200,), payload_hash: str | None = None) -> Response:
+                 ok: tuple[int, ...] = (200,), fine: tuple[str, ...] = (),
+                 payload_hash: str | None = None) -> Response:
+        """Send and check the status; an S3 error whose code is in `fine` counts as success."""
         what = self._what(key)
         resp = self._transport.request(method, self._host, self._path(key), query, headers, body, what=what,
                                        payload_hash=payload_hash)
-        if resp.status not in ok:
+        if resp.status not in ok and not (fine and _error_fields(resp)[0] in fine):
             raise self._error(method, what, resp)
         return resp
 
     def _error(self, method: str, what: str, resp: Response) -> BoxboxError:
         """One line: the operation, the object, S3's code and message; nothing that was signed."""
-        code, message = "", ""
-        if resp.body.lstrip().startswith(b"<"):
-            try:
-                root = ET.fromstring(resp.body)
-                code, message = _child(root, "Code"), _child(root, "Message")
-            except ET.ParseError:
-                pass
+        code, message = _error_fields(resp)
         detail = f"{code}: {message}" if code and message else code or f"HTTP {resp.status} {resp.reason}"
         detail = " ".join(detail.split())[:300]
         text = f"S3 {method} {what}: {detail}"
@@ -288,7 +296,7 @@ class S3Client:
 
     def delete_object(self, key: str) -> None:
         """Remove the object; a key that is already gone is not an error (S3 semantics)."""
-        self._request("DELETE", key, ok=(200, 204, 404))
+        self._request("DELETE", key, ok=(200, 204), fine=("NoSuchKey",))
 
     def list_objects(self, prefix: str, *, page_size: int = 1000) -> Iterator[ObjectInfo]:
         """Every object whose key starts with `prefix`, in key order, one ListObjectsV2 page at a time."""
@@ -313,11 +321,9 @@ class S3Client:
         body = b""
         if self.settings.region != "us-east-1":
             body = ("<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
-                    f"<LocationConstraint>{self.settings.region}</LocationConstraint>"
+                    f"<LocationConstraint>{escape(self.settings.region)}</LocationConstraint>"
                     "</CreateBucketConfiguration>").encode()
-        resp = self._request("PUT", None, body=body, ok=(200, 409))
-        if resp.status == 409 and b"BucketAlreadyOwnedByYou" not in resp.body:
-            raise self._error("PUT", self._what(None), resp)
+        self._request("PUT", None, body=body, fine=("BucketAlreadyOwnedByYou",))
 
     def abort_incomplete_uploads(self, prefix: str) -> int:
         """Abort every unfinished multipart upload under `prefix` (left by a crash); return how many."""
@@ -390,5 +396,5 @@ class S3Client:
         return etag or expected
 
     def abort_upload(self, key: str, upload_id: str) -> None:
-        self._request("DELETE", key, query={"uploadId": upload_id}, ok=(200, 204, 404))
+        self._request("DELETE", key, query={"uploadId": upload_id}, ok=(200, 204), fine=("NoSuchUpload",))
 

@@ -396,3 +396,14 @@ def test_whole_body_checks() -> None:
     assert "x-amz-checksum-sha256" in problem({"etag": '"abc-2"', "x-amz-checksum-sha256": bad_sha})
     assert problem({"etag": '"abc-2"', "x-amz-checksum-sha256": "c29tZQ==-3"}) == ""  # composite: not checked
     assert problem({}) == ""
+
+
+def test_delete_and_abort_in_a_missing_bucket_are_errors(seaweed) -> None:  # noqa: ANN001
+    """A missing key or upload is fine to delete; a missing bucket is not hidden behind that."""
+    with S3Client(seaweed.settings("no-such-bucket-here")) as c:
+        with pytest.raises(NotFound, match="NoSuchBucket"):
+            c.delete_object("k")
+        with pytest.raises(NotFound, match="NoSuchBucket"):
+            c.abort_upload("k", "no-such-upload")
+    with S3Client(seaweed.new_bucket()) as c:
+        c.abort_upload("k", "no-such-upload")
