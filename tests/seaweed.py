@@ -9,6 +9,7 @@ SIGTERM, a short wait, then SIGKILL: a graceful stop of `weed server` takes over
 from __future__ import annotations
 
 import atexit
+import ctypes
 import functools
 import json
 import os
@@ -17,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -124,7 +126,8 @@ class WeedProcess:
         with open(self.log, "ab") as out:
             # cwd: weed reads ./master.toml if there is one
             self.proc = subprocess.Popen([str(weed_binary()), *self.args], stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.log.parent)
+                                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.log.parent,
+                                         preexec_fn=_die_with_parent)
         _RUNNING[self.proc.pid] = self.proc
 
     def alive(self) -> bool:
@@ -153,6 +156,18 @@ class WeedProcess:
     def kill(self) -> None:
         """A crash: SIGKILL at once."""
         self.stop(grace=0)
+
+
+#: Linux prctl, looked up before any fork (the child must not take locks to find it)
+_PRCTL = getattr(ctypes.CDLL(None), "prctl", None) if sys.platform == "linux" else None
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: the kernel SIGKILLs weed if pytest dies without stopping it (SIGTERM
+    skips atexit), so a killed test run leaves no SeaweedFS behind."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
