@@ -247,3 +247,19 @@ def test_read_ahead_is_taken_once_and_never_stale(backend: S3ObjectStore) -> Non
     with pytest.raises(NotFound):
         backend.get("r/missing")
     assert backend.client.requests - before == 2  # r/1 and r/2 read again; r/missing's 404 was fetched ahead
+
+
+def test_whoever_holds_the_write_lease_is_guarded(tmp_path: Path, seaweed: Any) -> None:
+    """Housekeeping and check take the write lease themselves: their writes are refused once it lapses too."""
+    store = make_store(tmp_path, (A, 10_000, 20_000), s3=seaweed.new_bucket())
+    store.backend(A).put(object_key(A, 99)).abort()  # no lease held: plain
+    lease = store.write_lock(A).acquire()
+    try:
+        lease._lost = True  # type: ignore[attr-defined]
+        with pytest.raises(StorageError, match="stops writing"):
+            store.backend(A).put(object_key(A, 99))
+        with pytest.raises(StorageError, match="stops writing"):
+            store.write_info(store.read_info(A))
+    finally:
+        lease.release()
+    store.write_info(store.read_info(A))

@@ -82,6 +82,7 @@ class AccountLocks(Protocol):
     def request_yield(self, account: int) -> None: ...
     def clear_yield(self, account: int) -> None: ...
     def yield_requested(self, account: int, max_age: float) -> bool: ...
+    def held_write_lease(self, account: int) -> Lock | None: ...
 
 
 class LocalLocks:
@@ -120,6 +121,9 @@ class LocalLocks:
         except FileNotFoundError:
             return False
 
+    def held_write_lease(self, account: int) -> None:
+        """An flock cannot lapse while held: nothing to guard."""
+
 
 class S3Parts(NamedTuple):
     """What the store keeps per `[s3 NAME]`: the objects, the account locks, the account list."""
@@ -130,7 +134,7 @@ class S3Parts(NamedTuple):
 
 
 def open_s3(spec: "S3Store") -> S3Parts:
-    """Connect one configured S3 store (no request is made until the account list is read)."""
+    """Connect one configured S3 store; reads its account list (one request)."""
     from boxbox.s3.client import S3Client
     from boxbox.store.lease import LeaseLocks
     from boxbox.store.s3backend import S3ObjectStore
@@ -142,7 +146,8 @@ def open_s3(spec: "S3Store") -> S3Parts:
 
 
 class GuardedStore:
-    """An S3 account's objects as its writing session sees them: no write once its lease may have expired."""
+    """An S3 account's objects as the holder of its write lease (session, housekeeping, check) sees
+    them: no write once the lease may have expired."""
 
     def __init__(self, inner: ObjectStore, lock: Lock) -> None:
         self._inner = inner
@@ -158,6 +163,10 @@ class GuardedStore:
     def delete(self, key: str) -> None:
         self._lock.check()
         self._inner.delete(key)
+
+    def put_if(self, key: str, data: bytes, etag: str | None) -> str:
+        self._lock.check()
+        return self._inner.put_if(key, data, etag)  # type: ignore[attr-defined]
 
 
 class _GuardedPut:
@@ -207,12 +216,15 @@ class Store:
 
     # ------------------------------------------------------------ accounts
     def backend(self, account: int) -> ObjectStore:
+        """The account's objects; on S3, while this process holds its write lease, behind the lease's guard."""
         name = self.database.discset_of(account)
         try:
-            return self.backends[name]
+            backend = self.backends[name]
         except KeyError:
             raise ConfigError(f"account {account:08x} lives on disc set {name!r}, which the config does not "
                               f"define (known: {', '.join(sorted(self.backends))})") from None
+        lease = self._locks.get(name, self.local_locks).held_write_lease(account)
+        return backend if lease is None else GuardedStore(backend, lease)
 
     def locks(self, account: int) -> AccountLocks:
         """The flock files for an account on a disc set, the bucket's leases for one on an S3 store."""
@@ -405,14 +417,11 @@ class Store:
 
     def open(self, account: int, write: bool) -> "Account":
         """Open ACCOUNT for a session; a writer takes the account's lock first (housekeeping yields to it)."""
-        backend = self.backend(account)
         lock = self._acquire_writer(account) if write else None
         try:
+            backend = self.backend(account)  # (guarded on S3 from now on: refuses writes once the lease may lapse)
             if lock is not None and lock.expires:
-                # Another server may have written since we last looked: forget what we remembered,
-                # and refuse every write once the lease may have run out.
-                backend.forget(account_prefix(account))  # type: ignore[attr-defined]
-                backend = GuardedStore(backend, lock)
+                backend.forget(account_prefix(account))  # type: ignore[attr-defined]  # another server may have written
             info = self.read_info(account)
             if write:
                 if info.writer_open:  # the last writer died mid-batch: settle what it left first
@@ -715,6 +724,8 @@ class Account:
 
         (The info lease would cost three more requests a commit: it was most of a backup's requests.)"""
         for _ in range(50):
+            if self._lock is not None:
+                self._lock.check()  # a 412 may mean another server has the account now: never write over it
             if self.info_etag is None:
                 try:
                     on_disc, self.info_etag = self.store.read_info_tagged(self.number)

@@ -97,7 +97,7 @@ class Lease:
 
     def __init__(self, client: Callable[[], "S3Client"], key: str, kind: str, what: str,
                  settings: LeaseSettings, *, blocking: bool = False, renew: bool = True,
-                 wait: float = 30.0) -> None:
+                 wait: float = 30.0, held: dict[str, "Lease"] | None = None) -> None:
         self._client = client
         self.key = key
         self.kind = kind
@@ -112,6 +112,7 @@ class Lease:
         self._lost = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._held = held  # where this process lists the leases it holds (the write leases)
 
     # ------------------------------------------------------------ acquiring
     def acquire(self) -> "Lease":
@@ -125,6 +126,8 @@ class Lease:
                     raise
                 time.sleep(POLL)
         self._lost = False
+        if self._held is not None:
+            self._held[self.key] = self
         if self.renewing:
             self._stop.clear()
             self._thread = threading.Thread(target=self._renew_loop, name=f"lease {self.key}", daemon=True)
@@ -207,6 +210,8 @@ class Lease:
     def release(self) -> None:
         if not self.token:
             return
+        if self._held is not None and self._held.get(self.key) is self:
+            del self._held[self.key]
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -237,12 +242,19 @@ class LeaseLocks:
         self._prefix = prefix
         self.settings = settings
         self._yield_seen: dict[int, tuple[float, bool]] = {}
+        #: write leases this process holds, by key: whoever holds one (a session, housekeeping, check)
+        #: sees the account's objects through a guard that refuses writes once the lease may have expired
+        self.held: dict[str, Lease] = {}
 
     def _key(self, account: int, kind: str) -> str:
         return f"{self._prefix}leases/{account:08x}.{kind}"
 
     def write_lock(self, account: int) -> Lease:
-        return Lease(self._client, self._key(account, "write"), "write", f"account {account:08x}", self.settings)
+        return Lease(self._client, self._key(account, "write"), "write", f"account {account:08x}", self.settings,
+                     held=self.held)
+
+    def held_write_lease(self, account: int) -> Lease | None:
+        return self.held.get(self._key(account, "write"))
 
     def housekeeping_lock(self, account: int) -> Lease:
         return Lease(self._client, self._key(account, "housekeeping"), "housekeeping", f"account {account:08x}",
