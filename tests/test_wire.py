@@ -50,6 +50,31 @@ def test_big_frames_are_received_in_place() -> None:
     assert small.direct_buffer() is None  # small frames go through feed()
 
 
+def test_in_place_stream_frames_are_handed_over_and_reads_stay_bytes() -> None:
+    """A big stream frame comes out as the buffer it was received into (no copy); a message, or
+    what `InStream.read` returns, is still immutable bytes."""
+    payload = bytes(range(256)) * 1024
+    for frame_type, kind in ((0xFF01, bytearray), (0x10, bytes)):
+        dec = FrameDecoder()
+        data = encode_frame(frame_type, payload)
+        dec.feed(data[:HEADER.size])
+        view = dec.direct_buffer()
+        assert view is not None
+        view[:] = data[HEADER.size:]
+        dec.filled(len(payload))
+        frame = dec.next_frame()
+        assert frame is not None and type(frame.payload) is kind and frame.payload == payload
+    a, b = socket.socketpair()
+    with a, b:
+        sender = threading.Thread(target=a.sendall, args=(encode_frame(0xFF01, payload) * 2 + encode_frame(0xFF02),))
+        sender.start()
+        stream = Connection(b).stream_reader()
+        first = stream.read(1000)
+        rest = stream.read()
+        sender.join()
+    assert type(first) is bytes and type(rest) is bytes and first + rest == payload * 2
+
+
 def test_oversized_length_refused_from_header_alone() -> None:
     dec = FrameDecoder()
     with pytest.raises(ProtocolError, match="exceeds the limit"):
