@@ -213,7 +213,7 @@ def scrape_until(port: int, ready: Callable[[Series], bool], timeout: float = US
 def with_metrics(server: StoreServer, extra: str = "") -> int:
     port = free_port()
     server.config.write_text(server.config.read_text().replace(
-        "[discset 0]", f"metrics = yes\nmetrics_listen = 127.0.0.1:{port}\n{extra}\n[discset 0]"))
+        "[server]\n", f"[server]\nmetrics = yes\nmetrics_listen = 127.0.0.1:{port}\n{extra}", 1))
     return port
 
 
@@ -332,3 +332,31 @@ def test_info_files_of_version_2_read_with_no_last_backup() -> None:
     assert AccountInfo.decode(v2, "x") == info._replace(last_backup=0)
     with pytest.raises(FormatError, match="expected"):
         AccountInfo.decode(data[:-1], "x")
+
+
+def test_two_servers_on_one_bucket_report_the_same_account(tmp_path: Path, test_ca: Any, seaweed: Any) -> None:
+    """Usage and last backup come from the shared info file: the server that did not see the backup knows it."""
+    s3 = seaweed.new_bucket()
+    servers = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        servers.append(StoreServer(tmp_path / name, test_ca, s3=s3))
+    ports = [with_metrics(s) for s in servers]
+    try:
+        for s in servers:
+            s.start()
+        account = servers[0].new_account()
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "f").write_bytes(os.urandom(30000))
+        run_once(client_config(tmp_path, servers[0], account, home))
+        who = {"account": f"{account:08x}", "name": ""}
+        seen = [scrape_until(p, lambda s: value(s, "boxbox_account_last_backup_timestamp_seconds", **who) > 0)
+                for p in ports]
+        for metric in ("boxbox_account_last_backup_timestamp_seconds", "boxbox_account_used_bytes"):
+            assert value(seen[0], metric, **who) == value(seen[1], metric, **who) > 0
+        assert value(seen[1], "boxbox_upload_size_bytes_count", kind="whole") == 0  # server two took no upload
+        assert value(seen[0], "boxbox_upload_size_bytes_count", kind="whole") == 1
+    finally:
+        for s in servers:
+            s.stop()
