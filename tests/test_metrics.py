@@ -299,7 +299,7 @@ def test_bad_metrics_address_is_one_line(server: StoreServer) -> None:
 
 
 def test_monitoring_doc_names_only_real_metrics(tmp_path: Path) -> None:
-    """Every boxbox_... name in docs/MONITORING.md (and so in its alert rules) is one that is written."""
+    """Every boxbox_... name in docs/MONITORING.md and the README's Monitoring section (so in their alert rules) is written."""
     from boxbox.backup import textfile
     from boxbox.backup.run import RunResult
     from boxbox.store.exporter import store_families
@@ -313,13 +313,16 @@ def test_monitoring_doc_names_only_real_metrics(tmp_path: Path) -> None:
     for text in (metrics.REGISTRY.render(), reg.render(), client):
         series, types = parse_exposition(text)
         written |= set(types) | {name for name, _ in series}
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "MONITORING.md").read_text()
-    named = set(re.findall(r"\bboxbox_\w+", doc))
-    assert named and named <= written, f"not written by anything: {sorted(named - written)}"
-    rules = doc[doc.index("groups:"):]
-    for needed in ("boxbox_account_last_backup_timestamp_seconds", "boxbox_account_hard_limit_bytes",
-                   "boxbox_discset_directory_present", "boxbox_raid_degraded_reads_total"):
-        assert needed in rules
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("\n## Monitoring\n"):]
+    for doc in ((root / "docs" / "MONITORING.md").read_text(), section[:section.index("\n## ", 1)]):
+        named = set(re.findall(r"\bboxbox_\w+", doc))
+        assert named and named <= written, f"not written by anything: {sorted(named - written)}"
+        rules = doc[doc.index("groups:"):]
+        for needed in ("boxbox_account_last_backup_timestamp_seconds", "boxbox_account_hard_limit_bytes",
+                       "boxbox_discset_directory_present", "boxbox_raid_degraded_reads_total"):
+            assert needed in rules
 
 
 def test_info_files_of_version_2_read_with_no_last_backup() -> None:
