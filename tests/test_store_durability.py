@@ -177,3 +177,29 @@ def test_the_dispatcher_waits_for_more_requests_only_with_unsaved_changes() -> N
     assert not d._more_soon()  # nothing to save: replies go at once
     a.close()
     b.close()
+
+
+def test_a_failed_barrier_fails_the_session_and_leaves_the_objects_to_recovery(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from boxbox.errors import StorageError
+
+    acct = store.open(A, write=True)
+    new_id = acct.allocate_id()
+    with acct.new_object(new_id, durable=False) as w:
+        w.write(b"y" * 5000)
+
+    def eio(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(os, "fsync", eio)
+        with pytest.raises(StorageError):
+            acct.sync_objects()
+    with pytest.raises(StorageError):  # and every later barrier: nothing may list the object now
+        acct.sync_objects()
+    acct.close()
+    assert store.read_info(A).writer_open  # so the next writer settles what the session left
+    reopened = store.open(A, write=True)
+    assert not reopened.exists(new_id)
+    reopened.close()
+    assert check_account(store, A).errors == 0

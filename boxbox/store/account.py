@@ -547,6 +547,7 @@ class Account:
         self._last_read = 0
         self._ahead_upto = 0
         self._owed: list[PutStream] = []  # new objects committed without their fsyncs (see sync_objects)
+        self._barrier_error: StorageError | None = None  # a failed barrier fails every later one
 
     @property
     def number(self) -> int:
@@ -655,7 +656,9 @@ class Account:
             try:
                 self.backend.sync(owed)
             except OSError as e:
-                raise storage_error(e, f"making {len(owed)} new objects durable") from e
+                self._barrier_error = storage_error(e, f"making {len(owed)} new objects durable")
+        if self._barrier_error is not None:  # nothing may list those objects now, in this session
+            raise self._barrier_error
 
     def replace_object(self, object_id: int, data: bytes) -> int:
         """Rewrite a small object (a directory) whole; returns the change in blocks."""
@@ -743,7 +746,7 @@ class Account:
 
     def close(self) -> None:
         try:
-            if self.writable:
+            if self.writable and self._barrier_error is None:  # else the flag stays: recovery runs next
                 self.change(writer_open=False)
                 self.commit()
         finally:
