@@ -263,3 +263,29 @@ def test_whoever_holds_the_write_lease_is_guarded(tmp_path: Path, seaweed: Any) 
     finally:
         lease.release()
     store.write_info(store.read_info(A))
+
+
+def test_the_barrier_waits_for_objects_sent_behind(tmp_path: Path, seaweed: Any) -> None:
+    store = make_store(tmp_path, (A, 10_000, 20_000), s3=seaweed.new_bucket())
+    acct = store.open(A, write=True)
+    backend = store.backends["0"]
+    sent = []
+    real = backend.client.put_object  # type: ignore[attr-defined]
+
+    def slow_put(key: str, data: bytes, **kw: Any) -> str:
+        time.sleep(0.3)
+        sent.append(key)
+        return real(key, data, **kw)
+
+    backend.client.put_object = slow_put  # type: ignore[attr-defined]
+    try:
+        ids = [acct.allocate_id() for _ in range(4)]
+        for i in ids:
+            acct.put_object(i, b"batch", check_limit=False, durable=False)
+        assert len(sent) < 4  # sent in the background ...
+        acct.sync_objects()
+        assert len(sent) == 4  # ... and all landed when the barrier returns
+        assert all(backend.client.head_object(backend.prefix + object_key(A, i)).size for i in ids)  # type: ignore[attr-defined]
+    finally:
+        backend.client.put_object = real  # type: ignore[attr-defined]
+        acct.close()

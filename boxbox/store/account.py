@@ -180,6 +180,9 @@ class _GuardedPut:
         self._lock.check()
         self._put.commit(durable)
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._put, name)  # what the backend's `sync` needs of its own puts
+
 
 class Store:
     """The account database plus the disc sets and S3 stores it points into."""

@@ -23,6 +23,8 @@ Trailer byte layout (little-endian), after the payload:
 Requests per stored object: one PUT (multipart above the client's part size). Objects are
 created with `If-None-Match: *`, so a new id never replaces an object and no HEAD is needed
 before; sizes of objects written or read are remembered, so usage needs no HEAD either.
+New objects of a batch (`commit(durable=False)`) are sent by writer threads and awaited at
+the store's barrier (`sync`), so a session does not wait for each PUT in turn.
 A read is one ranged GET of the first `SMALL` bytes: a small object (most of them) is then
 checked against its trailer and served from memory; a bigger one continues with ranged GETs.
 A read-only session reading objects in ascending id order (a restore: ids follow upload
@@ -38,7 +40,7 @@ import stat
 import struct
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, NamedTuple
 
@@ -66,6 +68,10 @@ SIZE_CACHE = 200_000
 #: and the threads fetching them: a GET costs ~1 ms of latency, which a restore otherwise pays per file.
 READ_AHEAD = 16
 READ_AHEAD_THREADS = 8
+#: New objects of a batch are sent by writer threads while the session goes on (a PUT is ~1-2 ms
+#: of latency each), and awaited at the batch's barrier (`sync`) before a directory lists them.
+WRITE_BEHIND_THREADS = 8
+WRITE_BEHIND_BYTES = 32 << 20
 
 
 class S3Store(NamedTuple):
@@ -168,21 +174,24 @@ class _Put:
         return n
 
     def commit(self, durable: bool = True) -> None:
-        """Durable on return either way: the object store acknowledges only what it has stored."""
+        """Send it. `durable=False` (a new id; a single PUT) sends it in the background: `sync` waits for it,
+        and until then this server's own reads and writes of the key wait for it too."""
         tail = trailer(self._size, self._hash.digest())
-        what = self._store.label(self._key)
-        try:
-            if self._writer is not None:
+        self._store.settle(self._key)  # an earlier write of the key lands first
+        if self._writer is not None:
+            try:
                 self._writer.write(tail)
                 self._writer.commit()
-            else:
-                self._buf += tail
-                self._store.client.put_object(self._key, self._buf, if_none_match=self._exclusive)
-        except PreconditionFailed:
-            raise StorageError(f"{what} already exists; a new object never replaces one",
-                               hint="run `boxbox accounts check --fix` on the account") from None
-        self._store.remember(self._key, self._size + TRAILER.size)
-        self._store._drop_ahead(self._key)
+            except PreconditionFailed:
+                raise self._store.exists_error(self._key) from None
+            self._store.landed(self._key, self._size + TRAILER.size)
+        elif durable:
+            self._buf += tail
+            self._store.send(self._key, self._buf, self._exclusive)
+            self._store.landed(self._key, len(self._buf))
+        else:
+            self._buf += tail
+            self.pending = self._store.send_behind(self._key, self._buf, self._exclusive)
         self._buf = bytearray()
 
     def abort(self) -> None:
@@ -274,6 +283,10 @@ class S3ObjectStore:
         self._lock = threading.Lock()
         self._ahead: OrderedDict[str, Future[bytes]] = OrderedDict()
         self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[str, Future[str]] = {}  # PUTs sent behind, not yet landed (or failed, until synced)
+        self._writers: ThreadPoolExecutor | None = None
+        self._room = threading.Condition()
+        self._in_flight = 0
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
@@ -330,6 +343,7 @@ class S3ObjectStore:
 
     def get(self, key: str) -> BinaryIO:
         s3key = self._key(key)
+        self.settle(s3key)
         try:
             head = self._take_ahead(s3key)
             if head is None:
@@ -350,12 +364,80 @@ class S3ObjectStore:
         return payload
 
     def sync(self, puts: list[PutStream]) -> None:
-        """Nothing owed: every commit is durable when S3 answers it."""
+        """The barrier: wait for every PUT sent in the background by these commits; the first error is raised."""
+        first: BaseException | None = None
+        for put in puts:
+            pending = getattr(put, "pending", None)
+            if pending is None:
+                continue
+            try:
+                self._wait(*pending)
+            except BaseException as e:  # noqa: BLE001 - wait for the rest, then raise the first
+                first = first or e
+        if first is not None:
+            raise first
+
+    # ------------------------------------------------------------ writing behind
+    def exists_error(self, s3key: str) -> StorageError:
+        return StorageError(f"{self.label(s3key)} already exists; a new object never replaces one",
+                            hint="run `boxbox accounts check --fix` on the account")
+
+    def send(self, s3key: str, data: bytes | bytearray, exclusive: bool) -> str:
+        try:
+            return self.client.put_object(s3key, data, if_none_match=exclusive)
+        except PreconditionFailed:
+            raise self.exists_error(s3key) from None
+
+    def landed(self, s3key: str, size: int) -> None:
+        self.remember(s3key, size)
+        self._drop_ahead(s3key)
+
+    def send_behind(self, s3key: str, data: bytearray, exclusive: bool) -> tuple[str, "Future[str]"]:
+        """Start the PUT on a writer thread (at most WRITE_BEHIND_BYTES in flight: beyond, wait)."""
+        size = len(data)
+        with self._room:
+            while self._in_flight and self._in_flight + size > WRITE_BEHIND_BYTES:
+                self._room.wait()
+            self._in_flight += size
+            if self._writers is None:
+                self._writers = ThreadPoolExecutor(WRITE_BEHIND_THREADS, thread_name_prefix=f"s3 writer {self.name}")
+            future = self._writers.submit(self.send, s3key, data, exclusive)
+            self._pending[s3key] = future
+
+        def done(f: "Future[str]") -> None:
+            with self._room:
+                self._in_flight -= size
+                self._room.notify_all()
+                if f.exception() is None:
+                    if self._pending.get(s3key) is f:
+                        del self._pending[s3key]
+                    self.landed(s3key, size)
+
+        future.add_done_callback(done)
+        return s3key, future
+
+    def _wait(self, s3key: str, future: "Future[str]") -> None:
+        try:
+            future.result()
+        finally:
+            with self._room:
+                if self._pending.get(s3key) is future:
+                    del self._pending[s3key]
+
+    def settle(self, s3key: str) -> None:
+        """Wait for a PUT of `s3key` still in flight (its error, if any, is left for `sync` to raise)."""
+        future = self._pending.get(s3key)
+        if future is not None:
+            wait([future])
+
+    def _settle_under(self, start: str) -> None:
+        wait([f for k, f in list(self._pending.items()) if k.startswith(start)])
 
     def read_tagged(self, key: str) -> tuple[bytes, str]:
         """A small object's payload and its ETag, for a later `put_if` (HEAD first: a newer body with an
         older tag only makes the conditional write fail, never succeed wrongly)."""
         s3key = self._key(key)
+        self.settle(s3key)
         try:
             etag = self.client.head_object(s3key).etag
             data = self.client.get_object(s3key)
@@ -368,15 +450,16 @@ class S3ObjectStore:
         """Write a small object only if it is still the version `etag` (None: unconditionally); its new ETag.
         PreconditionFailed if it changed."""
         s3key = self._key(key)
+        self.settle(s3key)
         sealed = seal(data)
         new = self.client.put_object(s3key, sealed, if_match=etag)
-        self.remember(s3key, len(sealed))
-        self._drop_ahead(s3key)
+        self.landed(s3key, len(sealed))
         return new
 
     def delete(self, key: str) -> None:
         """Remove `key`. Unlike a disc set, a missing key is not an error (S3 cannot tell without a HEAD)."""
         s3key = self._key(key)
+        self.settle(s3key)
         self.client.delete_object(s3key)
         self._drop_ahead(s3key)
         with self._lock:
@@ -391,11 +474,13 @@ class S3ObjectStore:
 
     def list(self, prefix: str) -> Iterator[str]:
         start = self._key(prefix) + "/"
+        self._settle_under(start)
         for info in self.client.list_objects(start):
             self.remember(info.key, info.size)
             yield info.key[len(self.prefix):]
 
     def _size(self, s3key: str) -> int:
+        self.settle(s3key)
         size = self._sizes.get(s3key)
         if size is None:
             try:
@@ -415,6 +500,7 @@ class S3ObjectStore:
     def verify(self, key: str, repair: bool) -> Verified:
         """Read the whole object and check its SHA-256; nothing to repair from (the cluster's redundancy is below us)."""
         s3key = self._key(key)
+        self.settle(s3key)
         try:
             f = self.client.open(s3key)
         except NotFound:
