@@ -43,7 +43,7 @@ YIELD_WAIT = 10.0
 #: Read-ahead (S3 stores, read-only sessions): a read at most this many ids past the last one
 #: counts as reading forward, and then the next READ_AHEAD_IDS ids are fetched in the background.
 READ_AHEAD_GAP = 4
-READ_AHEAD_IDS = 12
+READ_AHEAD_IDS = 24
 
 
 def account_prefix(account: int) -> str:

@@ -66,8 +66,11 @@ SMALL = 1 << 20
 SIZE_CACHE = 200_000
 #: Reads in flight or waiting to be taken for a read-only session's read-ahead (each at most SMALL bytes),
 #: and the threads fetching them: a GET costs ~1 ms of latency, which a restore otherwise pays per file.
-READ_AHEAD = 16
-READ_AHEAD_THREADS = 8
+READ_AHEAD = 32
+READ_AHEAD_THREADS = 16
+#: Bytes per ranged GET of a big object (the client's default is 1 MiB): 4 MiB read 15 MB objects
+#: at ~280 MB/s instead of ~160 on loopback SeaweedFS.
+BIG_READ = 4 << 20
 #: New objects of a batch are sent by writer threads while the session goes on (a PUT is ~1-2 ms
 #: of latency each), and awaited at the batch's barrier (`sync`) before a directory lists them.
 WRITE_BEHIND_THREADS = 8
@@ -101,7 +104,7 @@ class S3Store(NamedTuple):
                               access_key=values["access_key"],
                               secret_key=read_secret(values["secret_key_file"], f"{where}.secret_key_file"),
                               addressing=values["addressing"], ca_file=str(ca) if ca else None,
-                              allow_http=values["allow_http"])
+                              allow_http=values["allow_http"], read_ahead=BIG_READ)
         return cls(name, settings, values["prefix"].strip("/"), lease)
 
 
