@@ -539,3 +539,24 @@ def test_concurrent_readers_during_overwrites_see_whole_versions(tmp_path: Path)
         t.join()
     assert not errors
     assert seen and all(s in versions for s in seen)
+
+
+def test_open_without_settling_reads_the_agreed_write_and_leaves_dead_temps(tmp_path: Path) -> None:
+    dirs = [tmp_path / f"d{i}" for i in range(3)]
+    for d in dirs:
+        d.mkdir()
+    ds = DiscSet("t", dirs, 64)
+    with ds.create("a/f") as w:
+        w.write(b"old" * 100)
+    dead = ds.create("a/f")  # a writer that dies before its first rename: its temps stay behind
+    dead.write(b"new" * 100)
+    temps = [d / "a" / "f.rfw" for d in dirs]
+    for fd in [t.fd for t in dead._targets]:
+        os.close(fd)  # the flock goes with the descriptor, as when the process dies
+    dead._targets, dead._open = [], False
+    with ds.open("a/f", settle=False) as r:
+        assert r.read() == b"old" * 100
+    assert all(t.exists() for t in temps)
+    with ds.open("a/f") as r:  # the default settles them
+        assert r.read() == b"old" * 100
+    assert not any(t.exists() for t in temps)

@@ -103,7 +103,7 @@ class RaidObjectStore:
         sync_all(puts)  # type: ignore[arg-type]
 
     def get(self, key: str) -> BinaryIO:
-        return self.discset.open(self._path(key))  # type: ignore[return-value]
+        return self.discset.open(self._path(key), settle=False)  # type: ignore[return-value]
 
     def delete(self, key: str) -> None:
         self.discset.delete(self._path(key))
