@@ -449,16 +449,18 @@ class LocationSync:
                 if tracked:
                     self.state.inodes.set(st.st_ino, reply.object_id)
 
-            on_error = self._fail(path, os.path.dirname(path))
-            if diff_from:  # pipelined like any upload; a refused diff is sent whole by `finish`
-                def on_error(e: BoxboxError, failed: Callable[[BoxboxError], None] = on_error) -> None:
-                    if not (isinstance(e, UsageError) and "diff" in str(e)):
-                        failed(e)
-                        return
-                    if s.accepts_diffs:
-                        log.info("the server refuses diff uploads (%s): uploading whole files", e)
-                    s.accepts_diffs = False
-                    self._refused.append((dir_id, name, sealed, st, path))
+            failed = self._fail(path, os.path.dirname(path))
+
+            def on_error(e: BoxboxError) -> None:
+                """A diff is pipelined like any upload; one the server refuses is sent whole by `finish`."""
+                if not (diff_from and isinstance(e, UsageError) and "diff" in str(e)):
+                    failed(e)
+                    return
+                if s.accepts_diffs:
+                    log.info("the server refuses diff uploads (%s): uploading whole files", e)
+                s.accepts_diffs = False
+                self._refused.append((dir_id, name, sealed, st, path))
+
             try:
                 s.submit(lambda: client.submit(request, upload=stream), on_ok, on_error)
             except FileChanged as e:
