@@ -77,10 +77,8 @@ def read_lease(client: "S3Client", key: str) -> LeaseState | None:
             body = client.get_object(key)
         except NotFound:
             return None
-        md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
-        if etag.strip('"') not in (md5, ""):
-            if len(etag.strip('"')) == 32:
-                continue  # replaced between the two requests: read again
+        if len(etag) == 32 and etag != hashlib.md5(body, usedforsecurity=False).hexdigest():
+            continue  # replaced between the two requests (a plain PUT's ETag is its MD5): read again
         try:
             fields = json.loads(body)
             return LeaseState(etag, str(fields["owner"]), str(fields["token"]), float(fields["expires"]))
@@ -193,12 +191,11 @@ class Lease:
         while not self._stop.wait(period):
             try:
                 self.renew()
-            except StorageError as e:
-                log.error("%s: %s; the session stops writing", self.what, e)
-                if self._lost:
-                    return
             except Exception as e:  # noqa: BLE001 - the store unreachable: try again next period
-                log.warning("%s: renewing the lease failed: %s", self.what, e)
+                if self._lost:
+                    log.error("%s: %s; its holder stops writing", self.what, e)
+                    return
+                log.warning("%s: renewing the lease failed (tried again in %.0f s): %s", self.what, period, e)
 
     def check(self) -> None:
         """Raise StorageError if the lease is lost or may have expired: the holder must stop writing."""
@@ -282,9 +279,7 @@ class LeaseLocks:
         try:
             stamp = float(self._client().get_object(self._key(account, "yield")))
             answer = time.time() - stamp < max_age + self.settings.skew
-        except NotFound:
-            answer = False
-        except ValueError:
+        except (NotFound, ValueError):
             answer = False
         self._yield_seen[account] = (now, answer)
         return answer
