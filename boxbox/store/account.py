@@ -660,6 +660,8 @@ class Account:
                 self.backend.sync(owed)
             except OSError as e:
                 self._barrier_error = storage_error(e, f"making {len(owed)} new objects durable")
+            except StorageError as e:  # an object store's own failure (S3: a PUT sent behind)
+                self._barrier_error = e
         if self._barrier_error is not None:  # nothing may list those objects now, in this session
             raise self._barrier_error
 
