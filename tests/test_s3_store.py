@@ -289,3 +289,23 @@ def test_the_barrier_waits_for_objects_sent_behind(tmp_path: Path, seaweed: Any)
     finally:
         backend.client.put_object = real  # type: ignore[attr-defined]
         acct.close()
+
+
+def test_a_put_sent_behind_that_fails_fails_the_barrier(tmp_path: Path, seaweed: Any) -> None:
+    store = make_store(tmp_path, (A, 10_000, 20_000), s3=seaweed.new_bucket())
+    acct = store.open(A, write=True)
+    backend = store.backends["0"]
+    real = backend.client.put_object  # type: ignore[attr-defined]
+
+    def failing(key: str, data: bytes, **kw: Any) -> str:
+        raise StorageError(f"S3 PUT {key}: InternalError (after 6 attempts)")
+
+    backend.client.put_object = failing  # type: ignore[attr-defined]
+    try:
+        acct.put_object(acct.allocate_id(), b"lost", check_limit=False, durable=False)
+        with pytest.raises(StorageError, match="InternalError"):
+            acct.sync_objects()
+    finally:
+        backend.client.put_object = real  # type: ignore[attr-defined]
+    with pytest.raises(StorageError, match="InternalError"):
+        acct.sync_objects()  # nothing may list it in this session, even once S3 is back
