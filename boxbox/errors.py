@@ -99,6 +99,8 @@ class PreconditionFailed(StorageError):
     """object store precondition failed: {0}"""
 
     wire_code = 13
+    #: True when the request was sent more than once: the 412 may answer our own lost success
+    retried = False
 
 
 #: errno -> how the store names it to the client

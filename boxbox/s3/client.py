@@ -202,7 +202,7 @@ class S3Client:
         if resp.status == 412:
             err = PreconditionFailed(text)
             #: an earlier attempt may have succeeded: the 412 may be our own write (docs/S3.md)
-            err.retried = resp.attempts > 1  # type: ignore[attr-defined]
+            err.retried = resp.attempts > 1
             return err
         if resp.status == 403:
             return PermissionDenied(text, hint="check the S3 access key, secret key and bucket policy")
@@ -231,7 +231,7 @@ class S3Client:
         try:
             resp = self._request("PUT", key, headers=headers, body=payload, payload_hash=sha256.hex())
         except PreconditionFailed as e:
-            if getattr(e, "retried", False) and self._holds(key, md5.hexdigest()):
+            if e.retried and self._holds(key, md5.hexdigest()):
                 return md5.hexdigest()
             raise
         etag = _strip_etag(resp.headers.get("etag", ""))
