@@ -98,7 +98,7 @@ def test_encode_chooses_rolling_block_size_and_compresses_only_what_shrinks():
 
     data = mixed(400_000)
     out = io.BytesIO()
-    fo.encode_file(KEYS, io.BytesIO(data), out, container_id=1, name=b"f", attributes=ATTRS)
+    fo.encode_file(KEYS, io.BytesIO(data), out, container_id=1, name=b"f", attributes=ATTRS, size=len(data))
     layout = lo.read_file_layout(io.BytesIO(out.getvalue()))
     assert layout.block_count == -(-len(data) // block_size_for(len(data)))
     half = layout.block_count // 2

@@ -45,12 +45,15 @@ def encoded_size(ops: list) -> int:
 
 # -- layout ------------------------------------------------------------------------
 @pytest.mark.parametrize(("size", "block"), [
-    (0, 4096), (1, 4096), (16 << 20, 4096), ((16 << 20) + 1, 8192), (64 << 20, 16384),
-    (512 << 20, 128 << 10), (2 << 30, 512 << 10), (100 << 30, 512 << 10)])
+    (0, 4096), (1, 4096), (16 << 10, 4096), (256 << 10, 4096), (512 << 10, 8192), (3 << 19, 16384),
+    (16 << 20, 32768), (64 << 20, 65536), (1 << 30, 256 << 10), (2 << 30, 512 << 10), (100 << 30, 512 << 10)])
 def test_block_size_for(size: int, block: int) -> None:
     assert layout.block_size_for(size) == block
-    assert block % 8 == 0
-    assert layout.block_count(size, block) <= layout.TARGET_BLOCKS or block == layout.MAX_BLOCK_SIZE
+    assert block % 8 == 0 and block & (block - 1) == 0
+    # the power of two nearest sqrt(BALANCE * size), within the bounds
+    goal = layout.BALANCE * size / 2
+    assert block * block >= goal or block == layout.MAX_BLOCK_SIZE
+    assert (block // 2) ** 2 < goal or block == layout.MIN_BLOCK_SIZE
 
 
 # -- checksums ---------------------------------------------------------------------
@@ -246,9 +249,10 @@ def test_one_byte_insert_into_1mib_costs_under_two_blocks() -> None:
     old = random.Random(7).randbytes(1 << 20)
     for at in (0, 1, 4095, 4096, 500_000, (1 << 20) - 1, 1 << 20):
         new = old[:at] + b"\x00" + old[at:]
-        sig, ops = run_delta(old, new, layout.block_size_for(len(old)))
-        assert encoded_size(ops) < 2 * 4096 + 64
-        assert literal_bytes(ops) <= 4097
+        block = layout.block_size_for(len(old))
+        sig, ops = run_delta(old, new, block)
+        assert encoded_size(ops) < 2 * block + 64
+        assert literal_bytes(ops) <= block + 1
 
 
 def test_moved_and_duplicated_ranges_are_found() -> None:
