@@ -25,9 +25,9 @@ import stat
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+from boxbox.backup.outcome import RunStats, Settings, Stopped
 from boxbox.backup.records import NO_CHECKSUM
 from boxbox.backup.scan import Change, Scanner, upload_due
 from boxbox.backup.state import LocationState
@@ -49,43 +49,6 @@ ROOT_DIRECTORY_ID = 1
 WINDOW = 128
 #: directories with a longer path are reached through an fd (PATH_MAX is 4096 on Linux)
 LONG_PATH = 3072
-
-
-@dataclass
-class Settings:
-    """The `[client]` keys the uploader needs, typed."""
-
-    cipher: str = sealing.DEFAULT_CIPHER
-    lazy: bool = False
-    minimum_file_age: float = 6 * 3600.0
-    max_upload_wait: float = 24 * 3600.0
-    max_file_time_in_future: float = 2 * 86400.0
-    file_tracking_size_threshold: int = 65536
-    diffing_upload_size_threshold: int = 8192
-    maximum_diffing_time: float = 120.0
-    keep_alive_time: float = 120.0
-    max_upload_rate: int = 0
-
-
-@dataclass
-class RunStats:
-    """What one run did; shown by `boxbox ctl status`."""
-
-    files_uploaded: int = 0
-    diffs: int = 0
-    file_bytes: int = 0  # clear bytes of the files uploaded
-    new_bytes: int = 0  # clear bytes sent as new data (whole files + new parts of diffs)
-    attributes_changed: int = 0
-    directories_created: int = 0
-    moved: int = 0
-    deleted: int = 0
-    waiting: int = 0  # lazy mode: files not old enough yet
-    read_errors: list[str] = field(default_factory=list)
-    upload_errors: list[str] = field(default_factory=list)
-
-
-class Stopped(Exception):
-    """The daemon was asked to stop mid-run (internal: the run ends without saving)."""
 
 
 class StoreSession:
