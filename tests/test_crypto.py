@@ -85,6 +85,19 @@ def test_derived_keys_distinct_and_fingerprint_not_of_raw_key(keys):
     assert "key" not in repr(keys).lower().replace("keys(", "")
 
 
+def test_derive_is_rfc5869_hkdf_sha256():
+    """keys.derive uses the standard library's hmac; it must give cryptography's HKDF bytes."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from boxbox.crypto.keys import HKDF_SALT, derive
+
+    master = os.urandom(KEYS_FILE_SIZE)
+    for label, n in [*LABELS.items(), ("short", 1), ("long", 33 * 32 + 5)]:
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=n, salt=HKDF_SALT, info=b"boxbox v1 " + label.encode())
+        assert derive(master, label, n) == hkdf.derive(master)
+
+
 def test_from_master_wrong_length():
     with pytest.raises(ConfigError, match="expected 1024 bytes of key material, got 5"):
         Keys.from_master(b"short")

@@ -10,6 +10,7 @@ a keys file (which store it belongs to) without revealing anything about the key
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import stat
 from pathlib import Path
@@ -36,12 +37,18 @@ FINGERPRINT_BYTES = 8
 
 
 def derive(master: bytes, label: str, length: int) -> bytes:
-    """HKDF-SHA256(master, label): one independent key per purpose."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    """HKDF-SHA256(master, label) (RFC 5869): one independent key per purpose.
 
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=HKDF_SALT,
-                info=b"boxbox v1 " + label.encode()).derive(master)
+    With the standard library's hmac, not `cryptography`'s HKDF (same bytes, tested): a client
+    run that finds nothing changed then never loads `cryptography` (~6 MiB RSS, ~10 ms).
+    """
+    prk = hmac.digest(HKDF_SALT, master, "sha256")
+    info = b"boxbox v1 " + label.encode()
+    out, block = b"", b""
+    for i in range(1, -(-length // 32) + 1):
+        block = hmac.digest(prk, block + info + bytes([i]), "sha256")
+        out += block
+    return out[:length]
 
 
 class Keys:
