@@ -478,3 +478,25 @@ def test_upload_due(mtime: float, pending_since: float | None, due: bool) -> Non
 def test_upload_due_counts_ctime() -> None:
     assert not upload_due(0.0, 990.0, 1000.0, None, minimum_file_age=60, max_upload_wait=3600,
                           max_file_time_in_future=86400)
+
+
+def test_forced_excludes_found_by_path_and_by_inode_without_other_rules(tmp_path: Path) -> None:
+    """Without configured excludes the scan tests paths only where a forced exclude lives, and
+    inodes everywhere: the keys file and the state directory are left out, and so is a hard link
+    to the keys file in another directory."""
+    root = tmp_path / "loc"
+    (root / "etc").mkdir(parents=True)
+    (root / "other").mkdir()
+    (root / "etc" / "keys.dat").write_bytes(b"k")
+    (root / "etc" / "state").mkdir()
+    (root / "etc" / "keep").write_bytes(b"x")
+    (root / "etc" / "not-yet-made").mkdir()  # forced by path, created after the rules were built
+    os.link(root / "etc" / "keys.dat", root / "other" / "keys-link")
+    (root / "other" / "file").write_bytes(b"y")
+    r = Rules(root, forced_excludes=[root / "etc" / "keys.dat", root / "etc" / "state", root / "etc" / "not-yet"])
+    (root / "etc" / "not-yet").mkdir()
+    scanner, changes = sync(root, rules=r)
+    names = {(c.path, e.name) for c in changes for e in c.entries}
+    assert (b"etc", b"keep") in names and (b"other", b"file") in names and (b"etc", b"not-yet-made") in names
+    assert not {(b"etc", b"keys.dat"), (b"etc", b"state"), (b"etc", b"not-yet"), (b"other", b"keys-link")} & names
+    assert scanner.excluded == 4

@@ -111,6 +111,27 @@ def test_nothing_changed_does_not_connect(server: StoreServer, tmp_path: Path) -
     assert server.sessions() == before
 
 
+def test_nothing_changed_loads_no_upload_stack(server: StoreServer, tmp_path: Path) -> None:
+    """A run that finds nothing changed stays light: no TLS, no `cryptography`, no wire or object code."""
+    import subprocess
+    import sys
+
+    A = server.new_account()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_bytes(b"data")
+    conf = client_config(tmp_path, server, A, tree)
+    time.sleep(2.1)  # older than the scanner's racy window
+    run_once(conf)
+    code = ("import sys\nfrom boxbox.__main__ import main\nrc = main(['client', '--config', sys.argv[1], '--once'])\n"
+            "print(rc, sorted(m for m in sys.modules if m.split('.')[0] in ('cryptography', 'ssl') or "
+            "m.startswith(('boxbox.wire', 'boxbox.objects', 'boxbox.rolling', 'boxbox.backup.uploader'))))")
+    out = subprocess.run([sys.executable, "-c", code, str(conf)], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+    assert "nothing changed" in out.stderr, out.stderr
+    assert out.stdout.split() == ["0", "[]"], out.stdout
+
+
 def test_changed_big_file_is_sent_as_a_diff(server: StoreServer, tmp_path: Path) -> None:
     A = server.new_account()
     tree = tmp_path / "tree"

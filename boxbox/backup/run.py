@@ -14,26 +14,26 @@ pauses until `ctl force-sync` takes the account over.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from boxbox.backup import state as state_mod
+from boxbox.backup.outcome import RunStats, Settings, Stopped
 from boxbox.backup.rules import Rules
 from boxbox.backup.scan import Scanner
-from boxbox.backup.uploader import ROOT_DIRECTORY_ID, LocationSync, RunStats, Settings, Stopped, StoreSession
 from boxbox.atomic import write_atomic
 from boxbox.config import Config
-from boxbox.crypto import seal as sealing
-from boxbox.crypto.keys import Keys
 from boxbox.errors import BoxboxError, InUse
-from boxbox.objects.directory import DELETED, DIR, OLD, Directory
-from boxbox.wire.client import Client
+
+if TYPE_CHECKING:  # the upload stack is imported on the first change (nothing changed: never)
+    from boxbox.backup.uploader import StoreSession
+    from boxbox.crypto.keys import Keys
+    from boxbox.wire.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,10 @@ def client_id(data_directory: Path) -> int:
 def connect(cfg: Config, timeout: float = 300.0) -> Client:
     """TLS session with the configured server (not logged in yet)."""
     from boxbox.wire import tls
+    from boxbox.wire.client import Client
 
     c = cfg["client"]
-    ctx: ssl.SSLContext = tls.client_context(c["certificate"], c["private_key"], c["ca_certificate"])
+    ctx = tls.client_context(c["certificate"], c["private_key"], c["ca_certificate"])
     return Client.connect_any(c["server"], c["port"], ctx, timeout=timeout)
 
 
@@ -123,6 +124,8 @@ class BackupRun:
         self._rebuild = False
 
     def _connect(self) -> StoreSession:
+        from boxbox.backup.uploader import StoreSession
+
         client = self.connector()
         try:
             reply = client.login()
@@ -198,11 +201,10 @@ class BackupRun:
         cfg = self.cfg
         state = self.state
         locations = cfg.groups.get("location", {})
-        scanned: dict[str, Scanner] = {}
         for name, loc in locations.items():
             ls = state.location(name)
             sc = Scanner(loc["path"], Rules.from_config(cfg, name), ls.records, on_progress=self._progress)
-            sync: LocationSync | None = None
+            sync = None
             for change in sc:
                 if self.should_stop():
                     raise Stopped()
@@ -213,6 +215,8 @@ class BackupRun:
                         self._rebuild = False
                         raise _Rebuild()
                 if sync is None:
+                    from boxbox.backup.uploader import LocationSync
+
                     sync = LocationSync(self.session, name, str(loc["path"]), ls, force=self.force)
                 sync.sync(change)
             for err in sc.errors:
@@ -222,7 +226,6 @@ class BackupRun:
                 if sc.complete:
                     sync.settle(sc)
             if sc.complete:
-                scanned[name] = sc
                 ls.records = sc.records
         if self.session is None:
             log.info("nothing changed: no connection made")
@@ -243,6 +246,12 @@ class BackupRun:
 
         When each was first seen unconfigured is kept in data_directory/redundant-locations (JSON).
         """
+        import json
+
+        from boxbox.backup.uploader import ROOT_DIRECTORY_ID
+        from boxbox.crypto import seal as sealing
+        from boxbox.objects.directory import DELETED, DIR, OLD, Directory
+
         path = self.cfg["client"]["data_directory"] / "redundant-locations"
         try:
             seen: dict[str, float] = json.loads(path.read_text())

@@ -245,9 +245,10 @@ class Scanner:
             self._error(rel, f"cannot list directory: {e.strerror}")
             return None, None
         rules = self.rules if self.rules is not None and self.rules.active else None
-        base = rules.full_path(rel) + "/" if rules is not None else ""
-        if base == "//":
-            base = "/"
+        base = rules.full_path(rel) if rules is not None else ""
+        every = rules is not None and rules.tests_every_entry(base)
+        forced_inos = rules.forced_inos if rules is not None else set()
+        base = "/" if base == "/" else base + "/"
         lstat = os.stat
         pack = ENTRY.pack
         fsencode = os.fsencode
@@ -277,7 +278,8 @@ class Scanner:
                 self._error(rel, f"cannot read directory entries: {e.strerror}")
                 return None, None
             mode = st.st_mode
-            if rules is not None and rules.excluded(base + entry_name, is_dir(mode), (st.st_dev, st.st_ino)):
+            if (every or st.st_ino in forced_inos) and rules is not None \
+                    and rules.excluded(base + entry_name, is_dir(mode), (st.st_dev, st.st_ino)):
                 self.excluded += 1
                 continue
             kept.append(entry_name)

@@ -76,7 +76,6 @@ def _init(path: str) -> int:
 def main(args: argparse.Namespace) -> int:
     if args.action == "init":
         return _init(args.config)
-    from boxbox.backup.control import ControlServer
     from boxbox.backup.daemon import Daemon, socket_path
 
     daemon = Daemon(args.config)
@@ -89,6 +88,8 @@ def main(args: argparse.Namespace) -> int:
             sys.stderr.write(f"boxbox: backup run failed: {result.error}\n")
             return 1
         return 0
+    from boxbox.backup.control import ControlServer
+
     logs.configure(level, "stderr" if args.foreground else settings["log"])
     control = ControlServer(socket_path(daemon.cfg), daemon.handle)
     with running(args.foreground, settings["pid_file"]):
