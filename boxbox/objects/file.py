@@ -34,7 +34,7 @@ store can copy them between objects without keys (diff references, reverse patch
 sealed index binds each position to one seal: its stored size and AEAD tag. A record that
 opens and carries the tag the index names for its position is that seal, byte for byte, so
 decode checks the tag and the AEAD and never hashes clear data (the SHA-256 of every block
-was a third of decode time). The index is bound to the header (uid) by its AD.
+was about a quarter of decode time). The index is bound to the header (uid) by its AD.
 """
 
 from __future__ import annotations
