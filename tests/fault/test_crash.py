@@ -62,9 +62,15 @@ def run_scenario(kind: str, setup: Setup, points: int, seed: int, tally: Tally) 
     rnd = random.Random(seed)
     out = setup.tmp / "out"
     setup.finish()  # a first backup to work on
+    latest = 1.2  # seconds after the start that a kill may come
+    if kind == "client":  # within a run like the ones killed: a pipelined incremental takes well under 1 s
+        mutate_tree(setup.src, seed * 1000 - 1)
+        t = time.monotonic()
+        setup.finish()
+        latest = time.monotonic() - t
     for i in range(points):
         mutate_tree(setup.src, seed * 1000 + i)
-        delay = rnd.uniform(0.05, 1.2)
+        delay = rnd.uniform(0.05, latest)
         if kind in ("server-upload", "server-housekeeping"):
             client = setup.client_popen()
             time.sleep(delay)
