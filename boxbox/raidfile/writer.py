@@ -70,6 +70,7 @@ WRITEBACK_BYTES = 4 << 20
 HAVE_FADVISE = hasattr(os, "posix_fadvise")  # not on macOS: there all writeback waits for commit's fsync
 
 
+SYNC_THREADS = 8  # the pool's size: a group's fsyncs go out in this many slices, not one task per file
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -83,7 +84,7 @@ def _pool() -> concurrent.futures.ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="raidfile-sync")
+            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="raidfile-sync")
         return _POOL
 
 
@@ -352,6 +353,11 @@ class RaidWriter:
         self._buf = bytearray()
 
 
+def _fsync_each(fds: list[int]) -> None:
+    for fd in fds:
+        os.fsync(fd)
+
+
 def sync_all(writers: list[RaidWriter]) -> None:
     """Make writers committed with `durable=False` durable, as one group: every stripe fsynced at
     once on the pool, then each directory they were renamed in once (not once per file).
@@ -360,8 +366,9 @@ def sync_all(writers: list[RaidWriter]) -> None:
     their content as durable.
     """
     owed = [w for w in writers if w._owed]
+    fds = [t.fd for w in owed for t in w._targets]
     try:
-        run_parallel(os.fsync, [t.fd for w in owed for t in w._targets])
+        run_parallel(_fsync_each, [fds[i::SYNC_THREADS] for i in range(min(SYNC_THREADS, len(fds)))])
         run_parallel(fsync_dir, sorted({d for w in owed for d in w.directories()}))
     finally:
         for w in owed:
