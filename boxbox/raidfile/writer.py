@@ -20,6 +20,11 @@ write the committed files agree on (or make up, with them, the only complete wri
 the commit point), otherwise removed. A reader that already holds the old files open keeps
 reading the old content (POSIX keeps renamed-over inodes alive while open).
 
+Group commit: `commit(durable=False)` does 1 and 3 only and leaves the writer owing 2 and 4,
+which `sync_all` then does for many writers at once (each directory fsynced once). Only for
+new names nothing durable refers to before `sync_all` returns: a power cut in between can
+leave such a name unreadable (never wrong bytes), which the store's recovery deletes.
+
 Nothing is ever written in place to a committed stripe: writes, repairs, deletes and
 renames all go through temps that the writer holds an flock on (`boxbox.raidfile.claims`).
 
