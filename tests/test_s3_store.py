@@ -311,3 +311,13 @@ def test_a_put_sent_behind_that_fails_fails_the_barrier(tmp_path: Path, seaweed:
         acct.sync_objects()  # nothing may list it in this session, even once S3 is back
     acct.close()
     assert store.read_info(A).writer_open  # left set: the next writer's recovery removes what may be half there
+
+
+def test_leftover_data_in_the_bucket_is_never_written_over(tmp_path: Path, seaweed: Any) -> None:
+    s3 = seaweed.new_bucket()
+    store = make_store(tmp_path, (A, 10_000, 20_000), s3=s3)
+    store.s3["0"].accounts.update(lambda accounts: accounts.pop(A) and None)  # listed no more, data still there
+    put(store.backends["0"], object_key(A, 1), b"the old root, with entries")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=f"account {A:08x} has leftover data on S3 store '0'"):
+        store.create_account(A, 1, 2, "0")
+    assert store.backends["0"].get(object_key(A, 1)).read() == b"the old root, with entries"

@@ -312,6 +312,8 @@ class Store:
         if account in self.database:
             raise UsageError(f"account {account:08x} already exists")
         try:
+            if backend.exists(info_key(account)):  # (before the root is written over)
+                raise StorageError("info exists")
             info = _write_new_account(backend, account, soft_limit, hard_limit, name)
         except StorageError:
             raise UsageError(f"account {account:08x} has leftover data on S3 store {discset!r}",
