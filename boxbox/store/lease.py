@@ -229,7 +229,7 @@ class Lease:
 
 
 class LeaseLocks:
-    """The account locks of one S3 store (see `boxbox.store.account.LocalLocks` for the flock ones)."""
+    """The account locks of one S3 store (`boxbox.store.locks.LocalLocks` are the flock ones)."""
 
     #: seconds between tries while a login waits for housekeeping to let go (each try is a PUT and a read)
     poll = 0.1
