@@ -126,10 +126,11 @@ def start_server(d: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit("server did not start")
 
 
-def client_conf(d: Path, port: int, tree: Path) -> Path:
+def client_conf(d: Path, port: int, tree: Path, certs: Path | None = None) -> Path:
+    """A snapshot-mode client config in `d` backing up `tree`; certificates from `certs` (default d/client)."""
     create_keys_file(d / "keys.dat")
     conf = d / "client.conf"
-    c = d / "client"
+    c = certs or d / "client"
     conf.write_text(textwrap.dedent(f"""\
         [client]
         server = localhost

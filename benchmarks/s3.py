@@ -23,7 +23,6 @@ import argparse
 import filecmp
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -38,15 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from boxbox.ca import authority  # noqa: E402
-from boxbox.crypto.keys import create_keys_file  # noqa: E402
+from restore import ENV, boxbox, client_conf, process_cpu, timed  # noqa: E402
 
 from tests.seaweed import SeaweedServer  # noqa: E402
-
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
-
-
-def boxbox(*args: str) -> list[str]:
-    return [sys.executable, "-m", "boxbox", *args]
 
 
 def make_tree(root: Path, total: int, files: int) -> tuple[int, int]:
@@ -67,45 +60,6 @@ def make_tree(root: Path, total: int, files: int) -> tuple[int, int]:
         size = each // 2 + (i * 7919) % each
         (d / f"f{i:05d}.dat").write_bytes(text[:size] if i % 2 else pool[(i * 4099) % (len(pool) - size):][:size])
     return files, sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-
-
-def client_conf(d: Path, port: int, tree: Path, certs: Path) -> Path:
-    create_keys_file(d / "keys.dat")
-    conf = d / "client.conf"
-    conf.write_text(textwrap.dedent(f"""\
-        [client]
-        server = localhost
-        port = {port}
-        account = 1
-        certificate = {certs / 'client.crt'}
-        private_key = {certs / 'client.key'}
-        ca_certificate = {certs / 'ca.crt'}
-        keys_file = {d / 'keys.dat'}
-        data_directory = {d / 'state'}
-        automatic_backup = no
-        log_level = warning
-
-        [location home]
-        path = {tree}
-        """))
-    return conf
-
-
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def timed(cmd: list[str], server_pid: int) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the command plus the server's while it ran)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_before = process_cpu(server_pid)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=ENV, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return wall, cpu + process_cpu(server_pid) - server_before
 
 
 class Server:
