@@ -409,7 +409,7 @@ def test_rolling_delta_end_to_end_through_the_store():
                           lambda obj, blk: lo.read_block_record(io.BytesIO(old), olayout, blk))
     assert decode(full.getvalue(), name=NAME) == new_data
     new_index = fo.open_index(KEYS, lo.read_file_layout(io.BytesIO(full.getvalue())).index_blob())
-    assert new_index.anchors is not None and len(new_index.anchors) == 80 * len(new_index.entries)
+    assert new_index.anchors is not None and len(new_index.anchors) == ix.ANCHOR_SIZE * len(new_index.entries)
 
 
 def test_delta_blocks_cuts_literals():

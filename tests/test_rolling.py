@@ -13,7 +13,7 @@ import zlib
 import pytest
 
 from boxbox import magic
-from boxbox.errors import FormatError
+from boxbox.errors import FormatError, ProgrammingError
 from boxbox.rolling import anchors, checksum, delta as delta_mod, layout, patch
 from boxbox.rolling.checksum import HASHES, STRONG_SIZE, RollingAdler32, strong_checksum, weak_checksum
 from boxbox.rolling.delta import LITERAL_MAX, delta
@@ -102,8 +102,8 @@ def test_signature_round_trip(hash_name: str, with_anchors: bool) -> None:
     assert Signature.parse(blob) == sig
     assert Signature.parse(bytearray(blob)) == sig
     assert Signature.parse(memoryview(blob)) == sig
-    # 16 header + 2 runs + 20 per block (+ 80 per block of anchors)
-    assert len(blob) == 16 + 2 * 8 + 10 * 20 + (10 * 80 if with_anchors else 0)
+    # 16 header + 2 runs + 20 per block (+ 18 per block of anchors)
+    assert len(blob) == 16 + 2 * 8 + 10 * 20 + (10 * 18 if with_anchors else 0)
 
 
 def test_signature_of_empty_and_odd_sizes() -> None:
@@ -150,7 +150,7 @@ def test_block_anchors_per_block_and_mixed_sizes() -> None:
 
 
 def _header(**kw: int) -> bytes:
-    fields = {"magic": magic.SIGNATURE, "version": 1, "hash_id": 1, "flags": 0, "strong": 16, "count": 1,
+    fields = {"magic": magic.SIGNATURE, "version": 2, "hash_id": 1, "flags": 0, "strong": 16, "count": 1,
               "runs": 1}
     fields.update(kw)
     return struct.pack("<4sBBBBII", *fields.values())
@@ -220,6 +220,48 @@ def test_anchors_are_one_window_of_rare_words() -> None:
         if ts[r] != anchors.NO_ANCHOR:
             assert anchors.penalty_of_word(ws[r]) <= anchors.MAX_WORD_PENALTY
     assert anchors.record_of(bytes(4096)) == anchors.EMPTY_RECORD
+
+
+def test_records_are_windows_and_round_trip() -> None:
+    """18 bytes a block (the window), whatever anchors each block kept; arrays that no single window
+    explains are refused rather than stored wrong."""
+    rnd = random.Random(21)
+    data = rnd.randbytes(40_000) + bytes(9000) + b"ab" * 6000 + rnd.randbytes(7) + bytes(1000)
+    for block_size in (8, 16, 4096, 16384):
+        ts, ws = array("H"), array("Q")
+        anchors.picks(memoryview(data), block_size, [], set(), ts, ws)
+        rec = anchors.to_bytes(ts, ws)
+        assert len(rec) == anchors.RECORD_SIZE * (len(ts) // anchors.SLOTS)
+        assert anchors.from_bytes(rec, len(ts) // anchors.SLOTS) == (ts, ws)
+    assert anchors.RECORD_SIZE == 18 and anchors.from_bytes(anchors.EMPTY_RECORD, 1) == (
+        array("H", [anchors.NO_ANCHOR] * 8), array("Q", [0] * 8))
+    with pytest.raises(ProgrammingError):  # two positions in one block
+        anchors.to_bytes(array("H", [1] * 7 + [2]), array("Q", range(8)))
+    with pytest.raises(ProgrammingError):  # words that do not overlap as one window's do
+        anchors.to_bytes(array("H", [1] * 8), array("Q", range(8)))
+
+
+def test_version_2_block_index_still_opens_with_its_anchors_converted() -> None:
+    """Objects stored before the 18-byte records restore, and a diff against them keeps its anchors."""
+    from boxbox.objects import index as ix
+
+    rnd = random.Random(22)
+    data = rnd.randbytes(5 * 4096 + 100)
+    builder = ix.IndexBuilder(1, 4096)
+    blocks = [data[i:i + 4096] for i in range(0, len(data), 4096)]
+    for b in blocks:
+        builder.add_block(b, ix.IndexEntry(len(b), len(b) + 28, weak_checksum(b), strong_checksum(b, "sha256"),
+                                           bytes(16)))
+    plain = builder.plaintext()
+    n = len(blocks)
+    entries_end = ix.HEAD.size + n * ix.ENTRY.size
+    ts, ws = anchors.from_bytes(plain[entries_end:], n)
+    v2 = b"".join(anchors.V2_RECORD.pack(*ts[8 * k:8 * k + 8], *ws[8 * k:8 * k + 8]) for k in range(n))
+    old = bytearray(plain[:entries_end] + v2)
+    old[4] = 2  # the version byte
+    opened = ix.parse_index(bytes(old), 1, n, ix.rounded(len(data)), "test")
+    assert opened.anchors == plain[entries_end:]
+    assert ix.parse_index(plain, 1, n, ix.rounded(len(data)), "test").anchors == plain[entries_end:]
 
 
 def test_picks_does_not_depend_on_batching() -> None:

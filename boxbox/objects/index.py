@@ -3,7 +3,7 @@
 Plaintext layout (little-endian; sealed with the index key inside a file object's end record):
     HEAD, 20 bytes
       0   4   magic b"BXFI"
-      4   1   version (2; version 1 had no seal tags)
+      4   1   version (3; version 2 had 80-byte anchor records, still read; version 1 had no seal tags)
       5   1   strong hash id (rolling.checksum.HASHES; equals the object header's)
       6   2   flags: 1 = anchors section present
       8   4   block count (equals the end record's)
@@ -16,8 +16,9 @@ Plaintext layout (little-endian; sealed with the index key inside a file object'
       28  16  seal tag: the last 16 bytes of the block's sealed record (its AEAD tag). Decode
               checks that the record at this position carries this tag and opens: that names
               one genuine seal, so the clear data need not be hashed again (docs/FORMATS.md)
-    ANCHORS, when flags & 1: per block the 80-byte rolling.anchors.RECORD (8 u16 positions,
-      8 u64 words), the candidate filter that makes a diff against all-new data ~8x faster.
+    ANCHORS, when flags & 1: per block the 18-byte rolling.anchors.RECORD (u16 window position,
+      15-byte window, u8 mask; version 2: 80-byte anchors.V2_RECORD, 8 u16 positions, 8 u64
+      words), the candidate filter that makes a diff against all-new data ~8x faster.
 
 A client diffing a new version downloads only this (`file.open_index`), turns it into a
 rolling Signature, and refers to unchanged blocks by `Index.reference` (entry and tag
@@ -33,20 +34,19 @@ from typing import Iterable, Iterator, NamedTuple
 
 from boxbox import magic
 from boxbox.crypto.seal import TAG_SIZE
-from boxbox.errors import FormatError, IntegrityError
+from boxbox.errors import FormatError, IntegrityError, ProgrammingError
 from boxbox.rolling import anchors
 from boxbox.rolling.checksum import HASHES, STRONG_SIZE, uniform_byte, uniform_digest
 from boxbox.rolling.signature import BlockSig, Signature
 
 MAGIC = magic.FILE_INDEX
-VERSION = 2
-SUPPORTED_VERSIONS = (2,)
+VERSION = 3
+SUPPORTED_VERSIONS = (2, 3)
 HEAD = struct.Struct("<4sBBHIQ")
 ENTRY = struct.Struct(f"<III{STRONG_SIZE}s{TAG_SIZE}s")
 ANCHOR_SLOTS = anchors.SLOTS
-ANCHOR_RECORD = anchors.RECORD
-ANCHOR_SIZE = ANCHOR_RECORD.size
-assert (HEAD.size, ENTRY.size, ANCHOR_SIZE) == (20, 44, 80)
+ANCHOR_SIZE = anchors.RECORD_SIZE
+assert (HEAD.size, ENTRY.size, ANCHOR_SIZE) == (20, 44, 18)
 NO_ANCHORS = anchors.EMPTY_RECORD
 HAS_ANCHORS = 0x0001
 #: at most 2^21 blocks: 1 TiB at 512 KiB per block; the index plaintext is then 248 MiB
@@ -110,7 +110,7 @@ class Index(NamedTuple):
 
 
 class IndexBuilder:
-    """Collects the index while blocks stream past; memory is 124 bytes a block plus one anchor batch.
+    """Collects the index while blocks stream past; memory is 124 bytes a block (62 once sealed) plus one anchor batch.
 
     Anchors are picked by rolling.anchors exactly as its signature_of does for `block_size`:
     blocks of that size batched ~1 MiB at a time (`picks` is vectorized over a batch; one
@@ -162,9 +162,9 @@ class IndexBuilder:
         """A block copied from another object: its entry and anchors come from that object's index."""
         self._append(ref.entry)
         self._flush()
-        values = ANCHOR_RECORD.unpack(ref.anchors)
-        self.ts.extend(values[:ANCHOR_SLOTS])
-        self.ws.extend(values[ANCHOR_SLOTS:])
+        ts, ws = anchors.unpack_record(ref.anchors)
+        self.ts.extend(ts)
+        self.ws.extend(ws)
 
     def _flush(self) -> None:
         if not self.digests:
@@ -198,14 +198,26 @@ def parse_index(plain: bytes, hash_id: int, count: int, rounded_size: int, label
     if (mg, hid, flags & ~HAS_ANCHORS, icount) != (MAGIC, hash_id, 0, count):
         raise IntegrityError(f"{label}: index head does not match the object header")
     entries_end = HEAD.size + count * ENTRY.size
-    expected = entries_end + (count * ANCHOR_SIZE if flags & HAS_ANCHORS else 0)
+    anchor_size = ANCHOR_SIZE if version == VERSION else anchors.V2_RECORD.size
+    expected = entries_end + (count * anchor_size if flags & HAS_ANCHORS else 0)
     if len(plain) != expected:
         raise IntegrityError(f"{label}: index is {len(plain)} bytes, expected {expected} for {count} blocks")
     # tuple.__new__ in C, not IndexEntry._make's Python frame per entry (~1 us each under a profiler)
     entries = list(map(_new_entry, ENTRY.iter_unpack(memoryview(plain)[HEAD.size:entries_end])))
     if sum(e.clear_size for e in entries) != size or rounded(size) != rounded_size:
         raise IntegrityError(f"{label}: index sizes do not add up to the recorded size")
-    return Index(hid, size, entries, plain[entries_end:] if flags & HAS_ANCHORS else None)
+    records = plain[entries_end:] if flags & HAS_ANCHORS else None
+    if records is not None and version != VERSION:
+        records = _records_from_v2(records, count)
+    return Index(hid, size, entries, records)
+
+
+def _records_from_v2(data: bytes, count: int) -> bytes | None:
+    """A version 2 index's anchors as today's records; None (no anchors) if some block's cannot be."""
+    try:
+        return anchors.to_bytes(*anchors.from_v2_bytes(data, count))
+    except ProgrammingError:
+        return None
 
 
 def delta_blocks(index: Index, object_id: int, ops: Iterable[int | bytes], block_size: int

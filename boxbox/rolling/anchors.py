@@ -28,11 +28,18 @@ finder copes with words shared by several blocks. Blocks made of one repeated by
 anchors at all (`record_of` blanks them, callers of `picks` do): the finder finds those
 with `bytes.find` of the run.
 
-Serialized per block (little-endian), `RECORD`: 8 x u16 t_r, then 8 x u64 word_r; the
-anchor of residue r sits at block offset j = r + 8 * t_r, and t_r == NO_ANCHOR means none.
-A signature's anchors are the records of its blocks, concatenated, so a block index can
-keep each block's record beside its size and checksums. In memory they are two flat
-arrays (positions, words), converted with `array` slicing at C speed.
+In memory the anchors are two flat arrays, 8 positions t_r and 8 words per block: the anchor
+of residue r sits at block offset j = r + 8 * t_r, and t_r == NO_ANCHOR means none. Since
+the eight words of a block are the overlapping words of one window at 8u (t_r = u for every
+kept r; a block shorter than a window has u = 0 and keeps the words that fit), a block's
+`RECORD` (little-endian) is the window itself: u16 u, the 15 window bytes, u8 mask (bit r
+set: anchor r kept) - 18 bytes, where the eight (t_r, word_r) took 80. A record crosses
+the network twice per block of a diffed file (the old index down, the new one up), so this
+cut a diff's index traffic from 124 to 62 bytes a block. A signature's anchors are the
+records of its blocks, concatenated; `to_bytes` / `from_bytes` convert with `bytes` slicing
+at C speed (a block that lacks some anchors is done on its own), and `to_bytes` refuses
+arrays no window explains. `V2_RECORD` is the 80-byte form that version 2 block indexes
+hold (`from_v2_bytes`).
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ from array import array
 from functools import lru_cache
 from itertools import compress, count
 
+from boxbox.errors import ProgrammingError
+
 SLOTS = 8
 #: anchors lie within the first SPAN bytes of a block, so a search window needs to look
 #: only SPAN bytes past its end to see every candidate that starts inside it
@@ -51,13 +60,17 @@ SPAN = 4096
 #: the finder's lookahead for most anchor words is short (see tables.Tables.jnear)
 TRY_SPAN = 2048
 NO_ANCHOR = 0xFFFF
-RECORD = struct.Struct("<8H8Q")
-assert RECORD.size == 80
-EMPTY_RECORD = RECORD.pack(*[NO_ANCHOR] * SLOTS, *[0] * SLOTS)
-#: serialized bytes per block
-RECORD_SIZE = RECORD.size
 #: bytes a window spans: eight overlapping 8-byte words
 WINDOW = SLOTS + 7
+RECORD = struct.Struct(f"<H{WINDOW}sB")
+assert RECORD.size == 18
+EMPTY_RECORD = RECORD.pack(0, bytes(WINDOW), 0)
+#: serialized bytes per block
+RECORD_SIZE = RECORD.size
+#: the record of version 2 block indexes: 8 x u16 t_r, then 8 x u64 word_r
+V2_RECORD = struct.Struct("<8H8Q")
+assert V2_RECORD.size == 80
+_ALL = (1 << SLOTS) - 1
 #: fixed window positions tried per block before looking for a run of other bytes
 TRIES = 8
 #: most zero bytes + adjacent equal bytes a window may have to be taken at once; 2 keeps
@@ -80,37 +93,100 @@ _LOW7 = 0x00FFFFFFFFFFFFFF
 _ONES = 0x0101010101010101
 
 
+def _record(t: array, w: array) -> bytes:
+    """One block's RECORD from its 8 positions and words; ProgrammingError if no window explains them."""
+    mask = 0
+    u = 0
+    window = bytearray(WINDOW)
+    for r in range(SLOTS):
+        if t[r] == NO_ANCHOR:
+            continue
+        if mask and t[r] != u:
+            raise ProgrammingError(f"anchors at positions {list(t)} are not the words of one window")
+        mask |= 1 << r
+        u = t[r]
+        window[r:r + 8] = w[r].to_bytes(8, "little")
+    record = RECORD.pack(u, bytes(window), mask)
+    if mask and _words(record) != (list(t), list(w)):
+        raise ProgrammingError("anchor words that overlap disagree: they are not the words of one window")
+    return record
+
+
+def _words(record: bytes) -> tuple[list[int], list[int]]:
+    """The 8 positions and words of one RECORD."""
+    u, window, mask = RECORD.unpack(record)
+    ts = [u if mask >> r & 1 else NO_ANCHOR for r in range(SLOTS)]
+    ws = [int.from_bytes(window[r:r + 8], "little") if mask >> r & 1 else 0 for r in range(SLOTS)]
+    return ts, ws
+
+
+def unpack_record(record: bytes) -> tuple[list[int], list[int]]:
+    """The 8 positions and 8 words of one block's RECORD (what a reference carries)."""
+    return _words(record)
+
+
 def to_bytes(ts: array, ws: array) -> bytes:
     """Per-block records from the two arrays (8 positions and 8 words per block)."""
     n = len(ts) // SLOTS
-    if sys.byteorder != "little":
-        return b"".join(RECORD.pack(*ts[SLOTS * k:SLOTS * k + SLOTS], *ws[SLOTS * k:SLOTS * k + SLOTS])
-                        for k in range(n))
-    out = array("Q", bytes(RECORD_SIZE * n))
-    tq = array("Q", ts.tobytes())  # 8 positions = 2 words per block
-    out[0::10] = tq[0::2]
-    out[1::10] = tq[1::2]
-    for r in range(SLOTS):
-        out[2 + r::10] = ws[r::SLOTS]
-    return out.tobytes()
+    tb, wb = _little(ts), _little(ws)
+    out = bytearray(RECORD_SIZE * n)
+    out[0::RECORD_SIZE] = tb[0::2 * SLOTS]  # u, from slot 0 (blocks missing it are redone below)
+    out[1::RECORD_SIZE] = tb[1::2 * SLOTS]
+    for i in range(8):  # window bytes 0-7: word 0; 8-14: bytes 1-7 of word 7
+        out[2 + i::RECORD_SIZE] = wb[i::8 * SLOTS]
+    for i in range(8, WINDOW):
+        out[2 + i::RECORD_SIZE] = wb[8 * (SLOTS - 1) + i - (SLOTS - 1)::8 * SLOTS]
+    out[RECORD_SIZE - 1::RECORD_SIZE] = bytes([_ALL]) * n
+    partial = sorted({i // SLOTS for i in compress(count(), map(NO_ANCHOR.__eq__, ts))})
+    for k in partial:
+        out[RECORD_SIZE * k:RECORD_SIZE * (k + 1)] = _record(ts[SLOTS * k:SLOTS * k + SLOTS],
+                                                             ws[SLOTS * k:SLOTS * k + SLOTS])
+    got = bytes(out)
+    if from_bytes(got, n) != (ts, ws):
+        raise ProgrammingError("anchors that are not the words of one window per block cannot be serialized")
+    return got
 
 
-def from_bytes(data: bytes, count: int) -> tuple[array, array]:
-    """The two arrays from `count` records (the caller checked the length)."""
-    if sys.byteorder != "little":
-        ts, ws = array("H"), array("Q")
-        for fields in RECORD.iter_unpack(data[:RECORD_SIZE * count]):
-            ts.extend(fields[:SLOTS])
-            ws.extend(fields[SLOTS:])
-        return ts, ws
-    q = array("Q", data[:RECORD_SIZE * count])
-    tq = array("Q", bytes(16 * count))
-    tq[0::2] = q[0::10]
-    tq[1::2] = q[1::10]
-    ws = array("Q", bytes(8 * SLOTS * count))
+def from_bytes(data: bytes, count_: int) -> tuple[array, array]:
+    """The two arrays from `count_` records (the caller checked the length)."""
+    n = count_
+    data = bytes(data[:RECORD_SIZE * n])
+    tb = bytearray(2 * SLOTS * n)
+    wb = bytearray(8 * SLOTS * n)
     for r in range(SLOTS):
-        ws[r::SLOTS] = q[2 + r::10]
-    return array("H", tq.tobytes()), ws
+        tb[2 * r::2 * SLOTS] = data[0::RECORD_SIZE]
+        tb[2 * r + 1::2 * SLOTS] = data[1::RECORD_SIZE]
+        for b in range(8):  # byte b of word r is window byte r + b
+            wb[8 * r + b::8 * SLOTS] = data[2 + r + b::RECORD_SIZE]
+    ts, ws = array("H"), array("Q")
+    ts.frombytes(tb)
+    ws.frombytes(wb)
+    if sys.byteorder != "little":
+        ts.byteswap()
+        ws.byteswap()
+    masks = data[RECORD_SIZE - 1::RECORD_SIZE]
+    for k in compress(count(), map(_ALL.__ne__, masks)):
+        t, w = _words(data[RECORD_SIZE * k:RECORD_SIZE * (k + 1)])
+        ts[SLOTS * k:SLOTS * k + SLOTS] = array("H", t)
+        ws[SLOTS * k:SLOTS * k + SLOTS] = array("Q", w)
+    return ts, ws
+
+
+def from_v2_bytes(data: bytes, count_: int) -> tuple[array, array]:
+    """The two arrays from `count_` 80-byte records of a version 2 block index."""
+    ts, ws = array("H"), array("Q")
+    for fields in V2_RECORD.iter_unpack(data[:V2_RECORD.size * count_]):
+        ts.extend(fields[:SLOTS])
+        ws.extend(fields[SLOTS:])
+    return ts, ws
+
+
+def _little(a: array) -> bytes:
+    if sys.byteorder == "little":
+        return a.tobytes()
+    b = array(a.typecode, a)
+    b.byteswap()
+    return b.tobytes()
 
 
 def penalty(window: bytes) -> int:
@@ -144,7 +220,7 @@ def record_of(block: bytes | bytearray | memoryview, digest: bytes = b"") -> byt
         return EMPTY_RECORD
     ts, ws = array("H"), array("Q")
     _pick_one(data, ts, ws)
-    return RECORD.pack(*ts, *ws)
+    return to_bytes(ts, ws)
 
 
 def _pick_one(data: bytes, ts: array, ws: array) -> None:

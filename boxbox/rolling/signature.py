@@ -2,7 +2,7 @@
 
 A signature describes the stored version of a file without its data; the client diffs
 the new version against it. It may hold blocks of several sizes (a version rebuilt from
-earlier diffs) and, optionally, the candidate filter of `anchors` (80 bytes per block)
+earlier diffs) and, optionally, the candidate filter of `anchors` (18 bytes per block)
 that makes searching all-new data ~8x faster. Without anchors every search falls back to
 the rolling checksum alone.
 
@@ -12,7 +12,8 @@ Serialized layout (little-endian), parsed in this order by `Signature.parse`:
             | I block count | I run count                                  (16 bytes)
     RUNS    run count x (I block size, I blocks of that size)   block sizes, run-length coded
     BLOCKS  block count x (I weak, 16s strong)                  20 bytes per block
-    ANCHORS block count x anchors.RECORD (80 bytes)             only when flags & HAS_ANCHORS
+    ANCHORS block count x anchors.RECORD (18 bytes)             only when flags & HAS_ANCHORS
+                                                                (version 1: 80-byte records, not read)
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from boxbox.rolling.checksum import (HASH_IDS, HASHES, STRONG_SIZE, strong_funct
                                      uniform_digest, weak_checksum)
 
 MAGIC = magic.SIGNATURE
-VERSION = 1
-SUPPORTED_VERSIONS = frozenset({1})
+VERSION = 2
+SUPPORTED_VERSIONS = frozenset({2})
 HEADER = struct.Struct("<4sBBBBII")
 assert HEADER.size == 16
 RUN = struct.Struct("<II")

@@ -143,7 +143,7 @@ def test_batched_anchors_equal_the_plain_rule(parts: list[bytes], bs: int, seed:
         block = data[start:start + bs]
         plain = anchors.record_of(block)
         if plain != anchors.EMPTY_RECORD:  # one repeated byte: record_of blanks it, callers of picks do
-            assert got[80 * k:80 * k + 80] == plain
+            assert got[anchors.RECORD_SIZE * k:anchors.RECORD_SIZE * (k + 1)] == plain
 
 
 @given(data=st.binary(min_size=16, max_size=400), blocks=st.lists(st.integers(0, 49), max_size=8))
