@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def test_directory_not_done_is_yielded_again(tmp_path: Path) -> None:
 
 def test_just_changed_directories_are_racy_and_looked_at_again(tmp_path: Path) -> None:
     make_tree(tmp_path)
-    scanner = Scanner(tmp_path)  # the default window: everything here changed a moment ago
+    scanner = Scanner(tmp_path, fine_window=60)  # everything here changed within the window
     changes = []
     for c in scanner:
         c.store_id, c.done = next(_ids), True
@@ -500,3 +501,21 @@ def test_forced_excludes_found_by_path_and_by_inode_without_other_rules(tmp_path
     assert (b"etc", b"keep") in names and (b"other", b"file") in names and (b"etc", b"not-yet-made") in names
     assert not {(b"etc", b"keys.dat"), (b"etc", b"state"), (b"etc", b"not-yet"), (b"other", b"keys-link")} & names
     assert scanner.excluded == 4
+
+
+def test_entries_changed_seconds_ago_with_fine_timestamps_are_not_racy(tmp_path: Path) -> None:
+    """On a filesystem with sub-second timestamps only changes within FINE_WINDOW of reading a directory
+    are racy; whole-second timestamps (FAT, HFS+) keep the wide RACY_WINDOW."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"x")
+    os.utime(tmp_path / "d" / "f", ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    st = os.stat(tmp_path / "d" / "f")
+    if not st.st_ctime_ns % 1_000_000_000:
+        pytest.skip("this filesystem has whole-second timestamps")
+    time.sleep(0.3)
+    changes = list(Scanner(tmp_path, fine_window=0.1))
+    assert changes and not any(c.racy for c in changes)
+    os.utime(tmp_path / "d" / "f", ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    time.sleep(0.3)
+    changes = list(Scanner(tmp_path, fine_window=0.1))  # mtime in whole seconds: the wide window applies
+    assert [c.path for c in changes if c.racy] == [b"d"]
