@@ -50,14 +50,14 @@ from boxbox.rolling.signature import Signature
 from boxbox.rolling.tables import MIN_SEARCH, Tables, tables_for
 
 #: largest literal yielded (bytes); with WINDOW_MAX, READ_SIZE and BATCH_BYTES it bounds the
-#: finder's buffer: 1 MiB / 1 MiB / 1 MiB / 2 MiB -> 256 KiB each and 512 KiB took the traced peak
-#: of a 50 MB file with 1 MiB rewritten from 9.0 to 3.3 MiB, at the same CPU time (all-new
-#: /usr/lib 16 MiB, 4 KiB blocks: 112 -> 109 ms; unchanged 50 MB: 34 -> 35 ms)
-LITERAL_MAX = 256 << 10
+#: finder's buffer: 1 MiB / 1 MiB / 1 MiB / 2 MiB -> 128 KiB each and 256 KiB took the traced peak
+#: of a 50 MB file in 64 KiB blocks with 1 MiB rewritten from 8.3 to 1.25 MiB, at the same CPU
+#: time (all-new /usr/lib 16 MiB, 4 KiB blocks: 112 -> 109 ms; unchanged 50 MB: 33 -> 32 ms)
+LITERAL_MAX = 128 << 10
 #: largest search window (candidate start offsets per search step)
-WINDOW_MAX = 256 << 10
+WINDOW_MAX = 128 << 10
 #: bytes read from the new file per read call
-READ_SIZE = 256 << 10
+READ_SIZE = 128 << 10
 #: failed candidates a word (or weak value) may propose before it is retired (64 -> 16: all-new
 #: real data, 64 MiB in 16 KiB blocks, delta 1.25 -> 1.07 s CPU, no delta grew)
 FAIL_LIMIT = 16
@@ -68,7 +68,7 @@ KEEPALIVE_INTERVAL = 0.5
 #: most expected blocks the fast path hashes in one step, and most bytes they may span
 #: (the batch is buffered whole: this bounds memory for big blocks)
 BATCH_MAX = 64
-BATCH_BYTES = 512 << 10
+BATCH_BYTES = 256 << 10
 #: the fast path reads the clock (deadline, keepalive) once per this many bytes
 TICK_BYTES = 1 << 20
 #: words of a search window intersected with the anchor words at a time; the hits are
@@ -143,7 +143,9 @@ class _Finder:
         target = keep + max(need_end - self.end, READ_SIZE)
         store = self.buf
         if target > len(store):
-            store = bytearray(target + READ_SIZE)  # views of the old array keep its bytes
+            # sized at once for the largest window: a regrown array coexisted with the views
+            # still holding the old one
+            store = bytearray(max(target + READ_SIZE, LITERAL_MAX + WINDOW_MAX + 2 * (self.ix.max_size + READ_SIZE)))
             store[:keep] = self.buf[drop:drop + keep]
         elif keep and drop:
             store[:keep] = store[drop:drop + keep]
