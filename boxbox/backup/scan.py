@@ -16,8 +16,8 @@ where nothing changed yields nothing and the daemon never connects. A changed di
 yielded as a `Change` carrying its entries; the daemon syncs it with the store, fills in
 store ids, and sets `done` — only then is the new checksum recorded, so a directory that
 failed to sync is retried next run. Nor is it recorded when something in the directory
-changed within `FINE_WINDOW` of reading the directory, or within `RACY_WINDOW` of the scan
-for an entry whose timestamps are whole seconds (a filesystem with coarse timestamps): a
+changed within `FINE_WINDOW` of reading the directory (or while it was read), or within `RACY_WINDOW`
+of it for an entry whose timestamps are whole seconds (a filesystem with coarse timestamps): a
 second edit in the same timestamp tick would look unchanged.
 """
 from __future__ import annotations
@@ -143,15 +143,11 @@ class Scanner:
         self._started = False
         self._dev = 0
         self._ticks = PROGRESS_EVERY
-        self._racy_after = self._racy_before = 0
 
     def __iter__(self) -> Iterator[Change]:
         if self._started:
             raise ProgrammingError("a Scanner walks its location once; make a new one for the next run")
         self._started = True
-        now, window = time.time_ns(), int(self.racy_window * 1e9)
-        # a ctime far in the future is a wrong clock, not a race: it would make its directory racy forever
-        self._racy_after, self._racy_before = now - window, now + window
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -272,8 +268,11 @@ class Scanner:
         subdirs: list[tuple[str, os.stat_result]] = []
         ancestors = {f.ino for f in stack}
         ancestors.add(dst.st_ino)
-        racy_after, racy_before = self._racy_after, self._racy_before
-        fine_after = time.time_ns() - int(self.fine_window * 1e9)
+        # racy: changed within the window before this directory was read, or while it was; a ctime
+        # further ahead is a wrong clock, not a race (it would make the directory racy forever)
+        now = time.time_ns()
+        window = int(self.racy_window * 1e9)
+        racy_after, racy_before, fine_after = now - window, now + window, now - int(self.fine_window * 1e9)
         c = dst.st_ctime_ns
         racy = racy_after <= c <= racy_before and (c >= fine_after or not (c % _SECOND and dst.st_mtime_ns % _SECOND))
         names.sort()
