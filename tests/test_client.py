@@ -148,6 +148,25 @@ def test_changed_big_file_is_sent_as_a_diff(server: StoreServer, tmp_path: Path)
     assert store_tree(server, A, keys)[b"big.bin"][1] == (tree / "big.bin").read_bytes()
 
 
+def test_small_edit_of_a_1mib_file_sends_one_block_and_a_compact_index(server: StoreServer, tmp_path: Path) -> None:
+    """16 bytes rewritten in 1 MiB of random data: one 8 KiB block of new data, references and the new
+    index (62 bytes a block) - ~19 kB; 4 KiB blocks with 80-byte anchor records sent ~40 kB."""
+    A = server.new_account()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    data = bytearray(os.urandom(1 << 20))
+    (tree / "f.bin").write_bytes(data)
+    conf = client_config(tmp_path, server, A, tree)
+    keys = tmp_path / "client" / "keys.dat"
+    run_once(conf)
+    data[500_000:500_016] = os.urandom(16)
+    (tree / "f.bin").write_bytes(data)
+    stats = _stats(run_once(conf).stderr)
+    assert stats["uploaded"] == 1 and stats["diffs"] == 1, stats
+    assert stats["sent"] < 25_000, stats
+    assert store_tree(server, A, keys)[b"f.bin"][1] == bytes(data)
+
+
 def test_every_kind_of_entry(server: StoreServer, tmp_path: Path) -> None:
     A = server.new_account()
     tree = tmp_path / "tree"
