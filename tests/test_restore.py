@@ -529,3 +529,38 @@ def test_names_of_one_inode_in_different_versions_are_not_linked(env: Env, tmp_p
     restore(remote, [(b"", ROOT_ID), (b"home", home)], out, Options())
     assert (out / "new").read_bytes() == b"after the edit" and (out / "old").read_bytes() == b"before the edit"
     assert link_groups(out) == {frozenset({"old", "same"})}
+
+
+def test_restore_holds_one_listed_batch_of_entries_not_the_whole_tree(env: Env, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are restored batch by batch as directories are listed (issue #11: client RSS);
+    hard links across batches are still linked to their first name."""
+    import boxbox.restore.restore as restore_mod
+
+    src = tmp_path / "src"
+    for d in range(8):
+        for f in range(5):
+            p = src / f"d{d}" / f"f{f}"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"%d/%d " % (d, f) * (50 * f + 1))
+    (src / "top").write_bytes(b"top")
+    os.link(src / "d0" / "f3", src / "d7" / "link")  # first name and later name in different batches
+    env.upload().tree(src, name=b"home")
+    monkeypatch.setattr(restore_mod, "LIST_BATCH", 2)
+    remote = env.remote()
+    fetched = counting(remote)
+    name, dir_id = remote.resolve("/home", [(b"", ROOT_ID)])[-1]
+    job = Restore(remote, Options())
+    summary = job.run(dir_id, name, tmp_path / "out")
+    assert summary.errors == [] and summary.warnings == []
+    assert (summary.files, summary.links, summary.directories) == (42, 1, 9)
+    assert snapshot(tmp_path / "out") == snapshot(src)
+    assert link_groups(tmp_path / "out") == {frozenset({"d0/f3", "d7/link"})}
+    assert len(fetched) == 41
+    # two directories a batch: at most 2 x 6 entries held (d7 has 6), never all 42
+    assert job.held_files <= 12
+    assert (job.total_files, job.files) == (42, [])
+    # at a point in time the whole tree is listed first (to leave out what did not exist yet)
+    at = Restore(remote, Options(at_ns=2**62))
+    at.run(dir_id, name, tmp_path / "at")
+    assert at.held_files == 42 and snapshot(tmp_path / "at") == snapshot(src)
