@@ -54,7 +54,7 @@ from boxbox.wire.client import Pending
 #: small files, deeper gained nothing here
 WINDOW = 16
 #: directories listed per pipelined batch, whose files are restored before the next batch is
-#: listed: it bounds the entries held (64 held 2,500 of the benchmark's 10,000 files, 16 ~600)
+#: listed: it bounds the entries held (1,094 of vs_boxbackup's 10,156 files; 38.7 MiB RSS with 64, 36.5 with 16)
 LIST_BATCH = 16
 #: directory descriptors kept open (LRU); the rest are reopened one component at a time
 FD_CACHE = 64
