@@ -321,3 +321,70 @@ def test_leftover_data_in_the_bucket_is_never_written_over(tmp_path: Path, seawe
     with pytest.raises(UsageError, match=f"account {A:08x} has leftover data on S3 store '0'"):
         store.create_account(A, 1, 2, "0")
     assert store.backends["0"].get(object_key(A, 1)).read() == b"the old root, with entries"
+
+
+class _FakeObjects:
+    """Stands in for S3Client.get_object: sealed objects in memory, fetches held until released, a log of
+    the keys fetched, and keys that fail."""
+
+    def __init__(self, objects: dict[str, bytes], failing: dict[str, Exception]) -> None:
+        self.objects = objects
+        self.failing = failing
+        self.fetched: list[str] = []
+        self.running = 0
+        self.most_running = 0
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+
+    def get_object(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        with self._lock:
+            self.fetched.append(key)
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            self.release.wait(10)
+            if key in self.failing:
+                raise self.failing[key]
+            if key not in self.objects:
+                raise NotFound(key)
+            return self.objects[key][start:end]
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_read_ahead_is_bounded_in_bytes_and_serves_what_is_then_read() -> None:
+    from boxbox.store import s3backend
+    from boxbox.store.s3backend import READ_AHEAD_BYTES, seal
+
+    big = seal(b"x" * (SMALL - TRAILER.size))  # each fetch holds SMALL bytes: the window decides how many run
+    fake = _FakeObjects({f"w/{i}": big for i in range(24)}, {})
+    store = S3ObjectStore(fake, "", "t")  # type: ignore[arg-type]
+    store.prefetch([f"w/{i}" for i in range(24)])
+    assert len(fake.fetched) == min(READ_AHEAD_BYTES // SMALL, s3backend.READ_AHEAD_THREADS, 24)
+    assert len(store._ahead) == READ_AHEAD_BYTES // SMALL  # started (some may queue for a thread)
+    fake.release.set()
+    for i in range(24):  # read in order: every one was fetched ahead, once, and the window moved along
+        f = store.get(f"w/{i}")
+        assert f.read(5) == b"xxxxx"
+        assert store._ahead_bytes() <= READ_AHEAD_BYTES
+    assert fake.fetched == [f"w/{i}" for i in range(24)]
+    assert fake.most_running <= s3backend.READ_AHEAD_THREADS
+    assert not store._ahead and not store._wanted
+
+
+def test_a_failed_read_ahead_surfaces_as_the_same_error_on_read() -> None:
+    from boxbox.store.s3backend import seal
+
+    broken = StorageError("S3 GET s3://b/f/1: SlowDown (gave up after 6 attempts)")
+    fake = _FakeObjects({"f/0": seal(b"zero")}, {"f/1": broken})
+    fake.release.set()
+    store = S3ObjectStore(fake, "", "t")  # type: ignore[arg-type]
+    store.prefetch(["f/0", "f/1", "f/2"])
+    assert store.get("f/0").read() == b"zero"
+    with pytest.raises(StorageError) as failed:  # fetched ahead and failed: read once more, same error
+        store.get("f/1")
+    assert failed.value is broken
+    with pytest.raises(NotFound, match="s3 store t: f/2"):  # a 404 fetched ahead is the read's NotFound
+        store.get("f/2")
+    assert fake.fetched.count("f/1") == 2 and fake.fetched.count("f/2") == 1

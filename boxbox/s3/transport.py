@@ -23,8 +23,10 @@ from boxbox.s3 import sigv4
 
 log = logging.getLogger(__name__)
 
-#: idle keep-alive connections kept per transport; more requests in flight just open more
-POOL_SIZE = 16
+#: idle keep-alive connections kept per transport; more requests in flight just open more. Sized to
+#: the S3 store's concurrency (32 writer threads, 16 read-ahead threads, the sessions' own requests),
+#: so that a burst of PUTs sent behind does not close and reopen connections.
+POOL_SIZE = 64
 #: an idle connection older than this is closed rather than reused: servers drop idle
 #: keep-alives (AWS after about 20 s), and reusing a dropped one costs a failed send
 MAX_IDLE = 15.0
