@@ -229,3 +229,85 @@ def test_diff_bases_of_a_directory_are_fetched_together(server: StoreServer, tmp
     assert len(asked) == 3 and len(diffs) == 3 and max(asked) < min(diffs)
     stored = store_tree(server, account, cfg["client"]["keys_file"])
     assert all(stored[b"big%d" % i][1] == (tree / f"big{i}").read_bytes() for i in range(3))
+
+
+class RoundTripClient(Client):
+    """Counts round trips: waits for a reply to a request sent after the previous wait began
+    (replies to requests already in flight during an earlier wait are not a new round trip)."""
+
+    round_trips = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sent = 0
+        self._seq: dict[int, int] = {}
+        self._horizon = 0
+
+    def submit(self, request: Any, upload: Any = None, download: bool = False) -> Pending:
+        pending = super().submit(request, upload, download)
+        self._sent += 1
+        self._seq[id(pending)] = self._sent
+        return pending
+
+    def _resolve(self, target: Pending) -> None:
+        seq = self._seq.pop(id(target), 0)
+        if not target.done and seq > self._horizon:
+            RoundTripClient.round_trips += 1
+            self._horizon = self._sent
+        super()._resolve(target)
+
+
+def _incremental_round_trips(server: StoreServer, tmp_path: Path, n: int) -> int:
+    """Round trips of an incremental over `n` changed directories (a rewritten small file and an appended
+    diffable file in each), one of which also gains a subdirectory (so its sync cannot be held back)."""
+    account = server.new_account()
+    tree = tmp_path / "tree"
+    for i in range(n):
+        (tree / f"d{i:02d}" / "sub").mkdir(parents=True)
+        (tree / f"d{i:02d}" / "f").write_bytes(b"small %d" % i)
+        (tree / f"d{i:02d}" / "g").write_bytes(os.urandom(20_000))
+        (tree / f"d{i:02d}" / "sub" / "h").write_bytes(b"unchanged")
+    conf = client_config(tmp_path, server, account, tree)
+    cfg = load_config(conf)
+    keys = load_keys(cfg["client"]["keys_file"])
+    cfg["client"]["data_directory"].mkdir()
+    d = server.ca.client_dir(account)
+
+    def connector() -> Client:
+        from boxbox.wire import tls
+        ctx = tls.client_context(d / "client.crt", d / "client.key", d / "ca.crt")
+        return RoundTripClient.connect("127.0.0.1", server.port, ctx, server_hostname="localhost")
+
+    state = state_mod.ClientState()
+    assert BackupRun(cfg, keys, state, cid=13, connector=connector).run().ok
+    for i in range(n):
+        (tree / f"d{i:02d}" / "f").write_bytes(b"changed %d" % i)
+        with open(tree / f"d{i:02d}" / "g", "ab") as f:
+            f.write(b"appended %d" % i)
+    (tree / "d00" / "new").mkdir()  # d00 needs the new id before the scan goes into it
+    (tree / "d00" / "new" / "x").write_bytes(b"in a new directory")
+    RoundTripClient.round_trips = 0
+    result = BackupRun(cfg, keys, state, cid=13, connector=connector).run()
+    round_trips = RoundTripClient.round_trips
+    assert result.ok, result.error
+    assert result.stats.files_uploaded == 2 * n + 1 and result.stats.diffs == n
+    assert result.stats.directories_created == 1
+    stored = store_tree(server, account, cfg["client"]["keys_file"])
+    for i in range(n):
+        for name in ("f", "g", "sub/h"):
+            assert stored[b"d%02d/%s" % (i, name.encode())][1] == (tree / f"d{i:02d}" / name).read_bytes()
+    assert stored[b"d00/new/x"][1] == b"in a new directory"
+    again = BackupRun(cfg, keys, state, cid=13, connector=connector).run()  # (racy directories are listed again)
+    assert again.ok and again.stats.files_uploaded == 0 and again.stats.directories_created == 0
+    return round_trips
+
+
+@pytest.mark.e2e
+def test_incremental_round_trips_do_not_grow_with_the_changed_directories(server: StoreServer,
+                                                                          tmp_path: Path) -> None:
+    """Changed directories whose subdirectories the scan already knows are listed ahead of any upload, with
+    their block indexes, so an incremental waits a fixed number of times (was 2-3 waits a directory)."""
+    few = _incremental_round_trips(server, tmp_path / "few", 3)
+    many = _incremental_round_trips(server, tmp_path / "many", 12)
+    assert many == few
+    assert many <= 12

@@ -4,9 +4,14 @@
 directory operations in flight (replies are read when the window fills, not per file),
 counts what it sent, and knows whether the store is full or refuses diffs.
 
-`LocationSync.sync(change)` is called for each `scan.Change` (parents first). It lists the
-store directory once, then for each local entry compares (mtime, attribute hash) with the
-store's entry by sealed name, and:
+`LocationSync.sync(change)` is called for each `scan.Change` (parents first). A directory
+whose subdirectories the scan already knows (by name, from the previous records) is held back:
+its listing is asked for at once and it is synced with up to LOOKAHEAD others in `flush`, so
+the listings and block indexes of many directories are read before any of their uploads go
+out (a listing behind uploads waits for the store's durability barrier). A directory whose
+subdirectories need ids from this sync (new, moved) flushes the held-back ones, its
+subdirectories made first. Each directory is listed once, then for each local entry
+(mtime, attribute hash) is compared with the store's entry by sealed name, and:
 - uploads new or changed files: as a diff when an older version is there and the file is
   above `diffing_upload_size_threshold` (whole if the server refuses diffs), else whole;
 - sends only re-sealed attributes for an attribute-only change (a MoveObject onto itself);
@@ -49,6 +54,11 @@ ROOT_DIRECTORY_ID = 1
 WINDOW = 128
 #: directories with a longer path are reached through an fd (PATH_MAX is 4096 on Linux)
 LONG_PATH = 3072
+#: changed directories whose listings (and block indexes) are all asked for before any of their
+#: uploads: a listing asked for behind uploads waits for the store to save them first
+LOOKAHEAD = 64
+#: ...and at most this many of their entries, which bounds the listings held at once (~70 bytes an entry)
+LOOKAHEAD_ENTRIES = 16384
 
 
 class StoreSession:
@@ -141,6 +151,14 @@ class LocationSync:
         self.failed_paths: set[bytes] = set()
         self.pending: dict[bytes, float] = {}
         self._base = b""
+        #: changed directories held back by `sync`, their listings asked for: (change, listing or None,
+        #: subdirectory ids the scan used); the last may be one that is not held back (ids None)
+        self._queue: list[tuple[Change, Pending | None, dict[bytes, int] | None]] = []
+        self._queued_entries = 0
+        #: store ids the previous records gave subdirectories that the store does not have there,
+        #: and every directory below them: not synced; their paths lose their store ids in `settle`
+        self._stale: set[int] = set()
+        self._stale_paths: list[bytes] = []
 
     # ------------------------------------------------------------ helpers
     def _full(self, path: bytes, name: bytes = b"") -> bytes:
@@ -186,20 +204,136 @@ class LocationSync:
 
     # ------------------------------------------------------------ one directory
     def sync(self, change: Change) -> None:
-        """Make the store directory match `change.entries`; set store ids and `done`."""
+        """Make the store directory match `change.entries`; set store ids and `done`.
+
+        A directory whose subdirectories the scan will enter with the store ids of the previous
+        records needs nothing from the store before the scan goes on: its listing is asked for
+        now and the directory is synced later, with up to LOOKAHEAD others (`flush`), so that
+        no listing waits behind uploads. It is counted as done at once; a failure puts its path
+        into `failed_paths`, which `settle` takes out of the records again.
+        """
+        expected = self._can_defer(change)
+        if expected is not None:
+            listing = None
+            if change.store_id not in self.fresh:
+                listing = self.session.client.submit(
+                    m.ListDirectory(change.store_id, 0, OLD | DELETED, 0), download=True)
+            change.done = True
+            self._queue.append((change, listing, expected))
+            self._queued_entries += len(change.entries)
+            if len(self._queue) >= LOOKAHEAD or self._queued_entries >= LOOKAHEAD_ENTRIES:
+                self.flush()
+            return
+        if change.parent_store_id in self._stale:
+            self.flush()
+            self._mark_stale(change, "below a directory that is not on the store")
+            return
+        if change.store_id and change.store_id not in self.fresh:
+            # listed ahead of the held-back uploads too; its subdirectories are made before them
+            self._queue.append((change, self.session.client.submit(
+                m.ListDirectory(change.store_id, 0, OLD | DELETED, 0), download=True), None))
+            self.flush()
+            return
+        self.flush()
+        self._sync_open(change, None)
+
+    def _can_defer(self, change: Change) -> dict[bytes, int] | None:
+        """The store ids the scan gives this directory's subdirectories (from the previous records, by
+        name) if it needs none from this sync; None if the sync must come first (a directory to create,
+        a new or moved subdirectory)."""
+        if change.store_id == 0 or change.store_id in self._stale or change.parent_store_id in self._stale:
+            return None
+        subdirs = [name for name, st in change.entries if stat.S_ISDIR(st.st_mode)]
+        if not subdirs:
+            return {}
+        if change.new or change.store_id in self.fresh:
+            return None
+        prev = self.state.records
+        index = prev.find(change.path) if len(prev) else None
+        if index is None or prev.store_id(index) != change.store_id:
+            return None
+        known = {prev.name(c): prev.store_id(c) for c in prev.children(index)}
+        expected = {name: known.get(name, 0) for name in subdirs}
+        return expected if all(expected.values()) else None
+
+    def flush(self) -> None:
+        """Sync the held-back directories: their listings are read, then every block index they
+        need is asked for and read, then their uploads go out, all pipelined. A directory that was
+        not held back (the scan needs its subdirectories' ids) comes last: its subdirectories are
+        created or moved before the held-back uploads, its files after them."""
+        queue, self._queue = self._queue, []
+        self._queued_entries = 0
+        if not queue:
+            return
+        planned: list[tuple[Change, Directory | None, list[tuple[bytes, Pending]], bool]] = []
+        for change, pending, expected in queue:
+            listing = None
+            if pending is not None:
+                try:
+                    listing = Directory.parse(pending.result()[1].read())
+                except (ProtocolError, OSError):
+                    raise
+                except BoxboxError as e:
+                    if expected is None:
+                        raise  # as when listed alone: the run fails
+                    self._mark_stale(change, f"not on the store ({e})")  # the records' store id
+                    continue
+            current = _current(listing)
+            for name, subdir_id in (expected or {}).items():
+                e = current.get(sealing.seal_entry_name(self.keys, change.store_id, name))
+                if e is None or not e.flags & DIR or e.object_id != subdir_id:
+                    # the scan went into it with the records' id: the store changed behind our back
+                    self._mark_stale(Change(_join(change.path, name), [], subdir_id, change.store_id, 0, False),
+                                     "its recorded store id is not on the store there")
+            wanted = self._wanted_indexes(change.store_id, change.entries, current)
+            planned.append((change, listing, self._ask_indexes(change.store_id, wanted), expected is not None))
+        fetched = [(change, listing, self._read_indexes(asked), held) for change, listing, asked, held in planned]
+        last = None
+        if fetched and not fetched[-1][3]:
+            change, listing, indexes, _ = fetched.pop()
+            last = (change, listing, indexes)
+
+        def held_back() -> None:
+            for change, listing, indexes, _ in fetched:
+                if change.store_id in self._stale or change.parent_store_id in self._stale:
+                    self._mark_stale(change, "below a directory that is not on the store")
+                    continue
+                change.done = False
+                self._sync_open(change, (listing, indexes))
+                if not change.done:
+                    self.failed_paths.add(change.path)
+
+        if last is None:
+            held_back()
+        else:
+            self._sync_open(last[0], (last[1], last[2]), between=held_back)
+
+    def _mark_stale(self, change: Change, why: str) -> None:
+        log.warning("%s:%s: %s: skipped; the next run creates it again", self.name,
+                    os.fsdecode(change.path) or "/", why)
+        self._stale.add(change.store_id)
+        self._stale_paths.append(change.path)
+        self.failed_paths.add(change.path)
+
+    def _sync_open(self, change: Change, prefetched: tuple[Directory | None, dict[bytes, Any]] | None,
+                   between: Callable[[], None] | None = None) -> None:
+        """`_sync` with the directory opened; `between` runs after its subdirectories, before its files."""
         path = change.path
         try:
             self._base, fd = self._open_base(path)
         except OSError as e:
             self._read_error(path, f"cannot open directory: {e.strerror}")
+            if between is not None:
+                between()
             return
         try:
-            self._sync(change)
+            self._sync(change, prefetched, between)
         finally:
             if fd is not None:
                 os.close(fd)
 
-    def _sync(self, change: Change) -> None:
+    def _sync(self, change: Change, prefetched: tuple[Directory | None, dict[bytes, Any]] | None = None,
+              between: Callable[[], None] | None = None) -> None:
         s = self.session
         client = s.client
         path = change.path
@@ -207,8 +341,11 @@ class LocationSync:
             dst = os.stat(self._base, follow_symlinks=False)
         except OSError as e:
             self._read_error(path, f"cannot stat directory: {e.strerror}")
+            if between is not None:
+                between()
             return
         dattrs = self._dir_attributes(path, self._base, dst)
+        listing = prefetched[0] if prefetched is not None else None
         if change.store_id == 0:
             if path and not change.parent_store_id:
                 return  # its parent is not on the store (failed): retried next run
@@ -223,24 +360,33 @@ class LocationSync:
         elif change.store_id in self.fresh:
             listing = None  # nothing to list or to change: the pipeline does not wait here
         else:
-            listing = self._list(change.store_id)
-            if dattrs is not None:
+            if prefetched is None:
+                listing = self._list(change.store_id)
+            if listing is not None and dattrs is not None:
                 parent = listing.container_id
                 name = os.path.basename(path) if path else self.name.encode("utf-8")
                 sealed_attrs = seal_directory_attributes(self.keys, parent, name, dattrs)
                 s.submit(lambda: client.submit(m.ChangeDirAttributes(change.store_id, dattrs.mtime_ns, sealed_attrs)),
                          on_error=self._fail(path))
         dir_id = change.store_id
-        current: dict[bytes, Entry] = {}
-        for e in listing.entries if listing is not None else ():
-            if not e.flags & (OLD | DELETED):
-                current[e.sealed_name] = e
+        current = _current(listing)
         complete = True
-        self._fetch_indexes(dir_id, change.entries, current)
+        if prefetched is not None:
+            self._indexes = prefetched[1]
+        else:
+            self._indexes = self._read_indexes(
+                self._ask_indexes(dir_id, self._wanted_indexes(dir_id, change.entries, current)))
         new_dirs: list[tuple[bytes, Pending]] = []
         # Subdirectories first: their ids are needed before the scan goes down into them, and waiting for
         # replies sent ahead of this directory's uploads leaves those uploads in flight.
-        for name, st in sorted(change.entries, key=lambda e: not stat.S_ISDIR(e[1].st_mode)):
+        entries = sorted(change.entries, key=lambda e: not stat.S_ISDIR(e[1].st_mode))
+        files = next((i for i, (_, st) in enumerate(entries) if not stat.S_ISDIR(st.st_mode)), len(entries))
+        for i, (name, st) in enumerate(entries):
+            if i == files and between is not None:
+                base, indexes = self._base, self._indexes  # the held-back syncs set their own
+                between()
+                between = None
+                self._base, self._indexes = base, indexes
             sealed = sealing.seal_entry_name(self.keys, dir_id, name)
             existing = current.pop(sealed, None)
             if stat.S_ISDIR(st.st_mode):
@@ -250,6 +396,8 @@ class LocationSync:
             elif not self._sync_file(change, dir_id, name, sealed, st, existing):
                 complete = False
             s.keep_alive()
+        if between is not None:
+            between()
         for sealed, e in current.items():
             self.vanished[e.object_id] = (dir_id, e)
         for name, pending in new_dirs:
@@ -264,14 +412,13 @@ class LocationSync:
                 complete = False
         change.done = complete
 
-    def _fetch_indexes(self, dir_id: int, entries: list[tuple[bytes, os.stat_result]],
-                       current: dict[bytes, Entry]) -> None:
-        """Ask for the block index of every changed file that will be diffed, all in one round trip
-        (one wait per directory, not one per file)."""
-        self._indexes = {}
+    def _wanted_indexes(self, dir_id: int, entries: list[tuple[bytes, os.stat_result]],
+                        current: dict[bytes, Entry]) -> list[bytes]:
+        """Sealed names of the changed files that will be diffed: their block indexes are fetched
+        together (one wait per directory, or per `flush`, not one per file)."""
         s = self.session
         if not s.accepts_diffs or s.store_full:
-            return
+            return []
         threshold = self.settings.diffing_upload_size_threshold
         wanted = []
         for name, st in entries:
@@ -281,21 +428,28 @@ class LocationSync:
             e = current.get(sealed)
             if e is not None and e.flags & FILE and e.mtime_ns != st.st_mtime_ns:
                 wanted.append(sealed)
-        if not wanted:
-            return
-        pendings = [(sealed, s.client.submit(m.GetBlockIndexByName(dir_id, sealed), download=True))
-                    for sealed in wanted]
-        for sealed, pending in pendings:  # in order: each reply's stream is read before the next reply
+        return wanted
+
+    def _ask_indexes(self, dir_id: int, wanted: list[bytes]) -> list[tuple[bytes, Pending]]:
+        return [(sealed, self.session.client.submit(m.GetBlockIndexByName(dir_id, sealed), download=True))
+                for sealed in wanted]
+
+    @staticmethod
+    def _read_indexes(asked: list[tuple[bytes, Pending]]) -> dict[bytes, tuple[int, bytes] | BoxboxError]:
+        indexes: dict[bytes, tuple[int, bytes] | BoxboxError] = {}
+        for sealed, pending in asked:  # in order: each reply's stream is read before the next reply
             try:
                 reply, stream = pending.result()
-                self._indexes[sealed] = (reply.object_id, stream.read())
+                indexes[sealed] = (reply.object_id, stream.read())
             except (ProtocolError, OSError):
                 raise
             except BoxboxError as e:
-                self._indexes[sealed] = e
+                indexes[sealed] = e
+        return indexes
 
     def _list(self, dir_id: int) -> Directory:
-        self.session.drain()  # earlier replies first: the listing must include them
+        # Not drained first: the store runs requests in order, so the listing includes every change
+        # sent before it; the callbacks of earlier replies run when the window collects them.
         # without the entries' sealed attributes (half a listing's bytes): the attribute hash is enough
         return Directory.parse(self.session.client.list_directory(dir_id, flags_not_set=OLD | DELETED,
                                                                   attributes=False))
@@ -351,7 +505,8 @@ class LocationSync:
             self._read_error(path, f"cannot read attributes: {getattr(e, 'strerror', None) or e}")
             return True  # not retried until it changes: the notify script reports it
         if existing is not None and existing.flags & DIR:  # a directory became a file
-            s.submit(lambda: client.submit(m.DeleteDirectory(existing.object_id)), on_error=self._fail(change.path))
+            if existing.object_id not in self.moved_ids:  # (not one this run moved elsewhere)
+                s.submit(lambda: client.submit(m.DeleteDirectory(existing.object_id)), on_error=self._fail(change.path))
             existing = None
         tracked = stat.S_ISREG(st.st_mode) and st.st_size >= self.settings.file_tracking_size_threshold
         if existing is not None and existing.mtime_ns == st.st_mtime_ns:
@@ -474,6 +629,7 @@ class LocationSync:
         the rest are uploaded; then deletions."""
         s = self.session
         client = s.client
+        self.flush()
         s.drain()
         threshold = self.settings.file_tracking_size_threshold
         for dir_id, name, sealed, st, path in self._refused:
@@ -538,7 +694,16 @@ class LocationSync:
             index = scanner.records.find(path)
             if index is not None:
                 scanner.records.set_checksum(index, NO_CHECKSUM)
+        for path in self._stale_paths:  # created again next run (the parent is not deferred then)
+            index = scanner.records.find(path)
+            if index is not None:
+                scanner.records.set_store_id(index, 0)
         self.state.pending = self.pending
+
+
+def _current(listing: Directory | None) -> dict[bytes, Entry]:
+    """A listing's current entries by sealed name."""
+    return {e.sealed_name: e for e in listing.entries if not e.flags & (OLD | DELETED)} if listing is not None else {}
 
 
 def _count(stats: RunStats, name: str) -> None:
