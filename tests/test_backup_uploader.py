@@ -311,3 +311,39 @@ def test_incremental_round_trips_do_not_grow_with_the_changed_directories(server
     many = _incremental_round_trips(server, tmp_path / "many", 12)
     assert many == few
     assert many <= 12
+
+
+@pytest.mark.e2e
+def test_a_held_back_directory_whose_recorded_subdirectory_is_gone_is_recreated(
+        server: StoreServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The scan enters a held-back directory's subdirectories with the recorded ids; if the store no longer
+    has one there (changed behind the client's back), that subtree is skipped and created again next run."""
+    from boxbox.backup.run import connect
+
+    account = server.new_account()
+    tree = tmp_path / "tree"
+    (tree / "a" / "sub").mkdir(parents=True)
+    (tree / "a" / "f").write_bytes(b"one")
+    (tree / "a" / "sub" / "h").write_bytes(b"one")
+    conf = client_config(tmp_path, server, account, tree)
+    cfg = load_config(conf)
+    keys = load_keys(cfg["client"]["keys_file"])
+    cfg["client"]["data_directory"].mkdir()
+    state = state_mod.ClientState()
+    assert BackupRun(cfg, keys, state, cid=14).run().ok
+    records = state.location("home").records
+    sub_id = records.store_id(records.find(b"a/sub"))
+    other = connect(cfg)
+    other.login()
+    other.delete_directory(sub_id)
+    other.finish()
+    (tree / "a" / "f").write_bytes(b"two")
+    (tree / "a" / "sub" / "h").write_bytes(b"two")
+    result = BackupRun(cfg, keys, state, cid=14).run()
+    assert result.ok, result.error
+    assert "home:a/sub: its recorded store id is not on the store there" in caplog.text
+    assert store_tree(server, account, cfg["client"]["keys_file"])[b"a/f"][1] == b"two"
+    result = BackupRun(cfg, keys, state, cid=14).run()
+    assert result.ok, result.error
+    stored = store_tree(server, account, cfg["client"]["keys_file"])
+    assert stored[b"a/f"][1] == b"two" and stored[b"a/sub/h"][1] == b"two"
