@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -80,15 +80,10 @@ class NoDiffClient(Client):
         return super().submit(request, upload, download)
 
 
-@pytest.mark.e2e
-def test_refused_diff_falls_back_to_a_whole_upload(server: StoreServer, tmp_path: Path) -> None:
-    account = server.new_account()
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    big = tree / "big"
-    big.write_bytes(os.urandom(1 << 20))
-    conf = client_config(tmp_path, server, account, tree)
-    cfg = load_config(conf)
+def _setup(server: StoreServer, account: int, tmp_path: Path, tree: Path,
+           client_class: type[Client]) -> tuple[Any, Keys, Callable[[], Client]]:
+    """A client config for `tree`, its keys, and a connector that talks through `client_class`."""
+    cfg = load_config(client_config(tmp_path, server, account, tree))
     keys = load_keys(cfg["client"]["keys_file"])
     cfg["client"]["data_directory"].mkdir()
     d = server.ca.client_dir(account)
@@ -96,7 +91,19 @@ def test_refused_diff_falls_back_to_a_whole_upload(server: StoreServer, tmp_path
     def connector() -> Client:
         from boxbox.wire import tls
         ctx = tls.client_context(d / "client.crt", d / "client.key", d / "ca.crt")
-        return NoDiffClient.connect("127.0.0.1", server.port, ctx, server_hostname="localhost")
+        return client_class.connect("127.0.0.1", server.port, ctx, server_hostname="localhost")
+
+    return cfg, keys, connector
+
+
+@pytest.mark.e2e
+def test_refused_diff_falls_back_to_a_whole_upload(server: StoreServer, tmp_path: Path) -> None:
+    account = server.new_account()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    big = tree / "big"
+    big.write_bytes(os.urandom(1 << 20))
+    cfg, keys, connector = _setup(server, account, tmp_path, tree, NoDiffClient)
 
     def run() -> Any:
         st = state_mod.load_or_rebuild(cfg["client"]["data_directory"] / "state")
@@ -178,16 +185,7 @@ def test_directories_created_by_the_run_are_never_listed(server: StoreServer, tm
             (tree / f"a{a}" / f"b{b}").mkdir(parents=True)
             (tree / f"a{a}" / f"b{b}" / "f").write_bytes(b"%d %d" % (a, b))
         (tree / f"a{a}" / "g").write_bytes(os.urandom(5000))
-    conf = client_config(tmp_path, server, account, tree)
-    cfg = load_config(conf)
-    keys = load_keys(cfg["client"]["keys_file"])
-    cfg["client"]["data_directory"].mkdir()
-    d = server.ca.client_dir(account)
-
-    def connector() -> Client:
-        from boxbox.wire import tls
-        ctx = tls.client_context(d / "client.crt", d / "client.key", d / "ca.crt")
-        return CountingClient.connect("127.0.0.1", server.port, ctx, server_hostname="localhost")
+    cfg, keys, connector = _setup(server, account, tmp_path, tree, CountingClient)
 
     CountingClient.listed = []
     result = BackupRun(cfg, keys, state_mod.ClientState(), cid=11, connector=connector).run()
@@ -205,16 +203,7 @@ def test_diff_bases_of_a_directory_are_fetched_together(server: StoreServer, tmp
     tree.mkdir()
     for i in range(3):
         (tree / f"big{i}").write_bytes(os.urandom(300_000))
-    conf = client_config(tmp_path, server, account, tree)
-    cfg = load_config(conf)
-    keys = load_keys(cfg["client"]["keys_file"])
-    cfg["client"]["data_directory"].mkdir()
-    d = server.ca.client_dir(account)
-
-    def connector() -> Client:
-        from boxbox.wire import tls
-        ctx = tls.client_context(d / "client.crt", d / "client.key", d / "ca.crt")
-        return CountingClient.connect("127.0.0.1", server.port, ctx, server_hostname="localhost")
+    cfg, keys, connector = _setup(server, account, tmp_path, tree, CountingClient)
 
     state = state_mod.ClientState()
     assert BackupRun(cfg, keys, state, cid=12, connector=connector).run().ok
@@ -267,16 +256,7 @@ def _incremental_round_trips(server: StoreServer, tmp_path: Path, n: int) -> int
         (tree / f"d{i:02d}" / "f").write_bytes(b"small %d" % i)
         (tree / f"d{i:02d}" / "g").write_bytes(os.urandom(20_000))
         (tree / f"d{i:02d}" / "sub" / "h").write_bytes(b"unchanged")
-    conf = client_config(tmp_path, server, account, tree)
-    cfg = load_config(conf)
-    keys = load_keys(cfg["client"]["keys_file"])
-    cfg["client"]["data_directory"].mkdir()
-    d = server.ca.client_dir(account)
-
-    def connector() -> Client:
-        from boxbox.wire import tls
-        ctx = tls.client_context(d / "client.crt", d / "client.key", d / "ca.crt")
-        return RoundTripClient.connect("127.0.0.1", server.port, ctx, server_hostname="localhost")
+    cfg, keys, connector = _setup(server, account, tmp_path, tree, RoundTripClient)
 
     state = state_mod.ClientState()
     assert BackupRun(cfg, keys, state, cid=13, connector=connector).run().ok
