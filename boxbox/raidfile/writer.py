@@ -25,6 +25,10 @@ which `sync_all` then does for many writers at once (each directory fsynced once
 new names nothing durable refers to before `sync_all` returns: a power cut in between can
 leave such a name unreadable (never wrong bytes), which the store's recovery deletes.
 
+Group overwrite: `commit_all(writers)` runs the four steps once for many writers - all temps
+sealed, all fsynced together on the pool, then each writer's renames, then each directory
+fsynced once - so every name is still old or new after a power cut.
+
 Nothing is ever written in place to a committed stripe: writes, repairs, deletes and
 renames all go through temps that the writer holds an flock on (`boxbox.raidfile.claims`).
 
@@ -249,19 +253,43 @@ class RaidWriter:
         `sync_all([...this writer...])` makes it durable later, together with other writers'
         (group commit). Only for a name with no committed content, that nothing durable
         refers to until that sync: a power loss before it may leave the name unreadable.
+        (Overwrites that should share fsyncs use `commit_all`.)
         """
+        try:
+            self._seal()
+            if durable:
+                run_parallel(os.fsync, [t.fd for t in self._targets])
+        except BaseException:
+            self.abort()
+            raise
+        self._rename(durable)
+        if durable:
+            try:
+                run_parallel(fsync_dir, self.directories())
+            except BaseException:
+                self.abort()
+                raise
+            self._close()
+        else:
+            self._open, self._owed, self._buf = False, True, bytearray()  # the buffer is not held while owed
+
+    def _seal(self) -> None:
+        """Step 1: the last buffered rows and the headers into the temps (nothing renamed yet)."""
         if not self._open:
             raise ProgrammingError(f"{self.label}: commit after commit or abort")
+        if self._buf:
+            self._emit(memoryview(self._buf))
+            self._buf = bytearray()
+        for t in self._targets:
+            os.pwrite(t.fd, pack_header(Header(t.role, self._shift, self.write_id, self.length)), 0)
+
+    def _rename(self, fsynced: bool) -> None:
+        """Step 3: rename the temps into place in role order (their data fsynced already if `fsynced`).
+        On an error the writer is aborted, the old content kept or the new completed (see below)."""
         renamed = 0
         old_first: int | None = None
         try:
-            if self._buf:
-                self._emit(memoryview(self._buf))
-            for t in self._targets:
-                os.pwrite(t.fd, pack_header(Header(t.role, self._shift, self.write_id, self.length)), 0)
-            if durable:
-                run_parallel(os.fsync, [t.fd for t in self._targets])
-            if len(self._targets) > 2 and durable:  # kept to undo the 1st rename if the 2nd fails (see _undo_first)
+            if len(self._targets) > 2 and fsynced:  # kept to undo the 1st rename if the 2nd fails (see _undo_first)
                 try:
                     old_first = os.open(self._targets[0].final, os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
@@ -269,8 +297,6 @@ class RaidWriter:
             for t in self._targets:
                 os.replace(t.temp, t.final)
                 renamed += 1
-            if durable:
-                run_parallel(fsync_dir, self.directories())
         except BaseException:
             try:
                 if renamed == 1 and len(self._targets) > 2:
@@ -283,10 +309,6 @@ class RaidWriter:
         finally:
             if old_first is not None:
                 os.close(old_first)
-        if durable:
-            self._close()
-        else:
-            self._open, self._owed, self._buf = False, True, bytearray()  # the buffer is not held while owed
 
     def directories(self) -> list[str]:
         """The directories the stripes are (or will be) named in."""
@@ -361,6 +383,37 @@ class RaidWriter:
 def _fsync_each(fds: list[int]) -> None:
     for fd in fds:
         os.fsync(fd)
+
+
+def commit_all(writers: list[RaidWriter]) -> None:
+    """Commit many writers durably as one group; overwrites allowed (each stays atomic).
+
+    The module docstring's four steps, each for the whole group: seal every writer; fsync every
+    stripe temp at once on the pool; rename each writer's temps in role order; fsync each
+    directory once. No rename happens before every temp of the group is on disc, so after a
+    power cut each name holds its old or its new complete content, never a renamed temp whose
+    data was lost, and recovery's rule (a write that reached its first rename had all its temps
+    fsynced) holds. Durable when this returns. On an error every writer is done with; those
+    renamed before it are in effect (their data fsynced), the rest keep their old content.
+    """
+    done = 0
+    try:
+        for w in writers:
+            w._seal()
+        fds = [t.fd for w in writers for t in w._targets]
+        run_parallel(_fsync_each, [fds[i::SYNC_THREADS] for i in range(min(SYNC_THREADS, len(fds)))])
+        for w in writers:
+            w._rename(fsynced=True)  # aborts w itself on an error
+            done += 1
+        run_parallel(fsync_dir, sorted({d for w in writers for d in w.directories()}))
+    except BaseException:
+        for w in writers[done:]:
+            w.abort()
+        for w in writers[:done]:
+            w._close()
+        raise
+    for w in writers:
+        w._close()
 
 
 def sync_all(writers: list[RaidWriter]) -> None:

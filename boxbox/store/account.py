@@ -404,6 +404,7 @@ class Account:
         self._ahead_upto = 0
         self._owed: list[PutStream] = []  # new objects committed without their fsyncs (see sync_objects)
         self._barrier_error: StorageError | None = None  # a failed barrier fails every later one
+        self._staged: list[PutStream] = []  # rewrites of existing objects awaiting publish_rewrites
 
     @property
     def number(self) -> int:
@@ -533,6 +534,58 @@ class Account:
             raise storage_error(e, f"writing object {object_id:#x}") from e
         return self.usage_of(object_id) - before
 
+    @contextmanager
+    def rewrite_object(self, object_id: int) -> Iterator["LimitedWriter"]:
+        """Write a new version of an object inside the block, published by the next `publish_rewrites`.
+
+        Until then readers see the old version. One rewrite per object per publish. Not limited
+        (directories and reverse patches); after the block the writer's `blocks` holds the new
+        version's usage.
+        """
+        what = f"writing object {object_id:#x}"
+        try:
+            put = self.backend.put(self.key(object_id))
+        except OSError as e:
+            raise storage_error(e, what) from e
+        writer = LimitedWriter(put, None, self.backend.blocks_for_length, self._limit_message)
+        try:
+            yield writer
+        except OSError as e:
+            put.abort()
+            raise storage_error(e, what) from e
+        except BaseException:
+            put.abort()
+            raise
+        writer.blocks = self.backend.blocks_for_length(writer.size)
+        self._staged.append(put)
+
+    def publish_rewrites(self) -> None:
+        """Commit every staged rewrite durably, together: on a RAID store all temps are fsynced, then
+        renamed, then each directory fsynced once; each object is its old or its new version after a
+        power cut at any point (docs/STORE.md "Durability"). Durable on return."""
+        staged, self._staged = self._staged, []
+        if not staged:
+            return
+        commit_all = getattr(self.backend, "commit_all", None)
+        try:
+            if commit_all is not None:
+                commit_all(staged)
+            else:
+                for i, put in enumerate(staged):
+                    try:
+                        put.commit()
+                    except BaseException:
+                        for rest in staged[i:]:
+                            rest.abort()
+                        raise
+        except OSError as e:
+            raise storage_error(e, f"writing {len(staged)} changed objects") from e
+
+    def _drop_staged(self) -> None:
+        staged, self._staged = self._staged, []
+        for put in staged:
+            put.abort()
+
     def delete_object(self, object_id: int) -> int:
         """Remove an object; returns the blocks freed."""
         blocks = self.usage_of(object_id)
@@ -603,6 +656,7 @@ class Account:
         raise StorageError(f"account {self.number:08x}: the info file kept changing under 50 tries")
 
     def close(self) -> None:
+        self._drop_staged()  # a sync that failed part way: the old versions stay
         try:
             if self.writable and self._barrier_error is None:  # else the flag stays: recovery runs next
                 self.change(writer_open=False)

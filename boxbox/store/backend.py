@@ -75,6 +75,9 @@ class ObjectStore(Protocol):
     def sync(self, puts: list[PutStream]) -> None:
         """Make puts committed with `durable=False` durable, all together (a group commit)."""
 
+    # Optional: `commit_all(puts)`, a durable commit of uncommitted puts (overwrites allowed) that
+    # shares the fsyncs; without it the store commits each put in turn.
+
 
 def check_key(key: str) -> str:
     parts = key.split("/")
@@ -101,6 +104,13 @@ class RaidObjectStore:
         from boxbox.raidfile.writer import sync_all
 
         sync_all(puts)  # type: ignore[arg-type]
+
+    def commit_all(self, puts: list[PutStream]) -> None:
+        """Commit uncommitted puts durably together: every temp fsynced, then the renames, then each
+        directory fsynced once (`raidfile.writer.commit_all`); each object stays old or new."""
+        from boxbox.raidfile.writer import commit_all
+
+        commit_all(puts)  # type: ignore[arg-type]
 
     def get(self, key: str) -> BinaryIO:
         return self.discset.open(self._path(key), settle=False)  # type: ignore[return-value]

@@ -95,11 +95,16 @@ class Session:
         if self._dirty:
             acct.change(change_count=acct.info.change_count + 1)  # housekeeping's dirty marker
         self._write_directories(acct)
+        acct.publish_rewrites()  # one group commit for the directories: durable before any patch
         if self._patches:
             patches, self._patches = self._patches, []
+            patched: set[int] = set()
             for patch in patches:
-                self._write_patch(acct, patch)
+                if patch.old_id not in patched:
+                    patched.add(patch.old_id)
+                    self._write_patch(acct, patch)
             self._write_directories(acct)
+            acct.publish_rewrites()  # the patches, then the directories with their new sizes
         acct.commit()
         if not acct.writable or len(self._dirs) > DIRECTORY_CACHE:
             self._dirs.clear()
@@ -114,7 +119,7 @@ class Session:
             old = read_file_layout(f)
             if old.refs:
                 return
-            with acct.new_object(patch.old_id, check_limit=False) as w:
+            with acct.rewrite_object(patch.old_id) as w:
                 write_reverse_patch(old, f, patch.old_id, patch.diff, patch.new_id, w)
         saved = entry.size_blocks - w.blocks
         kind = _usage_kind(entry.flags)
@@ -123,9 +128,15 @@ class Session:
         self.mark(d)  # type: ignore[arg-type]
 
     def _write_directories(self, acct: Account) -> None:
+        """Stage every changed directory (and a parent whose entry's size follows) for `publish_rewrites`."""
+        data: dict[int, bytes] = {}
+        blocks: dict[int, int] = {}  # what each directory's newest version here takes
         while self._dirty:
             d = self._dirs[self._dirty.pop()]
-            delta = acct.replace_object(d.object_id, d.serialize())
+            data[d.object_id] = d.serialize()
+            before = blocks[d.object_id] if d.object_id in blocks else acct.usage_of(d.object_id)
+            blocks[d.object_id] = acct.backend.blocks_for_length(len(data[d.object_id]))
+            delta = blocks[d.object_id] - before
             if delta:
                 acct.add(blocks_used=delta, blocks_directories=delta)
                 parent = self._parent(d)
@@ -133,6 +144,9 @@ class Session:
                 if entry is not None:
                     entry.size_blocks = max(0, entry.size_blocks + delta)
                     self.mark(parent)
+        for object_id, content in data.items():
+            with acct.rewrite_object(object_id) as w:
+                w.write(content)
 
     def _parent(self, d: Directory) -> Directory | None:
         """The directory listing `d` (read if not cached, so its entry's size follows `d`), or None."""
