@@ -301,15 +301,37 @@ def test_a_put_sent_behind_that_fails_fails_the_barrier(tmp_path: Path, seaweed:
         raise StorageError(f"S3 PUT {key}: InternalError (after 6 attempts)")
 
     backend.client.put_object = failing  # type: ignore[attr-defined]
+    lost = acct.allocate_id()
     try:
-        acct.put_object(acct.allocate_id(), b"lost", check_limit=False, durable=False)
+        acct.put_object(lost, b"lost", check_limit=False, durable=False)
         with pytest.raises(StorageError, match="InternalError"):
             acct.sync_objects()
     finally:
         backend.client.put_object = real  # type: ignore[attr-defined]
     with pytest.raises(StorageError, match="InternalError"):
         acct.sync_objects()  # nothing may list it in this session, even once S3 is back
-    acct.close()
+    acct.close()  # settles the failed barrier before letting go of the account (S3 is back)
+    assert not store.read_info(A).writer_open
+    assert not backend.exists(object_key(A, lost))
+
+
+def test_a_failed_barrier_that_cannot_be_settled_leaves_the_writer_flag(tmp_path: Path, seaweed: Any) -> None:
+    store = make_store(tmp_path, (A, 10_000, 20_000), s3=seaweed.new_bucket())
+    acct = store.open(A, write=True)
+    backend = store.backends["0"]
+    real = backend.client.put_object  # type: ignore[attr-defined]
+
+    def failing(key: str, data: bytes, **kw: Any) -> str:
+        raise StorageError(f"S3 PUT {key}: InternalError (after 6 attempts)")
+
+    backend.client.put_object = failing  # type: ignore[attr-defined]
+    try:
+        acct.put_object(acct.allocate_id(), b"lost", check_limit=False, durable=False)
+        with pytest.raises(StorageError, match="InternalError"):
+            acct.sync_objects()
+        acct.close()  # S3 still failing: the clean-up fails too
+    finally:
+        backend.client.put_object = real  # type: ignore[attr-defined]
     assert store.read_info(A).writer_open  # left set: the next writer's recovery removes what may be half there
 
 

@@ -180,8 +180,9 @@ def test_the_dispatcher_waits_for_more_requests_only_with_unsaved_changes() -> N
     b.close()
 
 
-def test_a_failed_barrier_fails_the_session_and_leaves_the_objects_to_recovery(
-        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("disc_back_at_close", [True, False], ids=["settled-at-close", "left-to-recovery"])
+def test_a_failed_barrier_fails_the_session_and_its_objects_are_removed(
+        store: Store, monkeypatch: pytest.MonkeyPatch, disc_back_at_close: bool) -> None:
     from boxbox.errors import StorageError
 
     acct = store.open(A, write=True)
@@ -189,17 +190,26 @@ def test_a_failed_barrier_fails_the_session_and_leaves_the_objects_to_recovery(
     with acct.new_object(new_id, durable=False) as w:
         w.write(b"y" * 5000)
 
-    def eio(fd: int) -> None:
+    def eio(*args: object) -> None:
         raise OSError(5, "Input/output error")
 
     with monkeypatch.context() as mp:
         mp.setattr(os, "fsync", eio)
         with pytest.raises(StorageError):
             acct.sync_objects()
-    with pytest.raises(StorageError):  # and every later barrier: nothing may list the object now
-        acct.sync_objects()
-    acct.close()
-    assert store.read_info(A).writer_open  # so the next writer settles what the session left
+        with pytest.raises(StorageError):  # and every later barrier: nothing may list the object now
+            acct.sync_objects()
+        if not disc_back_at_close:
+            from boxbox.store import housekeep
+
+            mp.setattr(housekeep, "recover", eio)  # the clean-up at close fails too
+            acct.close()
+    if disc_back_at_close:
+        acct.close()  # settles the failed barrier before letting go: `check` is clean at once
+        assert not store.read_info(A).writer_open and not acct.exists(new_id)
+        assert check_account(store, A).errors == 0
+    else:
+        assert store.read_info(A).writer_open  # so the next writer settles what the session left
     reopened = store.open(A, write=True)
     assert not reopened.exists(new_id)
     reopened.close()

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, NamedTuple
 
 from boxbox.config import Config
 from boxbox.errors import (
-    ConfigError, FormatError, InUse, IntegrityError, LimitExceeded, NotFound, PreconditionFailed, StorageError,
-    UsageError, storage_error,
+    BoxboxError, ConfigError, FormatError, InUse, IntegrityError, LimitExceeded, NotFound, PreconditionFailed,
+    StorageError, UsageError, storage_error,
 )
 from boxbox.objects.directory import Directory
 from boxbox.store.accountdb import AccountDatabase, BucketAccountDatabase, StoreDatabase
@@ -519,6 +519,18 @@ class Account:
         if self._barrier_error is not None:  # nothing may list those objects now, in this session
             raise self._barrier_error
 
+    def _settle_failed_barrier(self) -> None:
+        """Remove what a failed barrier left (new objects nothing lists, no reply named), still
+        holding the write lock, so `check` finds the account clean; if the store fails again the
+        writer flag stays set and the next writer recovers instead."""
+        from boxbox.store.housekeep import recover
+
+        try:
+            recover(self.store, self.number, self.store.read_info(self.number))
+        except (BoxboxError, OSError) as e:
+            log.warning("account %08x: after a failed sync, cleaning up failed too (%s); the next writer "
+                        "will", self.number, e)
+
     def replace_object(self, object_id: int, data: bytes) -> int:
         """Rewrite a small object (a directory) whole; returns the change in blocks."""
         before = self.usage_of(object_id)
@@ -658,9 +670,11 @@ class Account:
     def close(self) -> None:
         self._drop_staged()  # a sync that failed part way: the old versions stay
         try:
-            if self.writable and self._barrier_error is None:  # else the flag stays: recovery runs next
+            if self.writable and self._barrier_error is None:
                 self.change(writer_open=False)
                 self.commit()
+            elif self.writable:
+                self._settle_failed_barrier()
         finally:
             if self._lock is not None:
                 self._lock.release()
