@@ -151,30 +151,24 @@ class Dispatcher:
         If that fails, the queued replies may claim success for lost changes, so the
         connection is dropped instead: the client sees every unanswered request fail.
         """
-        sync = getattr(self.session, "sync", None)
-        if sync is None:
-            return
-        try:
-            sync()
-        except OSError as e:
-            raise ProtocolError(f"could not save changes, dropping the connection: "
-                                f"{storage_error(e, 'saving changes')}") from None
-        except BoxboxError as e:
-            raise ProtocolError(f"could not save changes, dropping the connection: {e}") from None
+        self._session_call("sync", "save changes", "saving changes")
 
     def _finish(self) -> None:
         """Let the session release what it holds (the account's writer lock) before Finished is answered,
         so a client may log in again as soon as it has the reply."""
-        finish = getattr(self.session, "finish", None)
-        if finish is None:
+        self._session_call("finish", "close the session cleanly", "closing the session")
+
+    def _session_call(self, name: str, doing: str, what: str) -> None:
+        """Call the session's optional `name`; a failure drops the connection (ProtocolError)."""
+        call = getattr(self.session, name, None)
+        if call is None:
             return
         try:
-            finish()
+            call()
         except OSError as e:
-            raise ProtocolError(f"could not close the session cleanly, dropping the connection: "
-                                f"{storage_error(e, 'closing the session')}") from None
+            raise ProtocolError(f"could not {doing}, dropping the connection: {storage_error(e, what)}") from None
         except BoxboxError as e:
-            raise ProtocolError(f"could not close the session cleanly, dropping the connection: {e}") from None
+            raise ProtocolError(f"could not {doing}, dropping the connection: {e}") from None
 
     def dispatch(self, msg: Any) -> None:
         cmd = self.commands.get(type(msg))
