@@ -244,13 +244,21 @@ class DiscSet:
                 fd = locked.pop(i) if locked and i in locked else self._lock_final(relpath, p)
                 if fd is None:
                     continue
-                os.replace(p, temps[i])
+                try:
+                    os.replace(p, temps[i])
+                except BaseException:
+                    os.close(fd)
+                    raise
                 moved.append((i, fd))
             run_parallel(fsync_dir, sorted({os.path.dirname(finals[i]) for i, _ in moved}))
         except BaseException:
             for i, fd in reversed(moved):
-                os.replace(temps[i], finals[i])
-                os.close(fd)
+                try:
+                    os.replace(temps[i], finals[i])
+                except OSError:
+                    pass  # left on the temp name, unlocked: recovery puts it back on the next open
+                finally:
+                    os.close(fd)
             raise
         return moved
 
