@@ -38,7 +38,8 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from boxbox.raidfile import DiscSet  # noqa: E402
-from boxbox.raidfile.layout import HEADER, STRIPE1, XOR_PIECE, parse_header, xor_bytes  # noqa: E402
+from boxbox.raidfile.kernels import XOR_PIECE, xor_bytes  # noqa: E402
+from boxbox.raidfile.layout import HEADER, STRIPE1, parse_header  # noqa: E402
 
 PIECE = 1 << 20
 

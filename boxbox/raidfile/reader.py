@@ -15,13 +15,11 @@ from __future__ import annotations
 import io
 import logging
 import os
-import struct
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
 from boxbox.errors import FormatError, IntegrityError, NotFound, ProgrammingError
-from boxbox.raidfile import stats
+from boxbox.raidfile import stats, xorproc
 from boxbox.raidfile.layout import (
     HEADER,
     PARITY,
@@ -30,13 +28,12 @@ from boxbox.raidfile.layout import (
     STRIPE1,
     STRIPE2,
     WHOLE,
-    XOR_PIECE,
     Geometry,
     Header,
     crc_seed,
     parse_header,
-    xor_bytes,
 )
+from boxbox.raidfile.kernels import OK, OP_DECODE, XOR_PIECE, fetch_records, verify_records, xor_bytes
 
 log = logging.getLogger(__name__)
 
@@ -116,42 +113,6 @@ def _choose(f: Finals) -> None:
             return
 
 
-def fetch_records(fd: int, geo: Geometry, first: int, slots: list[memoryview],
-                  crcviews: list[memoryview]) -> int | OSError:
-    """One preadv of records first.. into `slots` and their CRCs into `crcviews`: bytes read, or the error."""
-    iov: list[memoryview | None] = [None] * (2 * len(slots))
-    iov[0::2] = slots
-    iov[1::2] = crcviews[: len(slots)]
-    try:
-        return os.preadv(fd, iov, geo.record_offset(first))  # type: ignore[arg-type]
-    except OSError as e:
-        return e
-
-
-def verify_records(got: int | OSError, first: int, slots: list[memoryview], seed: int,
-                   crcbuf: bytearray) -> tuple[set[int], str | None]:
-    """The indexes (relative) of fetched records that are bad, and why."""
-    k = len(slots)
-    if isinstance(got, OSError):
-        return set(range(k)), f"read error: {got.strerror}"
-    actual = tuple(map(zlib.crc32, slots, range(seed + first, seed + first + k)))
-    expected = struct.unpack_from(f"<{k}I", crcbuf)
-    total = sum(map(len, slots)) + 4 * k
-    if actual == expected and got == total:
-        return set(), None
-    bad = {j for j in range(k) if actual[j] != expected[j]}
-    why = f"checksum mismatch in record {first + min(bad)}" if bad else None
-    if got < total:
-        end = 0
-        for j, s in enumerate(slots):
-            end += len(s) + 4
-            if end > got:
-                bad.update(range(j, k))
-                why = f"short: ends inside record {first + j}"
-                break
-    return bad, why
-
-
 def read_records(fd: int | None, geo: Geometry, first: int, slots: list[memoryview], seed: int,
                  crcbuf: bytearray, crcviews: list[memoryview]) -> tuple[set[int], str | None]:
     """Read and verify records first.. of one stripe into `slots`."""
@@ -159,7 +120,7 @@ def read_records(fd: int | None, geo: Geometry, first: int, slots: list[memoryvi
         return set(), None
     if fd is None:
         return set(range(len(slots))), "unavailable"
-    return verify_records(fetch_records(fd, geo, first, slots, crcviews), first, slots, seed, crcbuf)
+    return verify_records(fetch_records(fd, geo.record_offset(first), slots, crcviews), first, slots, seed, crcbuf)
 
 
 class _Buffers:
@@ -216,6 +177,9 @@ class RaidReader(io.RawIOBase):
         self._cache: memoryview | None = None
         self._cache_start = 0
         self._next_unit = -1
+        self._helper: xorproc.Helper | None = None  # decodes every other chunk of a long sequential read
+        self._helper_wanted = self._raid and xorproc.AVAILABLE and self._chunk_size <= xorproc.SLOT_BYTES
+        self._ahead: tuple[int, int, int] | None = None  # units a, b the helper is decoding, at this slot
         self.damage: list[str] = []  # what was found wrong, for the caller to log or repair
         for i, why in enumerate(finals.problems):
             if why is not None and (self._raid or finals.fds[i] is not None):
@@ -251,13 +215,14 @@ class RaidReader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
+            self._let_helper_go()
             self._f.close()
         super().close()
 
     def _fetch(self, bufs: _Buffers, a: int, b: int) -> dict[int, int | OSError]:
         """Read the data stripes' records of units a..b-1 into `bufs`: one preadv per stripe."""
         _, slots = bufs.layout(min(self.size, b * self._unit) - a * self._unit, self._raid, self._geo.block_size)
-        return {r: fetch_records(fd, self._geo, a, slots[r], bufs.crcviews[r])
+        return {r: fetch_records(fd, self._geo.record_offset(a), slots[r], bufs.crcviews[r])
                 for r in self._data_roles if (fd := self._fds.get(r)) is not None and slots[r]}
 
     def _verify(self, role: int, got: int | OSError | None, first: int, slots: list[memoryview],
@@ -322,6 +287,76 @@ class RaidReader(io.RawIOBase):
                         o = (j - s) * B
                         fix[j][:] = rebuilt[o : o + len(fix[j])]
 
+    def _decode_sequential(self, a: int, b: int) -> memoryview:
+        """Like `_decode`, for a sequential read: chunks alternate between the helper process (if there is one)
+        and this one. The helper is always a chunk ahead: it decodes chunk k+1 while we decode chunk k, and
+        chunk k+3 while the caller copies chunk k+1 out and we decode chunk k+2."""
+        U = self._max_units
+        if self._ahead is not None and self._ahead[:2] == (a, b):
+            got = self._from_helper()
+            if got is not None:
+                if b + U < self._units:
+                    self._ask_helper(b + U, min(b + 2 * U, self._units))
+                return got
+        elif self._ahead is not None and self._ahead[0] != b:
+            self._from_helper()  # not what this read needs next: collected, dropped
+        if self._helper is None and self._helper_wanted and self.size >= xorproc.MIN_BYTES:
+            self._start_helper()
+        if self._ahead is None and b < self._units:
+            self._ask_helper(b, min(b + U, self._units))
+        return self._decode(a, b)
+
+    def _start_helper(self) -> None:
+        self._helper_wanted = False  # one try per reader
+        h = xorproc.acquire()
+        if h is None:
+            return
+        self._helper = h
+        try:
+            for role, fd in self._fds.items():
+                if fd is not None:
+                    h.open(role, fd, writable=False)
+        except (OSError, EOFError):
+            self._let_helper_go()
+
+    def _ask_helper(self, a: int, b: int) -> None:
+        """Have the helper decode units a..b into a free slot of the shared buffer."""
+        h = self._helper
+        lost = next((r for r in (STRIPE1, STRIPE2) if self._fds.get(r) is None), -1)
+        if h is None or (lost >= 0 and self._fds.get(PARITY) is None):
+            return
+        try:
+            slot = h.free_slot()
+            if slot is None:
+                return
+            s = self._seeds
+            h.send(OP_DECODE, slot, min(self.size, b * self._unit) - a * self._unit, self._geo.block_size, a,
+                   self._geo.record_offset(a), lost, s[STRIPE1], s[STRIPE2], s[PARITY])
+        except EOFError:
+            self._let_helper_go()
+            return
+        self._ahead = (a, b, slot)
+
+    def _from_helper(self) -> memoryview | None:
+        """The clear bytes of the units the helper was asked for if it decoded them without finding anything
+        wrong, else None (we decode them ourselves then, noting the damage)."""
+        if self._ahead is None or self._helper is None:
+            return None
+        (a, b, slot), self._ahead = self._ahead, None
+        try:
+            ok = self._helper.reply() == OK
+        except OSError:
+            ok = False
+        except EOFError:
+            self._let_helper_go()
+            return None
+        return self._helper.view[slot : slot + min(self.size, b * self._unit) - a * self._unit] if ok else None
+
+    def _let_helper_go(self) -> None:
+        h, self._helper, self._ahead = self._helper, None, None
+        if h is not None:
+            xorproc.release(h)
+
     def _chunk(self, pos: int, end: int) -> tuple[memoryview, int]:
         """Decoded bytes covering `pos`; reads ahead a whole chunk when access is sequential."""
         c = self._cache
@@ -333,7 +368,7 @@ class RaidReader(io.RawIOBase):
         else:  # random access: only what was asked for
             b = min(-(-end // self._unit), a + self._max_units)
         b = min(max(b, a + 1), self._units)
-        self._cache = self._decode(a, b)
+        self._cache = self._decode_sequential(a, b) if a == self._next_unit else self._decode(a, b)
         self._cache_start, self._next_unit = a * self._unit, b
         return self._cache, self._cache_start
 

@@ -45,25 +45,24 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import struct
 import threading
-import zlib
 from types import TracebackType
 
 from boxbox.atomic import fsync_dir
 from boxbox.errors import ProgrammingError
-from boxbox.raidfile import claims
+from boxbox.raidfile import claims, xorproc
+from boxbox.raidfile.kernels import record_iov, split_rows, write_parity
 from boxbox.raidfile.layout import (
     HEADER,
     PARITY,
     RAID_ROLES,
     STRIPE1,
+    STRIPE2,
     WHOLE,
     Geometry,
     Header,
     crc_seed,
     pack_header,
-    xor_blocks,
 )
 from boxbox.raidfile.reader import CHUNK_BYTES, MAX_RECORDS
 
@@ -154,6 +153,9 @@ class RaidWriter:
         self.length = 0
         self._open = True
         self._owed = False  # committed with durable=False, fsyncs not yet done (see sync_all)
+        self._parity: xorproc.ParityWriter | None = None  # the helper process writing parity on another core
+        self._helper_wanted = self._raid and PARITY in self._by_role and xorproc.AVAILABLE and \
+            self._chunk <= xorproc.SLOT_BYTES
         for t in self._targets:
             os.ftruncate(t.fd, 0)
             os.lseek(t.fd, HEADER.size, os.SEEK_SET)
@@ -207,44 +209,47 @@ class RaidWriter:
         return n
 
     def _emit(self, mv: memoryview) -> None:
-        """Write whole rows of clear data (the last row may be partial) to the stripe temps, a chunk per writev."""
+        """Write whole rows of clear data (the last row may be partial) to the stripe temps, a chunk per writev;
+        the parity of a chunk goes to the helper process first (if this writer has one) to overlap with ours."""
+        B, seeds = self._B, self._seeds
         for o in range(0, len(mv), self._chunk):
-            for fd, iov in self._records(mv[o : o + self._chunk]):
-                _writev_all(fd, iov)
-                end, flushed = self._written[fd]
-                end += sum(map(len, iov))
-                if end - flushed >= WRITEBACK_BYTES and HAVE_FADVISE:
-                    os.posix_fadvise(fd, flushed, end - flushed, os.POSIX_FADV_DONTNEED)
-                    flushed = end
-                self._written[fd] = (end, flushed)
+            c = mv[o : o + self._chunk]
+            first = self._units_done
+            if not self._raid:
+                self._units_done += -(-len(c) // B)
+                self._put(self._by_role[WHOLE], record_iov([c[i : i + B] for i in range(0, len(c), B)],
+                                                           seeds[WHOLE] + first))
+                continue
+            slots1, slots2 = split_rows(c, B)
+            self._units_done += len(slots1)
+            pfd = self._by_role.get(PARITY)
+            if pfd is not None:
+                if self._helper_wanted and self.length >= xorproc.MIN_BYTES:
+                    self._helper_wanted = False  # one try per writer
+                    self._parity = xorproc.ParityWriter.start(pfd, self.label)
+                offset, advise = self._advance(pfd, sum(map(len, slots1)) + 4 * len(slots1))
+                if self._parity is not None:
+                    self._parity.write(c, B, seeds[PARITY] + first, offset, advise)
+                else:
+                    write_parity(pfd, c, B, seeds[PARITY] + first, offset, advise)
+            for role, slots in ((STRIPE1, slots1), (STRIPE2, slots2)):
+                if slots and role in self._by_role:
+                    self._put(self._by_role[role], record_iov(slots, seeds[role] + first))
 
-    def _records(self, mv: memoryview) -> list[tuple[int, list[memoryview]]]:
-        """The iovecs (block, CRC, block, CRC, ...) of one chunk for each stripe this writer writes."""
-        B, n, first = self._B, len(mv), self._units_done
-        if not self._raid:
-            self._units_done += -(-n // B)
-            return [(self._by_role[WHOLE], self._iov(WHOLE, [mv[o : o + B] for o in range(0, n, B)], first))]
-        slots1 = [mv[o : o + B] for o in range(0, n, 2 * B)]
-        slots2 = [mv[o : o + B] for o in range(B, n, 2 * B)]
-        self._units_done += len(slots1)
-        job: list[tuple[int, list[memoryview]]] = []
-        for role in self._by_role:
-            if role == PARITY:
-                slots = xor_blocks(slots1, slots2, B)
-            else:
-                slots = slots1 if role == STRIPE1 else slots2
-            if slots:
-                job.append((self._by_role[role], self._iov(role, slots, first)))
-        return job
+    def _put(self, fd: int, iov: list[memoryview]) -> None:
+        _writev_all(fd, iov)
+        _, advise = self._advance(fd, sum(map(len, iov)))
+        if advise:
+            os.posix_fadvise(fd, self._written[fd][0] - advise, advise, os.POSIX_FADV_DONTNEED)
 
-    def _iov(self, role: int, slots: list[memoryview], first: int) -> list[memoryview]:
-        k = len(slots)
-        seed = self._seeds[role] + first
-        crcs = memoryview(struct.pack(f"<{k}I", *map(zlib.crc32, slots, range(seed, seed + k))))
-        iov: list[memoryview] = [crcs] * (2 * k)
-        iov[0::2] = slots
-        iov[1::2] = [crcs[i : i + 4] for i in range(0, 4 * k, 4)]
-        return iov
+    def _advance(self, fd: int, n: int) -> tuple[int, int]:
+        """Account n bytes appended to stripe `fd`: (their offset, bytes before the end to hand to writeback)."""
+        end, flushed = self._written[fd]
+        advise = 0
+        if end + n - flushed >= WRITEBACK_BYTES and HAVE_FADVISE:
+            advise, flushed = end + n - flushed, end + n
+        self._written[fd] = (end + n, flushed)
+        return end, advise
 
     def commit(self, durable: bool = True) -> None:
         """Publish the new content atomically and durably (see the module docstring for the order).
@@ -280,6 +285,9 @@ class RaidWriter:
         if self._buf:
             self._emit(memoryview(self._buf))
             self._buf = bytearray()
+        if self._parity is not None:
+            self._parity, parity = None, self._parity
+            parity.finish()
         for t in self._targets:
             os.pwrite(t.fd, pack_header(Header(t.role, self._shift, self.write_id, self.length)), 0)
 
@@ -364,6 +372,9 @@ class RaidWriter:
     def abort(self) -> None:
         """Drop everything written; the committed file (if any) is untouched. Safe to call twice."""
         if self._open:
+            if self._parity is not None:
+                self._parity, parity = None, self._parity
+                parity.drop()
             for t in self._targets:
                 claims.release(t.fd, t.temp)
             self._targets = []

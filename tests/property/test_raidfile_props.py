@@ -1,6 +1,7 @@
 """raidfile properties for random contents and block sizes: (a) read back, (b) lose any one stripe,
 (c) corrupt any one stripe, (d) damage two stripes -> IntegrityError never wrong bytes,
-(e) repair restores the stripes byte for byte; plus the fast XOR and writer against references."""
+(e) repair restores the stripes byte for byte; plus the fast XOR and writer against references. Writes and
+sequential reads run with and without the helper process (forced on for every size), which must not change a byte."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from boxbox.errors import IntegrityError
-from boxbox.raidfile import DiscSet
+from boxbox.raidfile import DiscSet, xorproc
+from boxbox.raidfile.kernels import xor_blocks, xor_bytes
 from boxbox.raidfile.layout import HEADER, PARITY, STRIPE1, STRIPE2, Geometry, parse_header, stripe_reference, \
-    xor_blocks, xor_bytes, xor_bytes_reference
+    xor_bytes_reference
 
 BLOCK_SIZES = st.sampled_from([16, 32, 64, 256, 4096])
 
@@ -35,6 +37,17 @@ def contents(draw: st.DrawFn) -> tuple[int, bytes]:
     else:
         length = draw(st.sampled_from([3 * 2**20 + 7, 2 * 2**20]))
     return bs, random.Random(draw(st.integers(0, 2**32))).randbytes(length)
+
+
+@contextmanager
+def helper(on: bool) -> Iterator[None]:
+    """The helper process for files of every size (on), or for none (off)."""
+    saved = xorproc.MIN_BYTES
+    xorproc.MIN_BYTES = 0 if on else 1 << 62
+    try:
+        yield
+    finally:
+        xorproc.MIN_BYTES = saved
 
 
 @contextmanager
@@ -66,12 +79,13 @@ def corrupt(path: Path, rng: random.Random, at: list[int] | None = None) -> None
     path.write_bytes(b)
 
 
-@given(contents(), st.integers(1, 70_000), st.booleans())
-@example((16, b""), 1, True)
-@example((4096, bytes(4097)), 4096, False)
-def test_a_read_back_identical(case: tuple[int, bytes], piece: int, raid: bool) -> None:
+@given(contents(), st.integers(1, 70_000), st.booleans(), st.booleans())
+@example((16, b""), 1, True, True)
+@example((4096, bytes(4097)), 4096, False, False)
+@example((16, bytes(range(256)) * 400), 5000, True, True)
+def test_a_read_back_identical(case: tuple[int, bytes], piece: int, raid: bool, use_helper: bool) -> None:
     bs, data = case
-    with disc_set(bs, raid) as ds:
+    with disc_set(bs, raid) as ds, helper(use_helper):
         files = put(ds, data, piece)
         assert read_all(ds) == data
         wid = parse_header(next(iter(files.values())).read_bytes()[: HEADER.size]).write_id
@@ -87,14 +101,15 @@ def test_a_read_back_identical(case: tuple[int, bytes], piece: int, raid: bool) 
 @settings(max_examples=15)
 @given(st.sampled_from([16, 4096, 65536]), st.booleans(), st.integers(0, 2**32),
        st.lists(st.tuples(st.sampled_from([1, 100, 4095, 70_000, 2**20, 2**20 + 12_345, 2_500_000]), st.booleans()),
-                min_size=1, max_size=6))
-def test_writes_of_any_sizes_from_any_buffers(bs: int, raid: bool, seed: int, plan: list[tuple[int, bool]]) -> None:
+                min_size=1, max_size=6), st.booleans())
+def test_writes_of_any_sizes_from_any_buffers(bs: int, raid: bool, seed: int, plan: list[tuple[int, bool]],
+                                              use_helper: bool) -> None:
     """Small writes are gathered, big ones cut straight from the caller's buffer (which the caller
     may refill at once): the stripes are those of the reference writer either way."""
     rng = random.Random(seed)
     data = rng.randbytes(sum(n for n, _ in plan))
     reused = bytearray(max(n for n, _ in plan))
-    with disc_set(bs, raid) as ds:
+    with disc_set(bs, raid) as ds, helper(use_helper):
         with ds.create("x/f") as w:
             o = 0
             for n, from_reused in plan:
@@ -112,10 +127,10 @@ def test_writes_of_any_sizes_from_any_buffers(bs: int, raid: bool, seed: int, pl
         assert read_all(ds) == data
 
 
-@given(contents(), st.sampled_from([STRIPE1, STRIPE2, PARITY]))
-def test_b_any_one_stripe_lost(case: tuple[int, bytes], role: int) -> None:
+@given(contents(), st.sampled_from([STRIPE1, STRIPE2, PARITY]), st.booleans())
+def test_b_any_one_stripe_lost(case: tuple[int, bytes], role: int, use_helper: bool) -> None:
     bs, data = case
-    with disc_set(bs) as ds:
+    with disc_set(bs) as ds, helper(use_helper):
         put(ds, data, 10_000)[role].unlink()
         with ds.open("x/f") as r:
             assert r.read() == data and r.degraded
@@ -123,10 +138,10 @@ def test_b_any_one_stripe_lost(case: tuple[int, bytes], role: int) -> None:
         assert report.readable and [s.state for s in report.stripes].count("missing") == 1
 
 
-@given(contents(), st.sampled_from([STRIPE1, STRIPE2, PARITY]), st.integers(0, 2**32))
-def test_c_any_one_stripe_corrupted(case: tuple[int, bytes], role: int, seed: int) -> None:
+@given(contents(), st.sampled_from([STRIPE1, STRIPE2, PARITY]), st.integers(0, 2**32), st.booleans())
+def test_c_any_one_stripe_corrupted(case: tuple[int, bytes], role: int, seed: int, use_helper: bool) -> None:
     bs, data = case
-    with disc_set(bs) as ds:
+    with disc_set(bs) as ds, helper(use_helper):
         files = put(ds, data, 10_000)
         corrupt(files[role], random.Random(seed))
         with ds.open("x/f") as r:
@@ -138,12 +153,12 @@ def test_c_any_one_stripe_corrupted(case: tuple[int, bytes], role: int, seed: in
 
 
 @given(contents(), st.sampled_from([(STRIPE1, STRIPE2), (STRIPE1, PARITY), (STRIPE2, PARITY)]),
-       st.sampled_from(["delete", "same row", "random"]), st.integers(0, 2**32))
+       st.sampled_from(["delete", "same row", "random"]), st.integers(0, 2**32), st.booleans())
 def test_d_two_stripes_damaged_never_wrong_bytes(case: tuple[int, bytes], pair: tuple[int, int], how: str,
-                                                 seed: int) -> None:
+                                                 seed: int, use_helper: bool) -> None:
     bs, data = case
     rng = random.Random(seed)
-    with disc_set(bs) as ds:
+    with disc_set(bs) as ds, helper(use_helper):
         files = put(ds, data, 10_000)
         geo = Geometry(len(data), bs)
         rows = min(geo.records(r) for r in pair)

@@ -1,0 +1,161 @@
+"""raidfile's helper process: same bytes as in-process, survives the helper's death, errors and a killed parent."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from boxbox.raidfile import kernels, xorproc
+from boxbox.raidfile.layout import STRIPE1, parse_header, stripe_reference
+from tests.test_raidfile import make_set, read, stripe_paths, temps_left
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not xorproc.AVAILABLE, reason="the helper needs Linux (memfd, /proc/self/fd)")
+
+
+@pytest.fixture(autouse=True)
+def helper_for_every_size(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(xorproc, "MIN_BYTES", 0)
+    monkeypatch.setattr(xorproc, "_deaths", 0)  # the kills below would otherwise switch helpers off
+    monkeypatch.setattr(xorproc, "_disabled", False)
+    yield
+    xorproc.stop_all()
+
+
+def helper_pids() -> set[int]:
+    return {h.proc.pid for h in xorproc._running}
+
+
+def expected(ds, relpath: str, data: bytes, bs: int) -> None:  # type: ignore[no-untyped-def]
+    files = stripe_paths(ds, relpath)
+    wid = {parse_header(p.read_bytes()).write_id for p in files.values()}.pop()
+    assert [files[r].read_bytes() for r in sorted(files)] == stripe_reference(data, bs, wid)
+
+
+def test_helper_write_and_reads_match_the_reference(tmp_path: Path) -> None:
+    ds = make_set(tmp_path, 256)
+    data = random.Random(1).randbytes(5 * 2**20 + 77)
+    with ds.create("f") as w:
+        for o in range(0, len(data), 300_000):
+            w.write(data[o : o + 300_000])
+        assert w._parity is not None and w._parity.h is not None  # the parity went to the helper
+    expected(ds, "f", data, 256)
+    assert helper_pids(), "the helper stays for the next big file"
+    assert read(ds, "f") == data
+    stripe_paths(ds, "f")[STRIPE1].unlink()
+    with ds.open("f") as r:
+        got = b"".join(iter(lambda: r.read(1 << 20), b""))
+        assert r.degraded
+    assert got == data and not temps_left(ds)
+
+
+@pytest.mark.parametrize("when", ["mid-write", "before commit"])
+def test_helper_killed_during_a_write_the_write_completes_here(tmp_path: Path, when: str) -> None:
+    ds = make_set(tmp_path, 4096)
+    data = random.Random(2).randbytes(12 * 2**20 + 5)
+    piece = 1 << 20
+    with ds.create("f") as w:
+        for i, o in enumerate(range(0, len(data), piece)):
+            w.write(data[o : o + piece])
+            h = w._parity.h if w._parity is not None else None
+            if h is not None and (when == "mid-write" and i == 5 or when == "before commit" and i == 12):
+                h.proc.kill()
+                h.proc.wait()
+        assert w._parity is not None and (w._parity.h is None or when == "before commit")
+    expected(ds, "f", data, 4096)
+    assert read(ds, "f") == data and not temps_left(ds)
+
+
+def test_helper_killed_during_a_degraded_read(tmp_path: Path) -> None:
+    ds = make_set(tmp_path, 4096)
+    data = random.Random(3).randbytes(9 * 2**20)
+    with ds.create("f") as w:
+        w.write(data)
+    stripe_paths(ds, "f")[STRIPE1].unlink()
+    with ds.open("f") as r:
+        parts = [r.read(1 << 20) for _ in range(3)]
+        assert r._helper is not None
+        r._helper.proc.kill()
+        parts.append(r.read())
+    assert b"".join(parts) == data
+
+
+def test_error_in_the_helper_is_raised_and_the_write_aborted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper's errno comes back as the OSError the caller's own write would raise; no temps stay."""
+    ds = make_set(tmp_path, 4096)
+    with ds.create("f") as w:
+        w.write(b"old")
+    real = xorproc.Helper.send
+
+    def send(self: xorproc.Helper, op: int, *args: int, fds: tuple[int, ...] = ()) -> None:
+        if op == kernels.OP_PARITY:
+            args = (*args[:5], -2, *args[6:])  # a file offset the kernel refuses with EINVAL
+        real(self, op, *args, fds=fds)
+
+    monkeypatch.setattr(xorproc.Helper, "send", send)
+    with pytest.raises(OSError) as e:
+        with ds.create("f") as w:
+            for _ in range(8):
+                w.write(bytes(1 << 20))
+    assert e.value.errno == errno.EINVAL
+    assert read(ds, "f") == b"old" and not temps_left(ds)
+
+
+def test_no_helper_can_start_then_all_is_done_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(xorproc.sys, "executable", str(tmp_path / "no-such-python"))
+    ds = make_set(tmp_path, 64)
+    data = random.Random(4).randbytes(3 * 2**20 + 1)
+    with ds.create("f") as w:
+        w.write(data)
+    assert xorproc._disabled and not helper_pids()
+    expected(ds, "f", data, 64)
+
+
+CHILD = """
+import os, sys
+from pathlib import Path
+from boxbox.raidfile import DiscSet, xorproc
+xorproc.MIN_BYTES = 0
+ds = DiscSet("t", [Path(sys.argv[1]) / d for d in "abc"], 4096)
+with ds.create("f") as w:
+    w.write(bytes(3 << 20))
+print(*[h.proc.pid for h in xorproc._running], flush=True)
+sys.stdin.read()
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in "ZX"  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+def test_no_helper_survives_a_killed_parent(tmp_path: Path) -> None:
+    for d in "abc":
+        (tmp_path / d).mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    parent = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]  # type: ignore[union-attr]
+        assert pids and not any(map(_gone, pids))
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while not all(map(_gone, pids)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert all(map(_gone, pids)), f"helper {pids} outlived its parent"
+    finally:
+        parent.kill()
+        parent.wait()
