@@ -23,9 +23,11 @@ import argparse
 import filecmp
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from boxbox.ca import authority  # noqa: E402
-from restore import ENV, boxbox, client_conf, process_cpu, timed  # noqa: E402
+from restore import ENV, boxbox, client_conf, process_cpu  # noqa: E402
 
 from tests.seaweed import SeaweedServer  # noqa: E402
 
@@ -136,35 +138,46 @@ def same_tree(a: Path, b: Path) -> bool:
     return True
 
 
-def run_kind(d: Path, name: str, tree: Path, s3: object | None, weed: list[int]) -> dict[str, float]:
+def timed(cmd: list[str], server_pid: int, weed: list[int]) -> dict[str, float]:
+    """Wall seconds of `cmd`, and the CPU seconds (user + system) of each process while it ran: the
+    command (the client), the boxbox server, SeaweedFS (all its processes)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = process_cpu(server_pid)
+    weed_before = sum(process_cpu(p) for p in weed)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=ENV, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall": wall, "client": after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime,
+            "server": process_cpu(server_pid) - server_before,
+            "weed": sum(process_cpu(p) for p in weed) - weed_before}
+
+
+def run_kind(d: Path, name: str, tree: Path, s3: object | None, weed: list[int]) -> dict[str, dict[str, float]]:
     """Backup and restore timed; `weed`: SeaweedFS's processes, whose CPU time is measured alongside."""
     srv = Server(d / name, s3)
     home = d / name / "c"  # a client of its own (keys, state), with the one certificate
     home.mkdir()
     conf = client_conf(home, srv.port, tree, d / "client")
     pid = srv.start()
-    weed_before = sum(process_cpu(p) for p in weed)
-    backup, backup_cpu = timed(boxbox("client", "--config", str(conf), "--once"), pid)
-    backup_weed = sum(process_cpu(p) for p in weed) - weed_before
-    backup_requests = srv.stop()
+    backup = timed(boxbox("client", "--config", str(conf), "--once"), pid, weed)
+    backup["requests"] = srv.stop()
     pid = srv.start()
     out = d / name / "restored"
     os.sync()
-    weed_before = sum(process_cpu(p) for p in weed)
-    restore, restore_cpu = timed(boxbox("query", "--config", str(conf), "--quiet", "restore", "/home", str(out)), pid)
-    restore_weed = sum(process_cpu(p) for p in weed) - weed_before
-    restore_requests = srv.stop()
+    restore = timed(boxbox("query", "--config", str(conf), "--quiet", "restore", "/home", str(out)), pid, weed)
+    restore["requests"] = srv.stop()
     if not same_tree(tree, out):
         raise SystemExit(f"{name}: the restored tree differs from the original")
-    return {"backup": backup, "backup_cpu": backup_cpu, "backup_requests": backup_requests, "backup_weed": backup_weed,
-            "restore": restore, "restore_cpu": restore_cpu, "restore_requests": restore_requests,
-            "restore_weed": restore_weed}
+    return {"backup": backup, "restore": restore}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="~30 MB in 1,000 files (under two minutes)")
     ap.add_argument("--dir", help="work directory (default: a new temporary one)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="raidfile then S3, this many times (fresh servers and bucket each); medians reported")
     args = ap.parse_args()
     total, files = (30_000_000, 1_000) if args.quick else (300_000_000, 10_000)
     d = Path(tempfile.mkdtemp(prefix="boxbox-s3-bench-", dir=args.dir))
@@ -178,22 +191,28 @@ def main() -> int:
         bed = SeaweedServer(d / "seaweed")
         bed.wait_ready()
         print(f"tree: {nfiles} files, {nbytes / 1e6:.0f} MB; SeaweedFS `weed server -s3` at {bed.endpoint}")
-        results = {"raidfile": run_kind(d, "raidfile", tree, None, []),
-                   "s3": run_kind(d, "s3", tree, bed.new_bucket(), bed.pids)}
-        print(f"{'':<10} {'':<8} {'wall s':>8} {'MB/s':>8} {'CPU s':>7} {'weed CPU s':>10} {'requests':>9} "
-              f"{'req/file':>9}")
+        rounds = [{"raidfile": run_kind(d, f"raidfile{i}", tree, None, []),
+                   "s3": run_kind(d, f"s3{i}", tree, bed.new_bucket(), bed.pids)} for i in range(args.rounds)]
+        results = {kind: {phase: {k: statistics.median(r[kind][phase][k] for r in rounds) for k in rounds[0][kind][phase]}
+                          for phase in ("backup", "restore")} for kind in ("raidfile", "s3")}
+        if args.rounds > 1:
+            for i, r in enumerate(rounds):
+                print(f"round {i}: backup_ratio={r['raidfile']['backup']['wall'] / r['s3']['backup']['wall']:.2f} "
+                      f"restore_ratio={r['raidfile']['restore']['wall'] / r['s3']['restore']['wall']:.2f}")
+        print(f"{'':<8} {'':<8} {'wall s':>7} {'MB/s':>6}  {'CPU s: client':>13} {'server':>6} {'weed':>5}"
+              f"  {'requests':>8} {'req/file':>8}")
         for phase in ("backup", "restore"):
             for kind, r in results.items():
-                s3 = kind == "s3"
-                req = r[f"{phase}_requests"]
-                print(f"{phase:<10} {kind:<8} {r[phase]:>8.2f} {nbytes / r[phase] / 1e6:>8.1f} "
-                      f"{r[f'{phase}_cpu']:>7.2f} {r[f'{phase}_weed'] if s3 else '-':>10.5} {req if s3 else '-':>9} "
-                      f"{req / nfiles if s3 else '-':>9.4}")
-        print(f"(CPU s: the command's user + system time plus the boxbox server's; weed CPU s: SeaweedFS's, on "
-              f"the same {os.cpu_count()} cores)")
-        backup_ratio = results["raidfile"]["backup"] / results["s3"]["backup"]
-        restore_ratio = results["raidfile"]["restore"] / results["s3"]["restore"]
-        per_file = results["s3"]["backup_requests"] / nfiles
+                p = r[phase]
+                weed, req, per = ("-", "-", "-") if kind != "s3" else (
+                    f"{p['weed']:.2f}", str(int(p["requests"])), f"{p['requests'] / nfiles:.3f}")
+                print(f"{phase:<8} {kind:<8} {p['wall']:>7.2f} {nbytes / p['wall'] / 1e6:>6.1f}  {p['client']:>13.2f} "
+                      f"{p['server']:>6.2f} {weed:>5}  {req:>8} {per:>8}")
+        print(f"(CPU s: user + system seconds of each process while the phase ran, on {os.cpu_count()} shared cores; "
+              f"load average {os.getloadavg()[0]:.2f})")
+        backup_ratio = results["raidfile"]["backup"]["wall"] / results["s3"]["backup"]["wall"]
+        restore_ratio = results["raidfile"]["restore"]["wall"] / results["s3"]["restore"]["wall"]
+        per_file = results["s3"]["backup"]["requests"] / nfiles
         print(f"RESULT backup_ratio={backup_ratio:.2f} restore_ratio={restore_ratio:.2f} "
               f"requests_per_file={per_file:.2f}")
     finally:

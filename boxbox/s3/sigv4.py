@@ -11,8 +11,10 @@ Payload in a Single Chunk"; its four worked examples are the vectors in tests/s3
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Mapping
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -21,6 +23,9 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
 _ENCODED = [chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in range(256)]
+#: text that encodes to itself (store keys are such): checked in C instead of byte by byte in Python
+_PLAIN = re.compile(r"[A-Za-z0-9\-_.~]*")
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9\-_.~/]*")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -29,6 +34,8 @@ def sha256_hex(data: bytes) -> str:
 
 def uri_encode(text: str, *, keep_slash: bool = False) -> str:
     """Percent-encode UTF-8 bytes the SigV4 way: only A-Z a-z 0-9 - _ . ~ stay, hex is upper case."""
+    if (_PLAIN_PATH if keep_slash else _PLAIN).fullmatch(text):
+        return text
     encoded = "".join(_ENCODED[b] for b in text.encode("utf-8", "surrogatepass"))
     return encoded.replace("%2F", "/") if keep_slash else encoded
 
@@ -67,10 +74,12 @@ def string_to_sign(amz_date: str, region: str, canonical: str) -> str:
     return f"{ALGORITHM}\n{amz_date}\n{scope(amz_date[:8], region)}\n{digest}"
 
 
+@functools.lru_cache(maxsize=16)
 def signing_key(secret_key: str, date: str, region: str) -> bytes:
-    key = hmac.new(("AWS4" + secret_key).encode("utf-8"), date.encode(), hashlib.sha256).digest()
+    """The day's key (four HMACs): remembered, since every request of the day signs with it."""
+    key = hmac.digest(("AWS4" + secret_key).encode("utf-8"), date.encode(), "sha256")
     for part in (region, SERVICE, "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        key = hmac.digest(key, part.encode(), "sha256")
     return key
 
 
@@ -91,7 +100,7 @@ def sign(method: str, path: str, query: Mapping[str, str] | Iterable[tuple[str, 
     out["x-amz-content-sha256"] = payload_hash
     canonical, signed = canonical_request(method, canonical_uri(path), canonical_query(query), out, payload_hash)
     key = signing_key(secret_key, stamp[:8], region)
-    signature = hmac.new(key, string_to_sign(stamp, region, canonical).encode(), hashlib.sha256).hexdigest()
+    signature = hmac.digest(key, string_to_sign(stamp, region, canonical).encode(), "sha256").hex()
     out["Authorization"] = (f"{ALGORITHM} Credential={access_key}/{scope(stamp[:8], region)}, "
                             f"SignedHeaders={signed}, Signature={signature}")
     return out

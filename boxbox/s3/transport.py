@@ -2,7 +2,8 @@
 
 Many server threads share one transport, each request takes its own connection from a
 small pool, so nothing here is shared mid-request. Bodies are bytes in memory (at most one
-multipart part), which is what makes re-sending after a failure safe.
+multipart part), which is what makes re-sending after a failure safe. The connections are
+`http11.Connection`s rather than `http.client`'s (a GET's Python time halved).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import NamedTuple
 
 from boxbox.errors import ConfigError, StorageError
 from boxbox.s3 import sigv4
+from boxbox.s3.http11 import Connection
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,8 @@ MAX_ERROR_BODY = 64 * 1024
 #: statuses that mean "try again": 500 InternalError, 502/504 from a proxy, 503 SlowDown
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 
-#: what a lost connection, timeout or cut-short body looks like from http.client
-#: (IncompleteRead: Content-Length not reached or a chunked body cut off; OSError covers
+#: what a lost connection, timeout or cut-short body looks like (http11 raises http.client's exceptions;
+#: IncompleteRead: Content-Length not reached or a chunked body cut off; OSError covers
 #: resets, refusals, timeouts and TLS errors other than an untrusted certificate)
 TRANSIENT_ERRORS = (http.client.HTTPException, OSError)
 #: what a keep-alive connection the server has already closed looks like
@@ -98,18 +100,15 @@ class Transport:
                     raise ConfigError(f"S3 CA file {ca_file}: {e}") from None
         self._lock = threading.Lock()
         #: host -> [(connection, when it went idle)], most recent last
-        self._idle: dict[str, list[tuple[http.client.HTTPConnection, float]]] = {}
+        self._idle: dict[str, list[tuple[Connection, float]]] = {}
         self._closed = False
         self.requests = 0
 
-    def _connect(self, host: str) -> http.client.HTTPConnection:
-        if self._context is not None:
-            return http.client.HTTPSConnection(host, self.endpoint.port, timeout=self._timeout,
-                                               context=self._context)
-        return http.client.HTTPConnection(host, self.endpoint.port, timeout=self._timeout)
+    def _connect(self, host: str) -> Connection:
+        return Connection(host, self.endpoint.port, self._timeout, self._context)
 
-    def _take(self, host: str) -> tuple[http.client.HTTPConnection, bool]:
-        expired: list[tuple[http.client.HTTPConnection, float]] = []
+    def _take(self, host: str) -> tuple[Connection, bool]:
+        expired: list[tuple[Connection, float]] = []
         conn = None
         with self._lock:
             self.requests += 1
@@ -125,7 +124,7 @@ class Transport:
             old.close()
         return (conn, True) if conn is not None else (self._connect(host), False)
 
-    def _give_back(self, host: str, conn: http.client.HTTPConnection) -> None:
+    def _give_back(self, host: str, conn: Connection) -> None:
         with self._lock:
             idle = self._idle.setdefault(host, [])
             if not self._closed and len(idle) < POOL_SIZE:
@@ -165,27 +164,27 @@ class Transport:
         target = sigv4.canonical_uri(path)
         if query:
             target += "?" + sigv4.canonical_query(query)
+        host_header = self._host_header(host)
+        fixed = f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\n"
+        if payload or method in ("PUT", "POST"):
+            fixed += f"Content-Length: {len(payload)}\r\n"
+        head_only = method == "HEAD"
         attempts = 0
         stale_replaced = False
         while True:
             attempts += 1
-            signed = sigv4.sign(method, path, query, {"host": self._host_header(host), **(headers or {})},
+            signed = sigv4.sign(method, path, query, {"host": host_header, **(headers or {})},
                                 payload_hash, access_key=self._access_key, secret_key=self._secret_key,
                                 region=self._region, now=datetime.datetime.now(datetime.timezone.utc))
             signed.pop("host")
+            lines = "".join(f"{name}: {value}\r\n" for name, value in signed.items())
+            if lines.count("\n") != len(signed) or lines.count("\r") != len(signed):  # (an ETag comes from the store)
+                raise StorageError(f"S3 {method} {what}: a header value holds a line break")
+            head = (fixed + lines + "\r\n").encode("latin-1")
             conn, reused = self._take(host)
             try:
-                conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
-                conn.putheader("Host", self._host_header(host))
-                for name, value in signed.items():
-                    conn.putheader(name, value)
-                if payload or method in ("PUT", "POST"):
-                    conn.putheader("Content-Length", str(len(payload)))
-                conn.endheaders(payload or None)
-                resp = conn.getresponse()
-                data = resp.read() if resp.status < 300 else resp.read(MAX_ERROR_BODY)
-                result = Response(resp.status, resp.reason, {k.lower(): v for k, v in resp.getheaders()},
-                                  data, attempts)
+                answer = conn.request(head, payload, head_only, MAX_ERROR_BODY)
+                result = Response(answer.status, answer.reason, answer.headers, answer.body, attempts)
             except ssl.SSLCertVerificationError as e:
                 conn.close()
                 raise StorageError(f"S3 {method} {what}: TLS certificate of {host} not trusted: "
@@ -204,11 +203,11 @@ class Transport:
                                        f"(gave up after {attempts} attempts)") from None
                 self._sleep(attempts - stale_replaced)
                 continue
-            if resp.will_close or not resp.isclosed():
-                conn.close()  # an unread remainder would poison the next request
-            else:
+            if answer.keep_alive:
                 self._give_back(host, conn)
-            log.debug("%s %s -> %d (%d bytes, attempt %d)", method, what, result.status, len(data), attempts)
+            else:
+                conn.close()
+            log.debug("%s %s -> %d (%d bytes, attempt %d)", method, what, result.status, len(result.body), attempts)
             if (result.status in RETRY_STATUSES or (retry_if is not None and retry_if(result))) \
                     and attempts - stale_replaced <= self._retries:
                 self._sleep(attempts - stale_replaced)
