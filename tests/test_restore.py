@@ -388,6 +388,25 @@ def test_owners_without_root_give_one_warning(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_big_temp_files_start_writeback_as_they_grow(tmp_path: Path, monkeypatch: Any) -> None:
+    """Every WRITEBACK_BYTES written go to the disc at once, so the final sync() waits for the tail only."""
+    kicked: list[tuple[int, int]] = []
+    monkeypatch.setattr(target, "HAVE_FADVISE", True)
+    monkeypatch.setattr(target.os, "posix_fadvise", lambda fd, off, n, advice: kicked.append((off, n)), raising=False)
+    monkeypatch.setattr(target, "WRITEBACK_BYTES", 1000)
+    fd = target.open_target(tmp_path / "t", resume=False)
+    try:
+        w = target.Writer(as_root=False)
+        f, tmp = w.create_temp(fd)
+        for size in (600, 600, 100, 900, 2500, 10):
+            assert f.write(b"x" * size) == size
+        w.commit_file(fd, f, tmp, b"big", None)
+    finally:
+        os.close(fd)
+    assert kicked == [(0, 1200), (1200, 1000), (2200, 2500)]  # the last 10 bytes are left to sync()
+    assert (tmp_path / "t" / "big").read_bytes() == b"x" * 4710
+
+
 def test_progress_line_on_a_terminal() -> None:
     from boxbox.restore.progress import Progress
 
