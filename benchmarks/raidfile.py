@@ -12,7 +12,10 @@ after dropping the files from the page cache with posix_fadvise(DONTNEED) (what 
 serving old backups sees; no root needed), and "warm" from the page cache (pure CPU: the
 raidfile verifies a CRC32 per block and interleaves two stripes, a plain read only copies).
 Degraded read: stripe 1 removed, so every block is rebuilt by XOR from stripe 2 and parity.
-Cases are interleaved, each repetition runs all of them; medians are reported.
+Cases are interleaved, each repetition runs all of them; medians are reported. Every raidfile
+case runs twice per repetition, in alternating order: as boxbox runs it (the helper process
+computing parity / decoding every other chunk on the second core, `boxbox.raidfile.xorproc`)
+and all in one process ("1 process"); CPU is user + system of this process and the helper.
 
 The same run also measures the primitives that hold the GIL (XOR through int.from_bytes /
 to_bytes, CRC32 of 4 KiB blocks) and prints the best ratio they allow even if every byte of
@@ -37,7 +40,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from boxbox.raidfile import DiscSet  # noqa: E402
+from boxbox.raidfile import DiscSet, xorproc  # noqa: E402
 from boxbox.raidfile.kernels import XOR_PIECE, xor_bytes  # noqa: E402
 from boxbox.raidfile.layout import HEADER, STRIPE1, parse_header  # noqa: E402
 
@@ -57,6 +60,23 @@ def drop_cache(paths: list[Path]) -> None:
 def role_of(path: Path) -> int:
     with open(path, "rb") as f:
         return parse_header(f.read(HEADER.size)).role
+
+
+HELPER_MIN = xorproc.MIN_BYTES
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and of its helper processes (still running, so read from /proc)."""
+    t = os.times()
+    total = t.user + t.system
+    for h in xorproc._running:
+        try:
+            with open(f"/proc/{h.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (FileNotFoundError, IndexError):
+            pass
+    return total
 
 
 def timed(fn: Callable[[], None]) -> float:
@@ -144,46 +164,59 @@ def main() -> int:
                     pass
 
         results: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}
 
-        def rec(name: str, seconds: float) -> None:
-            results.setdefault(name, []).append(size_mib * PIECE / seconds / 1e6)
+        def rec(name: str, fn: Callable[[], None]) -> None:
+            c0 = cpu_seconds()
+            results.setdefault(name, []).append(size_mib * PIECE / timed(fn) / 1e6)
+            cpu.setdefault(name, []).append(cpu_seconds() - c0)
+
+        def raid(name: str, fn: Callable[[], None], prepare: Callable[[], None] = lambda: None) -> None:
+            """Both ways, in alternating order: with the helper process (what RESULT reports) and without."""
+            for helper in (True, False) if len(results.get(name, [])) % 2 else (False, True):
+                prepare()
+                xorproc.MIN_BYTES = HELPER_MIN if helper else 1 << 62
+                rec(name if helper else f"{name} 1proc", fn)
+            xorproc.MIN_BYTES = HELPER_MIN
 
         prims = primitives()
         write_plain()
-        write_raid()  # so that the first timed writes replace a file too
+        write_raid()  # so that the first timed writes replace a file too (and the helper is started)
         for _ in range(repeat):
             for name, fn in prims.items():
                 results.setdefault(name, []).append((32 << 20) / timed(fn) / 1e6)
-            rec("write plain atomic", timed(write_plain_atomic))
-            rec("write plain", timed(write_plain))
-            rec("write raid", timed(write_raid))
+            rec("write plain atomic", write_plain_atomic)
+            rec("write plain", write_plain)
+            raid("write raid", write_raid)
             drop_cache([plain])
-            rec("read cold plain", timed(read_plain))
-            drop_cache(stripes)
-            rec("read cold raid", timed(read_raid))
-            rec("read warm plain", timed(read_plain))
-            rec("read warm raid", timed(read_raid))
+            rec("read cold plain", read_plain)
+            raid("read cold raid", read_raid, lambda: drop_cache(stripes))
+            rec("read warm plain", read_plain)
+            raid("read warm raid", read_raid)
             moved = base / "stripe1.aside"
             victim = next(p for p in stripes if role_of(p) == STRIPE1)
             shutil.move(victim, moved)
-            drop_cache([p for p in stripes if p.exists()])
-            rec("degraded cold raid", timed(read_raid))
-            rec("degraded warm raid", timed(read_raid))
+            raid("degraded cold raid", read_raid, lambda: drop_cache([p for p in stripes if p.exists()]))
+            raid("degraded warm raid", read_raid)
             shutil.move(moved, victim)
 
         med = {k: statistics.median(v) for k, v in results.items()}
         print(f"{size_mib} MiB, block size {ds.block_size}, median of {repeat} (MB/s = 10^6 B/s), "
               f"load average before/after {load0} / {os.getloadavg()[0]:.2f}")
-        print(f"{'case':<20} {'plain MB/s':>11} {'raid MB/s':>10} {'ratio':>7}")
+        print(f"{'case':<20} {'plain MB/s':>11} {'raid MB/s':>10} {'ratio':>7} {'1 process':>10} {'ratio':>7}"
+              f" {'CPU ms':>7} {'1 process':>10}")
         rows = [("write (fsync)", "write plain", "write raid"),
                 ("read cold", "read cold plain", "read cold raid"),
                 ("read warm", "read warm plain", "read warm raid"),
                 ("degraded read cold", "read cold plain", "degraded cold raid"),
                 ("degraded read warm", "read warm plain", "degraded warm raid")]
         ratios = {}
+        ms = {k: statistics.median(v) * 1000 for k, v in cpu.items()}
         for label, p, r in rows:
             ratios[label] = med[r] / med[p]
-            print(f"{label:<20} {med[p]:>11.0f} {med[r]:>10.0f} {ratios[label]:>7.2f}")
+            one = f"{r} 1proc"
+            print(f"{label:<20} {med[p]:>11.0f} {med[r]:>10.0f} {ratios[label]:>7.2f} {med[one]:>10.0f} "
+                  f"{med[one] / med[p]:>7.2f} {ms[r]:>7.0f} {ms[one]:>10.0f}")
         print(f"{'write, plain atomic':<20} {med['write plain atomic']:>11.0f} {med['write raid']:>10.0f} "
               f"{med['write raid'] / med['write plain atomic']:>7.2f}   (temp + fsync + rename + fsync dir)")
         print("primitives holding the GIL, same run:")

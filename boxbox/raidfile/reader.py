@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -180,6 +181,7 @@ class RaidReader(io.RawIOBase):
         self._helper: xorproc.Helper | None = None  # decodes every other chunk of a long sequential read
         self._helper_wanted = self._raid and xorproc.AVAILABLE and self._chunk_size <= xorproc.SLOT_BYTES
         self._ahead: tuple[int, int, int] | None = None  # units a, b the helper is decoding, at this slot
+        self._last_decode = 0.0  # seconds our last sequential chunk took
         self.damage: list[str] = []  # what was found wrong, for the caller to log or repair
         for i, why in enumerate(finals.problems):
             if why is not None and (self._raid or finals.fds[i] is not None):
@@ -293,7 +295,9 @@ class RaidReader(io.RawIOBase):
         chunk k+3 while the caller copies chunk k+1 out and we decode chunk k+2."""
         U = self._max_units
         if self._ahead is not None and self._ahead[:2] == (a, b):
-            got = self._from_helper()
+            # waited for as long as our own last chunk took: the helper started on this one as we started on that,
+            # so it is late only when it gets no core (a busy machine); then we do it and drop its answer later
+            got = self._from_helper(wait=self._last_decode)
             if got is not None:
                 if b + U < self._units:
                     self._ask_helper(b + U, min(b + 2 * U, self._units))
@@ -304,7 +308,10 @@ class RaidReader(io.RawIOBase):
             self._start_helper()
         if self._ahead is None and b < self._units:
             self._ask_helper(b, min(b + U, self._units))
-        return self._decode(a, b)
+        t = time.perf_counter()
+        out = self._decode(a, b)
+        self._last_decode = time.perf_counter() - t
+        return out
 
     def _start_helper(self) -> None:
         self._helper_wanted = False  # one try per reader
@@ -337,19 +344,23 @@ class RaidReader(io.RawIOBase):
             return
         self._ahead = (a, b, slot)
 
-    def _from_helper(self) -> memoryview | None:
+    def _from_helper(self, wait: float | None = None) -> memoryview | None:
         """The clear bytes of the units the helper was asked for if it decoded them without finding anything
-        wrong, else None (we decode them ourselves then, noting the damage)."""
+        wrong, else None (we decode them ourselves then, noting the damage); also None if the helper is not
+        done within `wait` seconds (None: no limit), and then it stays asked."""
         if self._ahead is None or self._helper is None:
             return None
-        (a, b, slot), self._ahead = self._ahead, None
         try:
-            ok = self._helper.reply() == OK
+            status = self._helper.reply(wait)
+            if status is None:
+                return None
+            ok = status == OK
         except OSError:
             ok = False
         except EOFError:
             self._let_helper_go()
             return None
+        (a, b, slot), self._ahead = self._ahead, None
         return self._helper.view[slot : slot + min(self.size, b * self._unit) - a * self._unit] if ok else None
 
     def _let_helper_go(self) -> None:

@@ -34,11 +34,13 @@ renames all go through temps that the writer holds an flock on (`boxbox.raidfile
 
 Speed: per 2 MiB chunk of clear data the Python work is a few list comprehensions of block
 views, one `map(zlib.crc32, ...)` and one writev per stripe, and the XOR in 32 KiB pieces
-(`layout.xor_blocks`). Those two primitives hold the GIL (zlib releases it only above 5 KiB)
-and are most of the time: ~65 ms XOR + ~27 ms CRC per 64 MiB here. A writer thread for the
-writevs was tried: on the shared 2-core machine it saved nothing (median ratio 0.32 vs 0.33
-over 5 interleaved runs) and cost ~20 ms more CPU per 64 MiB, so writes stay in the caller's
-thread.
+(`kernels.xor_blocks`). Those two primitives hold the GIL (zlib releases it only above 5 KiB)
+and are most of the time: ~65 ms XOR + ~27 ms CRC per 64 MiB here. So once a write has passed
+`xorproc.MIN_BYTES`, each chunk's parity (XOR, CRCs, its pwritev) is handed to a helper
+process on another core (`xorproc.ParityWriter`) while this one writes the data stripes; a
+chunk the helper is still too busy to take is done here, so the two cores share the work
+whatever their speeds. A writer thread was tried instead: the GIL made it save nothing (median
+ratio 0.32 vs 0.33 over 5 interleaved runs) for ~20 ms more CPU per 64 MiB.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import inspect
 import logging
 import mmap
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -82,15 +83,17 @@ class Helper:
             raise EOFError(f"raidfile helper: {e}") from e
         self.pending.append((op, args))
 
-    def reply(self) -> int:
-        """Wait for the oldest command's answer: its status; OSError with the helper's errno; EOFError if gone."""
+    def reply(self, wait: float | None = None) -> int | None:
+        """The oldest command's answer: its status, or None if not in within `wait` seconds (None: no limit);
+        OSError with the helper's errno; EOFError if the helper is gone."""
+        if wait is not None and not select.select([self.sock], [], [], wait)[0]:
+            return None
         try:
             msg = self.sock.recv(REPLY.size)
+        except BlockingIOError:
+            return None
         except OSError as e:
             raise EOFError(f"raidfile helper: {e}") from e
-        return self._answer(msg)
-
-    def _answer(self, msg: bytes) -> int:
         if len(msg) != REPLY.size:
             raise EOFError("raidfile helper: exited")
         self.pending.popleft()
@@ -110,7 +113,8 @@ class Helper:
 
     def drain(self) -> int:
         """Wait for every answer; the last status (the first error is raised after all are in)."""
-        status, err = OK, None
+        status: int | None = OK
+        err = None
         while self.pending:
             try:
                 status = self.reply()
@@ -118,19 +122,14 @@ class Helper:
                 err = err or e
         if err is not None:
             raise err
-        return status
+        return status or OK
 
     def free_slot(self) -> int | None:
         """Offset of a chunk-sized slot of the shared buffer the helper is done with; None if it is still busy
         with all of them (answers already in are collected, none waited for)."""
         while len(self.pending) >= SLOTS:
-            try:
-                msg = self.sock.recv(REPLY.size, socket.MSG_DONTWAIT)
-            except BlockingIOError:
+            if self.reply(wait=0) is None:
                 return None
-            except OSError as e:
-                raise EOFError(f"raidfile helper: {e}") from e
-            self._answer(msg)
         o = self.slot * SLOT_BYTES
         self.slot = (self.slot + 1) % SLOTS
         return o
