@@ -62,6 +62,37 @@ def test_a_new_object_never_replaces_one(backend: S3ObjectStore) -> None:
     assert backend.get("a/b").read() == b"rewritten"
 
 
+def test_rewrites_are_committed_together_and_a_failure_leaves_the_old_version(backend: S3ObjectStore) -> None:
+    for k in ("d/1", "d/2", "d/3"):
+        put(backend, k, b"old " + k.encode())
+    real = backend.client.put_object
+
+    def failing_for_2(key: str, data: bytes, **kw: Any) -> str:
+        if key.endswith("d/2"):
+            raise StorageError(f"S3 PUT {key}: InternalError (after 6 attempts)")
+        return real(key, data, **kw)
+
+    puts = []
+    for k in ("d/1", "d/2", "d/3"):
+        p = backend.put(k)
+        p.write(b"new " + k.encode())
+        puts.append(p)
+    backend.client.put_object = failing_for_2  # type: ignore[method-assign]
+    try:
+        with pytest.raises(StorageError, match="d/2: InternalError"):
+            backend.commit_all(puts)
+    finally:
+        backend.client.put_object = real  # type: ignore[method-assign]
+    assert [backend.get(k).read() for k in ("d/1", "d/2", "d/3")] == [b"new d/1", b"old d/2", b"new d/3"]
+    puts = []
+    for k in ("d/1", "d/2"):
+        p = backend.put(k)
+        p.write(b"newer " + k.encode())
+        puts.append(p)
+    backend.commit_all(puts)
+    assert [backend.get(k).read() for k in ("d/1", "d/2")] == [b"newer d/1", b"newer d/2"]
+
+
 def test_usage_is_the_stored_size_without_raid_overhead(backend: S3ObjectStore) -> None:
     for n in (0, 4096 - TRAILER.size, 4096 - TRAILER.size + 1, 100_000):
         put(backend, f"u/{n}", b"x" * n)

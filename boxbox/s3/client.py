@@ -211,14 +211,18 @@ class S3Client:
     # ---- objects ----
 
     def put_object(self, key: str, data: bytes | bytearray | memoryview, *, if_none_match: bool = False,
-                   if_match: str | None = None) -> str:
+                   if_match: str | None = None, sha256: bytes | None = None) -> str:
         """Store `data` under `key` and return its ETag; 412 (a lost condition) is PreconditionFailed.
 
         When a retried conditional PUT gets 412 and the object now holds exactly our bytes,
         the first attempt succeeded and only its answer was lost: that counts as success.
+        `sha256`: the body's SHA-256 if the caller has it already (a wrong one is refused by
+        the store, 400 BadDigest, like a body damaged on the way).
         """
         payload = bytes(data)
-        md5, sha256 = hashlib.md5(payload), hashlib.sha256(payload).digest()
+        md5 = hashlib.md5(payload)
+        if sha256 is None:
+            sha256 = hashlib.sha256(payload).digest()
         # both are checked by the store (400 BadDigest); SeaweedFS ignores a wrong
         # x-amz-content-sha256, so the signature alone does not protect the body there
         headers = {"content-md5": base64.b64encode(md5.digest()).decode(),

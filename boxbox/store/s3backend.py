@@ -82,6 +82,8 @@ BIG_READ = 4 << 20
 #: (three interleaved runs each, noisy); SeaweedFS alone takes ~1,000 PUTs/s whatever the threads.
 WRITE_BEHIND_THREADS = 32
 WRITE_BEHIND_BYTES = 32 << 20
+#: A sync's rewrites (its directories, usually one to three) are sent at once by these threads.
+REWRITE_THREADS = 8
 
 
 class S3Store(NamedTuple):
@@ -187,6 +189,7 @@ class _Put:
         """Send it. `durable=False` (a new id; a single PUT) sends it in the background: `sync` waits for it,
         and until then this server's own reads and writes of the key wait for it too."""
         tail = trailer(self._size, self._hash.digest())
+        self._hash.update(tail)  # now the SHA-256 of the whole object, for the PUT: one pass over the bytes, not two
         self._store.settle(self._key)  # an earlier write of the key lands first
         if self._writer is not None:
             try:
@@ -197,11 +200,11 @@ class _Put:
             self._store.landed(self._key, self._size + TRAILER.size)
         elif durable:
             self._buf += tail
-            self._store.send(self._key, self._buf, self._exclusive)
+            self._store.send(self._key, self._buf, self._exclusive, self._hash.digest())
             self._store.landed(self._key, len(self._buf))
         else:
             self._buf += tail
-            self.pending = self._store.send_behind(self._key, self._buf, self._exclusive)
+            self.pending = self._store.send_behind(self._key, self._buf, self._exclusive, self._hash.digest())
         self._buf = bytearray()
 
     def abort(self) -> None:
@@ -297,6 +300,7 @@ class S3ObjectStore:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[str, Future[str]] = {}  # PUTs sent behind, not yet landed (or failed, until synced)
         self._writers: ThreadPoolExecutor | None = None
+        self._rewriters: ThreadPoolExecutor | None = None
         self._room = threading.Condition()
         self._in_flight = 0
 
@@ -420,14 +424,32 @@ class S3ObjectStore:
         if first is not None:
             raise first
 
+    def commit_all(self, puts: list[PutStream]) -> None:
+        """Commit rewrites (a sync's directories, reverse patches) with their PUTs in parallel rather than one
+        after another; each object is its old or its new version whatever fails. The first error is raised
+        once all have ended."""
+        if len(puts) == 1:
+            puts[0].commit()
+            return
+        with self._lock:
+            if self._rewriters is None:
+                self._rewriters = ThreadPoolExecutor(REWRITE_THREADS, thread_name_prefix=f"s3 rewrite {self.name}")
+        futures = [self._rewriters.submit(put.commit) for put in puts]
+        wait(futures)
+        failed = [(put, f.exception()) for put, f in zip(puts, futures) if f.exception() is not None]
+        for put, _ in failed:
+            put.abort()
+        if failed:
+            raise failed[0][1]  # type: ignore[misc]
+
     # ------------------------------------------------------------ writing behind
     def exists_error(self, s3key: str) -> StorageError:
         return StorageError(f"{self.label(s3key)} already exists; a new object never replaces one",
                             hint="run `boxbox accounts check --fix` on the account")
 
-    def send(self, s3key: str, data: bytes | bytearray, exclusive: bool) -> str:
+    def send(self, s3key: str, data: bytes | bytearray, exclusive: bool, sha256: bytes) -> str:
         try:
-            return self.client.put_object(s3key, data, if_none_match=exclusive)
+            return self.client.put_object(s3key, data, if_none_match=exclusive, sha256=sha256)
         except PreconditionFailed:
             raise self.exists_error(s3key) from None
 
@@ -435,7 +457,7 @@ class S3ObjectStore:
         self.remember(s3key, size)
         self._drop_ahead(s3key)
 
-    def send_behind(self, s3key: str, data: bytearray, exclusive: bool) -> tuple[str, "Future[str]"]:
+    def send_behind(self, s3key: str, data: bytearray, exclusive: bool, sha256: bytes) -> tuple[str, "Future[str]"]:
         """Start the PUT on a writer thread (at most WRITE_BEHIND_BYTES in flight: beyond, wait)."""
         size = len(data)
         with self._room:
@@ -444,7 +466,7 @@ class S3ObjectStore:
             self._in_flight += size
             if self._writers is None:
                 self._writers = ThreadPoolExecutor(WRITE_BEHIND_THREADS, thread_name_prefix=f"s3 writer {self.name}")
-            future = self._writers.submit(self.send, s3key, data, exclusive)
+            future = self._writers.submit(self.send, s3key, data, exclusive, sha256)
             self._pending[s3key] = future
 
         def done(f: "Future[str]") -> None:

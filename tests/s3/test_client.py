@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from boxbox.errors import (BoxboxError, ConfigError, NotFound, PermissionDenied, PreconditionFailed,
-                           ProgrammingError)
+                           ProgrammingError, StorageError)
 from boxbox.s3.client import MIN_PART_SIZE, ObjectInfo, S3Client, S3Settings, multipart_etag
 
 PART = MIN_PART_SIZE
@@ -267,6 +267,16 @@ def test_store_refuses_wrong_checksum_sha256(client: S3Client) -> None:
     assert (status, b"<Code>BadDigest</Code>" in body) == (400, True)
     with pytest.raises(NotFound):
         client.head_object("i/sha")
+
+
+def test_put_with_the_callers_sha256(client: S3Client) -> None:
+    """put_object(sha256=) skips hashing the body again; a wrong one is refused like a damaged body."""
+    assert client.put_object("i/given", b"payload", sha256=hashlib.sha256(b"payload").digest())
+    assert client.get_object("i/given") == b"payload"
+    with pytest.raises(StorageError, match="BadDigest"):
+        client.put_object("i/wrong", b"payload", sha256=hashlib.sha256(b"other").digest())
+    with pytest.raises(NotFound):
+        client.head_object("i/wrong")
 
 
 def test_store_does_not_check_the_signed_payload_hash(client: S3Client) -> None:
