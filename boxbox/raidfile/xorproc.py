@@ -40,7 +40,7 @@ MIN_BYTES = 4 << 20  # a write or read uses a helper once this much of its file 
 SLOT_BYTES = 2 << 20  # one chunk of clear data (reader.CHUNK_BYTES); the buffer holds SLOTS of them
 SLOTS = 2  # double buffering: the helper works on one chunk while the caller fills the other
 MAX_HELPERS = max(1, min(4, (os.cpu_count() or 1) - 1))
-AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "memfd_create")  # memfd, /proc/self/fd
+AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "memfd_create") and bool(sys.executable)
 MAX_DEATHS = 3  # helpers that died before we stop starting new ones
 
 _lock = threading.Lock()
