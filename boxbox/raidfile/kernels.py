@@ -26,8 +26,9 @@ import zlib
 # itself; nothing in the standard library XORs two buffers faster).
 XOR_PIECE = 32 << 10
 
-CMD = struct.Struct("<B9q")
-REPLY = struct.Struct("<Bq")
+CMD = struct.Struct("<B9q")  # op, then its arguments (see `serve`), unused ones 0
+REPLY = struct.Struct("<Bq")  # status, errno or 0
+assert CMD.size == 73 and REPLY.size == 9
 OP_OPEN, OP_CLOSE, OP_PARITY, OP_DECODE = 1, 2, 3, 4
 OK, ERRNO, BAD = 0, 1, 2  # reply status: done; failed with errno `value`; data failed its checks
 

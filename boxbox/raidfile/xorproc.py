@@ -3,9 +3,10 @@
 Why: the XOR (`int.from_bytes`/`to_bytes`) and `zlib.crc32` of 4 KiB blocks hold the GIL, so
 in one process a big write or degraded read is CPU-bound on one core whatever the threads do.
 A helper process runs `boxbox.raidfile.kernels` (its whole program, started from that file's
-source with `python -S -c`, so no import path is needed) on a shared buffer: a writer copies
+source with `python -I -S -c`, so no import path is needed) on a shared buffer: a writer copies
 each 2 MiB chunk into it and goes on writing the data stripes while the helper XORs, CRCs and
-writes the parity stripe itself; a reader has the helper decode every other chunk.
+writes the parity stripe itself; a sequential reader has the helper decode every other chunk.
+Design and measurements: docs/RAIDFILE.md "Speed".
 
 Only big files use it (MIN_BYTES; the many small objects of a store never pay for the copy).
 A helper serves one writer or reader at a time (`acquire`/`release`); up to MAX_HELPERS of
@@ -155,7 +156,6 @@ class Helper:
         except BufferError:
             pass  # a reader's last chunk still points into it: unmapped when that goes
         os.close(self.shm_fd)
-
 
 
 class ParityWriter:
