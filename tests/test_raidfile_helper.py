@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,41 @@ def test_helper_killed_during_a_degraded_read(tmp_path: Path) -> None:
     assert b"".join(parts) == data
 
 
+def test_small_files_never_start_a_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(xorproc, "MIN_BYTES", 4 << 20)
+    xorproc.stop_all()
+    ds = make_set(tmp_path, 4096)
+    data = random.Random(5).randbytes((4 << 20) - 1)
+    with ds.create("f") as w:
+        w.write(data)
+    assert read(ds, "f") == data and not helper_pids()
+
+
+def test_concurrent_big_writes_share_one_helper(tmp_path: Path) -> None:
+    """The helper serves one file at a time; the other writes compute their parity themselves."""
+    ds = make_set(tmp_path, 4096)
+    datas = [random.Random(i).randbytes(6 * 2**20 + i) for i in range(3)]
+    errors: list[BaseException] = []
+
+    def put(i: int) -> None:
+        try:
+            with ds.create(f"f{i}") as w:
+                for o in range(0, len(datas[i]), 1 << 20):
+                    w.write(datas[i][o : o + (1 << 20)])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, data in enumerate(datas):
+        expected(ds, f"f{i}", data, 4096)
+    assert len(helper_pids()) <= xorproc.MAX_HELPERS
+
+
 def test_error_in_the_helper_is_raised_and_the_write_aborted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The helper's errno comes back as the OSError the caller's own write would raise; no temps stay."""
     ds = make_set(tmp_path, 4096)
@@ -129,7 +165,7 @@ ds = DiscSet("t", [Path(sys.argv[1]) / d for d in "abc"], 4096)
 with ds.create("f") as w:
     w.write(bytes(3 << 20))
 print(*[h.proc.pid for h in xorproc._running], flush=True)
-sys.stdin.read()
+sys.stdin.readline()
 """
 
 
@@ -141,7 +177,8 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_no_helper_survives_a_killed_parent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("end", ["kill -9", "exit"])
+def test_no_helper_survives_its_parent(tmp_path: Path, end: str) -> None:
     for d in "abc":
         (tmp_path / d).mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -150,7 +187,10 @@ def test_no_helper_survives_a_killed_parent(tmp_path: Path) -> None:
     try:
         pids = [int(p) for p in parent.stdout.readline().split()]  # type: ignore[union-attr]
         assert pids and not any(map(_gone, pids))
-        parent.send_signal(signal.SIGKILL)
+        if end == "exit":
+            parent.communicate("\n")
+        else:
+            parent.send_signal(signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 10
         while not all(map(_gone, pids)) and time.monotonic() < deadline:
