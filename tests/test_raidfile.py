@@ -560,3 +560,27 @@ def test_open_without_settling_reads_the_agreed_write_and_leaves_dead_temps(tmp_
     with ds.open("a/f") as r:  # the default settles them
         assert r.read() == b"old" * 100
     assert not any(t.exists() for t in temps)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="looks at /proc/self/fd")
+def test_big_overwrite_frees_the_old_stripes(tmp_path: Path) -> None:
+    """The stripes a big write replaces are closed (so freed) on the pool, after commit returns: none stays open."""
+    ds = make_set(tmp_path, 4096)
+    for fill in (b"a", b"b"):
+        write(ds, "big", fill * (writer.FREE_LATER_BYTES + 1), piece=1 << 20)
+
+    def replaced_open() -> list[str]:
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                continue
+        return [p for p in links if p.startswith(str(tmp_path)) and p.endswith("(deleted)")]
+
+    for _ in range(500):  # the pool closes them as soon as it gets to it
+        if not replaced_open():
+            break
+        threading.Event().wait(0.01)
+    assert not replaced_open()
+    assert read(ds, "big") == b"b" * (writer.FREE_LATER_BYTES + 1)

@@ -78,6 +78,10 @@ DIRECT_BYTES = 1 << 20
 # fsyncs took 49 ms without it, 9 ms with it.
 WRITEBACK_BYTES = 4 << 20
 HAVE_FADVISE = hasattr(os, "posix_fadvise")  # not on macOS: there all writeback waits for commit's fsync
+# A write at least this big frees the stripes it replaces on a pool thread: the last close of a renamed-over
+# inode frees its pages and blocks (ext4: ~40 ms of the ~160 ms commit of 64 MiB replacing 64 MiB, in the
+# rename), which the caller need not wait for.
+FREE_LATER_BYTES = 1 << 20
 
 
 SYNC_THREADS = 8  # the pool's size: a group's fsyncs go out in this many slices, not one task per file
@@ -112,6 +116,13 @@ def run_parallel(fn, args: list) -> None:  # type: ignore[no-untyped-def]
         first = first or err
     if first is not None:
         raise first
+
+
+def _open_existing(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
 
 
 def _writev_all(fd: int, iov: list[memoryview]) -> None:
@@ -297,28 +308,28 @@ class RaidWriter:
         """Step 3: rename the temps into place in role order (their data fsynced already if `fsynced`).
         On an error the writer is aborted, the old content kept or the new completed (see below)."""
         renamed = 0
-        old_first: int | None = None
+        big = self.length >= FREE_LATER_BYTES
+        keep_first = len(self._targets) > 2 and fsynced  # to undo the 1st rename if the 2nd fails (see _undo_first)
+        olds: list[int | None] = []  # the stripes being replaced, held open
         try:
-            if len(self._targets) > 2 and fsynced:  # kept to undo the 1st rename if the 2nd fails (see _undo_first)
-                try:
-                    old_first = os.open(self._targets[0].final, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    pass
+            for i, t in enumerate(self._targets):
+                olds.append(_open_existing(t.final) if big or (i == 0 and keep_first) else None)
             for t in self._targets:
                 os.replace(t.temp, t.final)
                 renamed += 1
         except BaseException:
             try:
                 if renamed == 1 and len(self._targets) > 2:
-                    self._undo_first(old_first)
+                    self._undo_first(olds[0] if olds else None)
                 elif 2 <= renamed < len(self._targets):
                     self._leave_for_recovery(renamed)
             finally:
                 self.abort()
             raise
         finally:
-            if old_first is not None:
-                os.close(old_first)
+            for fd in olds:
+                if fd is not None:
+                    _pool().submit(os.close, fd) if big else os.close(fd)
 
     def directories(self) -> list[str]:
         """The directories the stripes are (or will be) named in."""
