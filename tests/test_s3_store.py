@@ -3,8 +3,10 @@ account list in the bucket shared by two stores, a writer that loses its lease, 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -13,14 +15,21 @@ from typing import Any
 import pytest
 
 from boxbox import config
-from boxbox.errors import ConfigError, IntegrityError, NotFound, PermissionDenied, StorageError, UsageError
+from boxbox.errors import (
+    BoxboxError, ConfigError, IntegrityError, NotFound, PermissionDenied, StorageError, UsageError,
+)
 from boxbox.s3.client import S3Client
 from boxbox.store.account import Store, object_key
 from boxbox.store.check import check_account
 from boxbox.store.s3backend import SMALL, TRAILER, S3ObjectStore
+from boxbox.store.session import Session
+from boxbox.wire import messages as m
+from boxbox.wire.client import Client
+from boxbox.wire.commands import Dispatcher
+from boxbox.wire.transport import Connection
 
 from tests.serverutil import make_store, s3_section, upload
-from tests.test_store_support import make_keys, session_client
+from tests.test_store_support import file_object, make_keys, session_client
 
 A = 0x51
 KEYS = make_keys()
@@ -344,6 +353,96 @@ def test_a_put_sent_behind_that_fails_fails_the_barrier(tmp_path: Path, seaweed:
     acct.close()  # settles the failed barrier before letting go of the account (S3 is back)
     assert not store.read_info(A).writer_open
     assert not backend.exists(object_key(A, lost))
+
+
+def test_a_big_object_sent_behind_lands_by_the_barrier_or_fails_it(tmp_path: Path, seaweed: Any) -> None:
+    """Over the part size: its last part and completion go out behind too; the barrier waits for them."""
+    store = make_store(tmp_path, (A, 10_000, 20_000), s3=seaweed.new_bucket())
+    acct = store.open(A, write=True)
+    backend = store.backends["0"]
+    client = backend.client  # type: ignore[attr-defined]
+    data = os.urandom(client.settings.part_size + 1000)
+    big = acct.allocate_id()
+    with acct.new_object(big, check_limit=False, durable=False) as w:
+        w.write(data)
+    acct.sync_objects()
+    assert acct.read_object(big) == data
+    real = client.complete_upload
+
+    def failing(key: str, *args: Any, **kw: Any) -> str:
+        raise StorageError(f"S3 POST {key}: InternalError (after 6 attempts)")
+
+    client.complete_upload = failing
+    lost = acct.allocate_id()
+    try:
+        with acct.new_object(lost, check_limit=False, durable=False) as w:
+            w.write(data)
+        with pytest.raises(StorageError, match="InternalError"):
+            acct.sync_objects()
+    finally:
+        client.complete_upload = real
+    assert client.abort_incomplete_uploads("") == 0  # the failed upload was aborted, no parts left
+    assert not backend.exists(object_key(A, lost))
+    acct.close()
+
+
+def test_a_put_failing_while_later_uploads_are_staged_stores_none_of_them(tmp_path: Path, seaweed: Any) -> None:
+    """Six pipelined uploads in one batch; the second's PUT fails only once the sixth is sent: every
+    reply fails, none of the six stays in the bucket, the usage is what it was, check finds nothing."""
+    store = make_store(tmp_path, (A, 10_000, 20_000), s3=seaweed.new_bucket())
+    a, b = socket.socketpair()
+
+    def serve() -> None:  # as the server does: the session closes (failing), then the connection
+        session = Session(store, A)
+        try:
+            Dispatcher(Connection(b, idle_timeout=20, read_timeout=20), session).run()
+        except BoxboxError:
+            pass
+        finally:
+            with contextlib.suppress(BoxboxError):
+                session.close()
+            b.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = Client(Connection(a, idle_timeout=20, read_timeout=20))
+    client.hello()
+    client.login(read_only=False)
+    kept = upload(client, KEYS, 1, b"kept", b"stored before")
+    before = store.read_info(A)
+    backend = store.backends["0"]
+    real = backend.client.put_object  # type: ignore[attr-defined]
+    last_sent = threading.Event()
+
+    def put_object(key: str, data: bytes, **kw: Any) -> str:
+        if key.endswith(object_key(A, kept + 2)):
+            last_sent.wait(20)
+            raise StorageError(f"S3 PUT {key}: InternalError (after 6 attempts)")
+        etag = real(key, data, **kw)
+        if key.endswith(object_key(A, kept + 6)):
+            last_sent.set()
+        return etag
+
+    backend.client.put_object = put_object  # type: ignore[attr-defined]
+    try:
+        pending = []
+        for i in range(6):
+            kwargs, obj = file_object(KEYS, 1, f"p{i}".encode(), os.urandom(3000 + i))
+            request = m.StoreFile(1, kwargs["mtime"], kwargs["attributes_hash"], 0, kwargs["name"], kwargs["attributes"])
+            pending.append(client.submit(request, upload=io.BytesIO(obj)))
+        for p in pending:
+            with pytest.raises(BoxboxError):
+                p.result()
+        thread.join(20)
+    finally:
+        backend.client.put_object = real  # type: ignore[attr-defined]
+    assert last_sent.is_set()  # the failure came after the later uploads were staged and sent
+    after = store.read_info(A)
+    assert (after.blocks_used, after.count_current) == (before.blocks_used, before.count_current)
+    assert not after.writer_open
+    assert not any(backend.exists(object_key(A, kept + i)) for i in range(1, 7))
+    report = check_account(store, A)
+    assert report.errors == 0 and report.objects == 2, [str(p) for p in report.problems]
 
 
 def test_a_failed_barrier_that_cannot_be_settled_leaves_the_writer_flag(tmp_path: Path, seaweed: Any) -> None:

@@ -13,8 +13,10 @@ import base64
 import hashlib
 import logging
 import re
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 from urllib.parse import unquote_plus
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 #: S3 (and SeaweedFS: EntityTooSmall) refuses parts below 5 MiB, except the last
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
+#: threads sending multipart parts, shared by all the client's writers (each sends PARTS_IN_FLIGHT at once)
+PART_THREADS = 8
 _NS = re.compile(r"^\{[^}]*\}")
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 _MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-[0-9]+$")
@@ -150,13 +154,26 @@ class S3Client:
             self._host, self._prefix = f"{settings.bucket}.{endpoint.host}", ""
         else:
             self._host, self._prefix = endpoint.host, "/" + settings.bucket
+        self._parts: ThreadPoolExecutor | None = None
+        self._parts_lock = threading.Lock()
 
     @property
     def requests(self) -> int:
         """HTTP requests sent so far, retries included."""
         return self._transport.requests
 
+    def part_threads(self) -> ThreadPoolExecutor:
+        """The threads multipart writers send their parts on (PART_THREADS, shared by every writer)."""
+        with self._parts_lock:
+            if self._parts is None:
+                self._parts = ThreadPoolExecutor(PART_THREADS, thread_name_prefix="s3 parts")
+            return self._parts
+
     def close(self) -> None:
+        with self._parts_lock:
+            parts, self._parts = self._parts, None
+        if parts is not None:
+            parts.shutdown(wait=True)
         self._transport.close()
 
     def __enter__(self) -> S3Client:

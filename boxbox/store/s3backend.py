@@ -23,8 +23,9 @@ Trailer byte layout (little-endian), after the payload:
 Requests per stored object: one PUT (multipart above the client's part size). Objects are
 created with `If-None-Match: *`, so a new id never replaces an object and no HEAD is needed
 before; sizes of objects written or read are remembered, so usage needs no HEAD either.
-New objects of a batch (`commit(durable=False)`) are sent by writer threads and awaited at
-the store's barrier (`sync`), so a session does not wait for each PUT in turn.
+New objects of a batch (`commit(durable=False)`) are sent by writer threads (a big one's last
+part and CompleteMultipartUpload too) and awaited at the store's barrier (`sync`), so a session
+does not wait for each PUT in turn. A sync's rewrites (directories) go out in parallel (`commit_all`).
 A read is one ranged GET of the first `SMALL` bytes: a small object (most of them) is then
 checked against its trailer and served from memory; a bigger one continues with ranged GETs.
 A read-only session reading objects in ascending id order (a restore: ids follow upload
@@ -35,6 +36,7 @@ so the read raises the store's own error.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -44,7 +46,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, NamedTuple
 
 from boxbox import magic
 from boxbox.errors import (
@@ -186,26 +188,36 @@ class _Put:
         return n
 
     def commit(self, durable: bool = True) -> None:
-        """Send it. `durable=False` (a new id; a single PUT) sends it in the background: `sync` waits for it,
-        and until then this server's own reads and writes of the key wait for it too."""
+        """Send it. `durable=False` (a new id) sends it, or the multipart upload's last part and completion, in
+        the background: `sync` waits for it, and until then this server's own reads and writes of the key
+        wait for it too."""
         tail = trailer(self._size, self._hash.digest())
         self._hash.update(tail)  # now the SHA-256 of the whole object, for the PUT: one pass over the bytes, not two
         self._store.settle(self._key)  # an earlier write of the key lands first
+        store, key, size = self._store, self._key, self._size + TRAILER.size
         if self._writer is not None:
-            try:
-                self._writer.write(tail)
-                self._writer.commit()
-            except PreconditionFailed:
-                raise self._store.exists_error(self._key) from None
-            self._store.landed(self._key, self._size + TRAILER.size)
-        elif durable:
-            self._buf += tail
-            self._store.send(self._key, self._buf, self._exclusive, self._hash.digest())
-            self._store.landed(self._key, len(self._buf))
+            self._writer.write(tail)
+            if durable:
+                self._complete()
+                store.landed(key, size)
+            else:
+                self.pending = store.send_behind(key, size, self._complete, store.client.settings.part_size)
         else:
             self._buf += tail
-            self.pending = self._store.send_behind(self._key, self._buf, self._exclusive, self._hash.digest())
+            send = functools.partial(store.send, key, self._buf, self._exclusive, self._hash.digest())
+            if durable:
+                send()
+                store.landed(key, size)
+            else:
+                self.pending = store.send_behind(key, size, send, size)
         self._buf = bytearray()
+
+    def _complete(self) -> None:
+        """The multipart upload's last part and CompleteMultipartUpload."""
+        try:
+            self._writer.commit()  # type: ignore[union-attr]
+        except PreconditionFailed:
+            raise self._store.exists_error(self._key) from None
 
     def abort(self) -> None:
         if self._writer is not None:
@@ -298,7 +310,7 @@ class S3ObjectStore:
         self._wanted: OrderedDict[str, None] = OrderedDict()  # asked for, waiting for room in READ_AHEAD_BYTES
         self._ahead_lock = threading.RLock()  # a fetch's done-callback may run in the thread that started it
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: dict[str, Future[str]] = {}  # PUTs sent behind, not yet landed (or failed, until synced)
+        self._pending: dict[str, Future[Any]] = {}  # PUTs sent behind, not yet landed (or failed, until synced)
         self._writers: ThreadPoolExecutor | None = None
         self._rewriters: ThreadPoolExecutor | None = None
         self._room = threading.Condition()
@@ -457,21 +469,21 @@ class S3ObjectStore:
         self.remember(s3key, size)
         self._drop_ahead(s3key)
 
-    def send_behind(self, s3key: str, data: bytearray, exclusive: bool, sha256: bytes) -> tuple[str, "Future[str]"]:
-        """Start the PUT on a writer thread (at most WRITE_BEHIND_BYTES in flight: beyond, wait)."""
-        size = len(data)
+    def send_behind(self, s3key: str, size: int, send: Callable[[], object], held: int) -> tuple[str, "Future[Any]"]:
+        """Run `send` (storing `size` bytes under `s3key`) on a writer thread; `held`: the bytes it keeps in memory
+        until done (at most WRITE_BEHIND_BYTES in flight: beyond, wait)."""
         with self._room:
-            while self._in_flight and self._in_flight + size > WRITE_BEHIND_BYTES:
+            while self._in_flight and self._in_flight + held > WRITE_BEHIND_BYTES:
                 self._room.wait()
-            self._in_flight += size
+            self._in_flight += held
             if self._writers is None:
                 self._writers = ThreadPoolExecutor(WRITE_BEHIND_THREADS, thread_name_prefix=f"s3 writer {self.name}")
-            future = self._writers.submit(self.send, s3key, data, exclusive, sha256)
+            future = self._writers.submit(send)
             self._pending[s3key] = future
 
-        def done(f: "Future[str]") -> None:
+        def done(f: "Future[Any]") -> None:
             with self._room:
-                self._in_flight -= size
+                self._in_flight -= held
                 self._room.notify_all()
                 if f.exception() is None:
                     if self._pending.get(s3key) is f:
@@ -481,7 +493,7 @@ class S3ObjectStore:
         future.add_done_callback(done)
         return s3key, future
 
-    def _wait(self, s3key: str, future: "Future[str]") -> None:
+    def _wait(self, s3key: str, future: "Future[Any]") -> None:
         try:
             future.result()
         finally:

@@ -9,6 +9,7 @@ import hmac
 import io
 import os
 import string
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from urllib.parse import unquote
 
@@ -91,14 +92,22 @@ def test_any_key_and_body_are_signed_as_sent(key: str, body: bytes, secret: str)
     assert other["Authorization"] != headers["Authorization"]  # the body is bound to the signature
 
 
+#: the fake's part threads: real ones, so parts of one writer really run at once
+PART_POOL = ThreadPoolExecutor(4)
+
+
 class FakeMultipartClient:
     """Records what S3Writer sends; parts must be full-size except the last."""
 
     def __init__(self, part_size: int) -> None:
         self.settings = SimpleNamespace(part_size=part_size)
         self.put: bytes | None = None
-        self.parts: list[bytes] = []
+        self.parts: dict[int, bytes] = {}
+        self.etags: list[str] = []
         self.completed = self.aborted = False
+
+    def part_threads(self) -> ThreadPoolExecutor:
+        return PART_POOL
 
     def put_object(self, key: str, data: bytes, **kw: object) -> str:
         self.put = bytes(data)
@@ -108,12 +117,13 @@ class FakeMultipartClient:
         return "upload-1"
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        assert number == len(self.parts) + 1
-        self.parts.append(bytes(data))
+        assert number not in self.parts
+        self.parts[number] = bytes(data)
         return hashlib.md5(data).hexdigest()
 
     def complete_upload(self, key: str, upload_id: str, etags: list[str], **kw: object) -> str:
         self.completed = True
+        self.etags = etags
         return f"{len(etags)}-parts"
 
     def abort_upload(self, key: str, upload_id: str) -> None:
@@ -137,9 +147,10 @@ def test_multipart_splitting_preserves_bytes(part_size: int, sizes: list[int], r
     if len(data) <= part_size:
         assert fake.put == data and not fake.parts
     else:
+        parts = [fake.parts[n] for n in range(1, len(fake.parts) + 1)]  # numbered 1..N, whatever order they ran in
         assert fake.put is None and fake.completed and not fake.aborted
-        assert b"".join(fake.parts) == data
-        assert all(len(p) == part_size for p in fake.parts[:-1]) and 0 < len(fake.parts[-1]) <= part_size
+        assert b"".join(parts) == data and fake.etags == [hashlib.md5(p).hexdigest() for p in parts]
+        assert all(len(p) == part_size for p in parts[:-1]) and 0 < len(parts[-1]) <= part_size
 
 
 class FakeRangeClient:

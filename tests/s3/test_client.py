@@ -181,6 +181,64 @@ def test_writer_multipart_preserves_bytes(client: S3Client) -> None:
     assert client.abort_incomplete_uploads("w/") == 0
 
 
+def test_writer_sends_parts_in_parallel_but_bounded(client: S3Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from boxbox.s3.multipart import PARTS_IN_FLIGHT
+
+    real = client.upload_part
+    lock = threading.Lock()
+    running, most = [0], [0]
+    release = threading.Event()
+
+    def slow_part(key: str, upload_id: str, number: int, data: bytes) -> str:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        release.wait(10)  # held until the writer has had to wait for room
+        try:
+            return real(key, upload_id, number, data)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(client, "upload_part", slow_part)
+    data = os.urandom(4 * PART + 1)
+    w = client.writer("w/parallel")
+    threading.Timer(0.5, release.set).start()
+    w.write(data)  # five parts: the third waits for room, so the writer never holds more than bounded
+    w.commit()
+    assert most[0] == PARTS_IN_FLIGHT
+    assert client.get_object("w/parallel") == data
+    assert client.abort_incomplete_uploads("w/") == 0
+
+
+def test_a_failed_part_aborts_after_the_parts_in_flight(client: S3Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_part, real_abort = client.upload_part, client.abort_upload
+    events: list[str] = []
+
+    def part(key: str, upload_id: str, number: int, data: bytes) -> str:
+        if number == 1:
+            events.append("part 1 failed")
+            raise StorageError("S3 PUT part 1: InternalError (after 6 attempts)")
+        etag = real_part(key, upload_id, number, data)
+        events.append(f"part {number} landed")
+        return etag
+
+    def abort(key: str, upload_id: str) -> None:
+        events.append("aborted")
+        real_abort(key, upload_id)
+
+    monkeypatch.setattr(client, "upload_part", part)
+    monkeypatch.setattr(client, "abort_upload", abort)
+    w = client.writer("w/part-fails")
+    with pytest.raises(StorageError, match="part 1: InternalError"):
+        w.write(os.urandom(2 * PART + 1))
+        w.commit()
+    assert events[-1] == "aborted" and events.count("aborted") == 1  # nothing lands after the abort
+    assert client.abort_incomplete_uploads("w/") == 0
+    with pytest.raises(NotFound):
+        client.head_object("w/part-fails")
+
+
 def test_writer_exception_aborts_the_upload(client: S3Client) -> None:
     with pytest.raises(RuntimeError):
         with client.writer("w/failed") as w:
