@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import configparser
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from boxbox.errors import ConfigError
 
@@ -81,8 +80,7 @@ def parse_list(text: str) -> list[str]:
     return items
 
 
-@dataclass(frozen=True)
-class Type:
+class Type(NamedTuple):
     """A value type: name shown in help, parser from text, formatter back to text."""
 
     name: str
@@ -118,8 +116,7 @@ def choice(*values: str) -> Type:
     return Type("|".join(values), parse)
 
 
-@dataclass(frozen=True)
-class Key:
+class Key(NamedTuple):
     name: str
     type: Type
     default: Any
@@ -127,8 +124,7 @@ class Key:
     example: Any = None  # value used in the generated example when there is no default
 
 
-@dataclass(frozen=True)
-class Section:
+class Section(NamedTuple):
     """A section; `repeated` sections are written `[kind NAME]` and may appear many times."""
 
     name: str
@@ -263,13 +259,20 @@ CLIENT = (
 SCHEMAS: dict[str, tuple[Section, ...]] = {"server": SERVER, "client": CLIENT}
 
 
-@dataclass
 class Config:
-    """Typed settings of one file: `cfg["server"]["port"]`, `cfg.groups["location"]["home"]["path"]`."""
+    """Typed settings of one file: `cfg["server"]["port"]`, `cfg.groups["location"]["home"]["path"]`.
 
-    path: Path
-    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
-    groups: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    A plain class, like the NamedTuples above, rather than dataclasses: a client run that finds
+    nothing changed then never imports `dataclasses` (and `inspect`, `ast`, `dis` with it).
+    """
+
+    __slots__ = ("path", "sections", "groups")
+
+    def __init__(self, path: Path, sections: dict[str, dict[str, Any]] | None = None,
+                 groups: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
+        self.path = path
+        self.sections: dict[str, dict[str, Any]] = {} if sections is None else sections
+        self.groups: dict[str, dict[str, dict[str, Any]]] = {} if groups is None else groups
 
     def __getitem__(self, section: str) -> dict[str, Any]:
         return self.sections[section]

@@ -18,7 +18,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,22 +41,25 @@ class _Rebuild(Exception):
     """The store does not match the state: forget the store ids and scan again (internal)."""
 
 
-@dataclass
 class RunResult:
     """What `boxbox ctl status` shows about a run."""
 
-    ok: bool = False
-    error: str = ""
-    connected: bool = False
-    store_full: bool = False
-    #: another client's store marker: the daemon pauses
-    marker_conflict: bool = False
-    started: float = 0.0
-    finished: float = 0.0
-    bytes_sent: int = 0
-    stats: RunStats = field(default_factory=RunStats)
-    #: what the store said at login, bytes: used, soft_limit, hard_limit (None if it did not log in)
-    store_usage: dict[str, int] | None = None
+    __slots__ = ("ok", "error", "connected", "store_full", "marker_conflict", "started", "finished", "bytes_sent",
+                 "stats", "store_usage")
+
+    def __init__(self, *, error: str = "", started: float = 0.0, finished: float = 0.0) -> None:
+        self.ok = False
+        self.error = error
+        self.connected = False
+        self.store_full = False
+        #: another client's store marker: the daemon pauses
+        self.marker_conflict = False
+        self.started = started
+        self.finished = finished
+        self.bytes_sent = 0
+        self.stats = RunStats()
+        #: what the store said at login, bytes: used, soft_limit, hard_limit (None if it did not log in)
+        self.store_usage: dict[str, int] | None = None
 
     def to_json(self) -> dict[str, object]:
         s = self.stats
@@ -246,17 +248,19 @@ class BackupRun:
 
         When each was first seen unconfigured is kept in data_directory/redundant-locations (JSON).
         """
-        import json
-
         from boxbox.backup.uploader import ROOT_DIRECTORY_ID
         from boxbox.crypto import seal as sealing
         from boxbox.objects.directory import DELETED, DIR, OLD, Directory
 
         path = self.cfg["client"]["data_directory"] / "redundant-locations"
-        try:
-            seen: dict[str, float] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            seen = {}
+        seen: dict[str, float] = {}
+        if path.exists():  # json only then: importing it is ~0.3 MiB at the end of every run
+            import json
+
+            try:
+                seen = json.loads(path.read_text())
+            except (OSError, ValueError):
+                pass
         root = Directory.parse(s.client.list_directory(ROOT_DIRECTORY_ID, flags_not_set=OLD | DELETED))
         now = time.time()
         after = self.cfg["client"]["delete_redundant_locations_after"]
@@ -281,6 +285,8 @@ class BackupRun:
                 log.info("location %r is no longer configured: deleted from the store in %.0f s", name,
                          since + after - now)
         if current != seen:
+            import json
+
             write_atomic(path, json.dumps(current).encode(), mode=0o600)
 
     def _progress(self) -> None:

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import struct
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from boxbox import magic
@@ -61,23 +60,40 @@ class Header(NamedTuple):
     digest: bytes
 
 
-@dataclass
 class LocationState:
     """What one location's last run left behind."""
 
-    records: Records = field(default_factory=Records)
-    inodes: InodeMap = field(default_factory=InodeMap)
-    #: path inside the location -> unix time the file was first seen waiting (lazy mode)
-    pending: dict[bytes, float] = field(default_factory=dict)
+    __slots__ = ("records", "inodes", "pending")
+
+    def __init__(self, records: Records | None = None, inodes: InodeMap | None = None,
+                 pending: dict[bytes, float] | None = None) -> None:
+        self.records = Records() if records is None else records
+        self.inodes = InodeMap() if inodes is None else inodes
+        #: path inside the location -> unix time the file was first seen waiting (lazy mode)
+        self.pending: dict[bytes, float] = {} if pending is None else pending
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LocationState):
+            return NotImplemented
+        return (self.records, self.inodes, self.pending) == (other.records, other.inodes, other.pending)
 
 
-@dataclass
 class ClientState:
-    """Everything the daemon keeps between runs."""
+    """Everything the daemon keeps between runs (plain classes: see outcome.py on dataclasses)."""
 
-    account: int = 0
-    store_marker: int = 0
-    locations: dict[str, LocationState] = field(default_factory=dict)
+    __slots__ = ("account", "store_marker", "locations")
+
+    def __init__(self, account: int = 0, store_marker: int = 0,
+                 locations: dict[str, LocationState] | None = None) -> None:
+        self.account = account
+        self.store_marker = store_marker
+        self.locations: dict[str, LocationState] = {} if locations is None else locations
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ClientState):
+            return NotImplemented
+        return (self.account, self.store_marker, self.locations) == \
+            (other.account, other.store_marker, other.locations)
 
     def location(self, name: str) -> LocationState:
         """The state of location `name`, empty the first time."""

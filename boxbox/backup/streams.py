@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from boxbox.backup.scan import EntryStat
 from boxbox.crypto.keys import Keys
 from boxbox.objects.attributes import Attributes
 from boxbox.objects.file import FileEncoder
@@ -72,7 +73,7 @@ class RateLimit:
             time.sleep(ahead)
 
 
-def same_file(st: os.stat_result, now: os.stat_result) -> bool:
+def same_file(st: EntryStat | os.stat_result, now: os.stat_result) -> bool:
     """Size, mtime and ctime unchanged (and the same inode)."""
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == \
         (now.st_ino, now.st_size, now.st_mtime_ns, now.st_ctime_ns)
@@ -114,7 +115,7 @@ class _Reader:
             raise LocalReadError(f"read failed: {e.strerror or e}") from None
 
 
-def whole_file(keys: Keys, f: BinaryIO | None, st: os.stat_result, *, container_id: int, name: bytes,
+def whole_file(keys: Keys, f: BinaryIO | None, st: EntryStat | os.stat_result, *, container_id: int, name: bytes,
                attributes: Attributes, cipher: str, limit: RateLimit) -> Iterator[bytes]:
     """The encoded object of an open regular file (or, with f None, of an empty one: links, fifos, devices)."""
     sink = _ListSink()
@@ -140,8 +141,8 @@ def whole_file(keys: Keys, f: BinaryIO | None, st: os.stat_result, *, container_
     yield sink.take()
 
 
-def diff_file(keys: Keys, f: BinaryIO, st: os.stat_result, index: Index, object_id: int, *, container_id: int,
-              name: bytes, attributes: Attributes, cipher: str, limit: RateLimit, deadline: float,
+def diff_file(keys: Keys, f: BinaryIO, st: EntryStat | os.stat_result, index: Index, object_id: int, *,
+              container_id: int, name: bytes, attributes: Attributes, cipher: str, limit: RateLimit, deadline: float,
               stats: dict[str, int], keepalive: Callable[[], None] | None = None) -> Iterator[bytes]:
     """A diff upload against `index` (object `object_id`): new data sealed, the rest as references.
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from boxbox.backup.outcome import RunStats, Settings, Stopped
 from boxbox.backup.records import NO_CHECKSUM
-from boxbox.backup.scan import Change, Scanner, upload_due
+from boxbox.backup.scan import Change, EntryStat, Scanner, upload_due
 from boxbox.backup.state import LocationState
 from boxbox.backup.streams import FileChanged, LocalReadError, RateLimit, diff_file, whole_file
 from boxbox.crypto import seal as sealing
@@ -140,14 +140,14 @@ class LocationSync:
         #: store entries gone locally: object id -> (directory id, entry)
         self.vanished: dict[int, tuple[int, Entry]] = {}
         #: new names whose inode had a store id: (old id, directory id, name, stat, path in location)
-        self.renamed: list[tuple[int, int, bytes, os.stat_result, bytes]] = []
+        self.renamed: list[tuple[int, int, bytes, EntryStat, bytes]] = []
         self.moved_ids: set[int] = set()
         #: directories this run created where no current entry had the name: empty, attributes set
         self.fresh: set[int] = set()
         #: block indexes of this directory's diff bases, fetched together (sealed name -> index or error)
         self._indexes: dict[bytes, tuple[int, bytes] | BoxboxError] = {}
         #: diff uploads the server refused, uploaded whole by `finish`: (directory id, name, sealed, stat, path)
-        self._refused: list[tuple[int, bytes, bytes, os.stat_result, bytes]] = []
+        self._refused: list[tuple[int, bytes, bytes, EntryStat, bytes]] = []
         self.failed_paths: set[bytes] = set()
         self.pending: dict[bytes, float] = {}
         self._base = b""
@@ -195,7 +195,7 @@ class LocationSync:
             raise
         return b"/proc/self/fd/%d/." % fd, fd
 
-    def _dir_attributes(self, path: bytes, full: bytes, st: os.stat_result) -> Attributes | None:
+    def _dir_attributes(self, path: bytes, full: bytes, st: EntryStat | os.stat_result) -> Attributes | None:
         try:
             return attributes_from_path(full, st)
         except (OSError, BoxboxError) as e:
@@ -412,7 +412,7 @@ class LocationSync:
                 complete = False
         change.done = complete
 
-    def _wanted_indexes(self, dir_id: int, entries: list[tuple[bytes, os.stat_result]],
+    def _wanted_indexes(self, dir_id: int, entries: list[tuple[bytes, EntryStat]],
                         current: dict[bytes, Entry]) -> list[bytes]:
         """Sealed names of the changed files that will be diffed: their block indexes are fetched
         together (one wait per directory, or per `flush`, not one per file)."""
@@ -454,7 +454,7 @@ class LocationSync:
         return Directory.parse(self.session.client.list_directory(dir_id, flags_not_set=OLD | DELETED,
                                                                   attributes=False))
 
-    def _sync_subdir(self, change: Change, dir_id: int, name: bytes, sealed: bytes, st: os.stat_result,
+    def _sync_subdir(self, change: Change, dir_id: int, name: bytes, sealed: bytes, st: EntryStat,
                      existing: Entry | None) -> Pending | None:
         s = self.session
         client = s.client
@@ -492,7 +492,7 @@ class LocationSync:
         # server makes a new, empty directory: the caller marks it fresh and never lists it.
         return client.submit(m.CreateDirectory(dir_id, attrs.mtime_ns, sealed, sealed_attrs))
 
-    def _sync_file(self, change: Change, dir_id: int, name: bytes, sealed: bytes, st: os.stat_result,
+    def _sync_file(self, change: Change, dir_id: int, name: bytes, sealed: bytes, st: EntryStat,
                    existing: Entry | None) -> bool:
         """One non-directory entry; False if it is left for a later run (too young, failed)."""
         s = self.session
@@ -537,7 +537,7 @@ class LocationSync:
             return False
         return self._upload(dir_id, name, sealed, st, attrs, existing, path, full, tracked)
 
-    def _upload(self, dir_id: int, name: bytes, sealed: bytes, st: os.stat_result, attrs: Attributes,
+    def _upload(self, dir_id: int, name: bytes, sealed: bytes, st: EntryStat, attrs: Attributes,
                 existing: Entry | None, path: bytes, full: bytes, tracked: bool) -> bool:
         s = self.session
         client = s.client
@@ -600,7 +600,7 @@ class LocationSync:
                 f.close()
         return True
 
-    def _diff_source(self, dir_id: int, name: bytes, sealed: bytes, f: Any, st: os.stat_result, attrs: Attributes,
+    def _diff_source(self, dir_id: int, name: bytes, sealed: bytes, f: Any, st: EntryStat, attrs: Attributes,
                      stats: dict[str, int]) -> tuple[int, Any] | None:
         s = self.session
         try:
