@@ -183,10 +183,11 @@ def test_d_two_stripes_damaged_never_wrong_bytes(case: tuple[int, bytes], pair: 
 
 
 @given(contents(), st.sampled_from([STRIPE1, STRIPE2, PARITY]), st.sampled_from(["delete", "corrupt", "truncate"]),
-       st.integers(0, 2**32))
-def test_e_repair_restores_stripes_byte_identical(case: tuple[int, bytes], role: int, how: str, seed: int) -> None:
+       st.integers(0, 2**32), st.booleans())
+def test_e_repair_restores_stripes_byte_identical(case: tuple[int, bytes], role: int, how: str, seed: int,
+                                                  use_helper: bool) -> None:
     bs, data = case
-    with disc_set(bs) as ds:
+    with disc_set(bs) as ds, helper(use_helper):
         files = put(ds, data, 10_000)
         before = {p: p.read_bytes() for p in files.values()}
         if how == "delete":
