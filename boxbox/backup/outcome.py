@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from boxbox.crypto.seal import DEFAULT_CIPHER  # light: cryptography is imported when a cipher is built
-
 
 class Settings(NamedTuple):
     """The `[client]` keys the uploader needs, typed."""
 
-    cipher: str = DEFAULT_CIPHER
+    cipher: str
     lazy: bool = False
     minimum_file_age: float = 6 * 3600.0
     max_upload_wait: float = 24 * 3600.0

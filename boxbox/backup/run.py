@@ -109,11 +109,11 @@ def connect(cfg: Config, timeout: float = 300.0) -> Client:
 class BackupRun:
     """One run. `run()` returns a RunResult and never raises BoxboxError (it goes into the result)."""
 
-    def __init__(self, cfg: Config, keys: Keys, state: state_mod.ClientState, *, cid: int, force: bool = False,
-                 take_over: bool = False, should_stop: Callable[[], bool] = lambda: False,
+    def __init__(self, cfg: Config, keys: Keys | Callable[[], Keys], state: state_mod.ClientState, *, cid: int,
+                 force: bool = False, take_over: bool = False, should_stop: Callable[[], bool] = lambda: False,
                  connector: Callable[[], Client] | None = None) -> None:
         self.cfg = cfg
-        self.keys = keys
+        self._keys = keys
         self.state = state
         self.cid = cid
         self.force = force
@@ -124,6 +124,13 @@ class BackupRun:
         self.session: StoreSession | None = None
         self.result = RunResult()
         self._rebuild = False
+
+    @property
+    def keys(self) -> Keys:
+        """The keys; given as a loader, loaded on the first change (nothing changed: never)."""
+        if callable(self._keys):
+            self._keys = self._keys()
+        return self._keys
 
     def _connect(self) -> StoreSession:
         from boxbox.backup.uploader import StoreSession

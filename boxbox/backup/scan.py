@@ -23,7 +23,6 @@ second edit in the same timestamp tick would look unchanged.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import stat
@@ -32,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from boxbox.backup.records import NO_CHECKSUM, Records
+from boxbox.backup.records import NO_CHECKSUM, Records, digest16
 from boxbox.backup.rules import Rules
 from boxbox.errors import NotFound, PermissionDenied, ProgrammingError
 
@@ -343,7 +342,7 @@ class Scanner:
                 else:
                     subdirs.append((entry_name, st))
         packed.append(fsencode("\0".join(kept)))
-        checksum = hashlib.blake2b(b"".join(packed), digest_size=16).digest()
+        checksum = digest16(b"".join(packed))
         self.files += len(kept) - len(subdirs)
         self.directories += 1
         if self.on_progress is not None:

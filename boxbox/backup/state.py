@@ -20,7 +20,6 @@ run rebuilds from the store.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -29,7 +28,7 @@ from typing import NamedTuple
 
 from boxbox import magic
 from boxbox.atomic import write_atomic
-from boxbox.backup.records import InodeMap, Records
+from boxbox.backup.records import InodeMap, Records, digest16
 from boxbox.errors import FormatError
 
 log = logging.getLogger(__name__)
@@ -119,7 +118,7 @@ def encode(state: ClientState) -> bytes:
         for path, since in loc.pending.items():
             parts.append(PENDING.pack(since, len(path)) + path)
     payload = b"".join(parts)
-    digest = hashlib.blake2b(payload, digest_size=16).digest()
+    digest = digest16(payload)
     return HEADER.pack(MAGIC, VERSION, 0, state.account, state.store_marker, len(state.locations), len(payload),
                        digest) + payload
 
@@ -138,7 +137,7 @@ def decode(blob: bytes, account: int | None = None) -> ClientState:
     if head.payload_len != len(blob) - HEADER.size:
         raise FormatError(f"client state: payload of {len(blob) - HEADER.size} bytes, header says {head.payload_len}")
     view = memoryview(blob)[HEADER.size:]
-    if hashlib.blake2b(view, digest_size=16).digest() != head.digest:
+    if digest16(view) != head.digest:
         raise FormatError("client state: checksum mismatch (corrupt file)")
     state = ClientState(account=head.account, store_marker=head.store_marker)
     pos = 0

@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
         return _init(args.config)
     from boxbox.backup.daemon import Daemon, socket_path
 
-    daemon = Daemon(args.config)
+    daemon = Daemon(args.config, defer_keys=args.once)
     settings = daemon.cfg["client"]
     level = args.log_level or args.global_log_level or settings["log_level"]
     if args.once:
