@@ -67,6 +67,19 @@ def test_config_checks(tmp_path: Path) -> None:
         Daemon(conf)
 
 
+def test_keys_checked_at_start_unless_deferred(tmp_path: Path) -> None:
+    """The daemon checks the keys file at start-up; `client --once` (defer_keys) only when a change needs it."""
+    conf = _conf(tmp_path)
+    (tmp_path / "keys.dat").unlink()
+    with pytest.raises(ConfigError, match="keys file .* does not exist"):
+        Daemon(conf)
+    d = Daemon(conf, defer_keys=True)
+    with pytest.raises(ConfigError, match="keys file .* does not exist"):
+        d.keys
+    made = create_keys_file(tmp_path / "keys.dat")
+    assert d.keys.fingerprint == made.fingerprint
+
+
 def test_socket_mode_stale_socket_and_second_daemon(tmp_path: Path) -> None:
     path = tmp_path / "ctl.sock"
     stale = socket.socket(socket.AF_UNIX)

@@ -112,7 +112,8 @@ def test_nothing_changed_does_not_connect(server: StoreServer, tmp_path: Path) -
 
 
 def test_nothing_changed_loads_no_upload_stack(server: StoreServer, tmp_path: Path) -> None:
-    """A run that finds nothing changed stays light: no TLS, no `cryptography`, no wire or object code."""
+    """A run that finds nothing changed stays light: no TLS, no `cryptography`, no wire or object code, and
+    neither the keys nor `hashlib` (which loads OpenSSL's libcrypto) nor `dataclasses` (inspect, ast, dis)."""
     import subprocess
     import sys
 
@@ -123,9 +124,12 @@ def test_nothing_changed_loads_no_upload_stack(server: StoreServer, tmp_path: Pa
     conf = client_config(tmp_path, server, A, tree)
     time.sleep(2.1)  # older than the scanner's racy window
     run_once(conf)
-    code = ("import sys\nfrom boxbox.__main__ import main\nrc = main(['client', '--config', sys.argv[1], '--once'])\n"
-            "print(rc, sorted(m for m in sys.modules if m.split('.')[0] in ('cryptography', 'ssl') or "
-            "m.startswith(('boxbox.wire', 'boxbox.objects', 'boxbox.rolling', 'boxbox.backup.uploader'))))")
+    code = ("import sys\nbefore = set(sys.modules)\nfrom boxbox.__main__ import main\n"
+            "rc = main(['client', '--config', sys.argv[1], '--once'])\n"
+            "print(rc, sorted(m for m in set(sys.modules) - before if m.split('.')[0] in "
+            "('cryptography', 'ssl', '_ssl', 'hashlib', '_hashlib', 'hmac', 'dataclasses', 'inspect') or "
+            "m.startswith(('boxbox.wire', 'boxbox.objects', 'boxbox.rolling', 'boxbox.crypto', "
+            "'boxbox.backup.uploader'))))")
     out = subprocess.run([sys.executable, "-c", code, str(conf)], capture_output=True, text=True, timeout=60,
                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
     assert "nothing changed" in out.stderr, out.stderr
