@@ -98,7 +98,8 @@ class Connection:
             body_read = self._read_exact(length if complete else limit)  # type: ignore[arg-type]
         else:  # delimited by the end of the connection
             body_read, complete = self._read_to_close(limit), False
-        return Answer(status, reason, headers, body_read, keep_alive and complete)
+        # bytes beyond the answer would be taken for the next one: such a connection is not reused
+        return Answer(status, reason, headers, body_read, keep_alive and complete and not self._buf)
 
     def _fill(self) -> bool:
         """Receive more into the buffer; False at the end of the stream."""

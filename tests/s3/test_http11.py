@@ -103,6 +103,33 @@ def test_close_and_http10_end_keep_alive(canned: type[Canned]) -> None:
         conn.close()
 
 
+class OneRecv:
+    """A socket whose peer's bytes all arrive in the first recv."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def sendall(self, data: bytes) -> None:
+        pass
+
+    def recv(self, n: int) -> bytes:
+        chunk, self.data = self.data[:n], self.data[n:]
+        return chunk
+
+    def close(self) -> None:
+        pass
+
+
+def test_bytes_beyond_the_answer_end_keep_alive() -> None:
+    conn = Connection("127.0.0.1", 9, 5)
+    conn._sock = OneRecv(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxHTTP/1.1 200 OK\r\n")  # type: ignore[assignment]
+    a = conn.request(REQUEST, b"", False, 100)
+    assert (a.body, a.keep_alive) == (b"x", False)
+    clean = Connection("127.0.0.1", 9, 5)
+    clean._sock = OneRecv(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")  # type: ignore[assignment]
+    assert clean.request(REQUEST, b"", False, 100).keep_alive
+
+
 def test_body_to_the_end_of_the_connection(canned: type[Canned]) -> None:
     srv = canned([b"HTTP/1.1 200 OK\r\n\r\nall of it"])  # then closes
     conn = Connection("127.0.0.1", srv.port, 5)
