@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from boxbox.errors import IntegrityError
 from boxbox.raidfile import kernels, xorproc
-from boxbox.raidfile.layout import STRIPE1, parse_header, stripe_reference
+from boxbox.raidfile.layout import PARITY, STRIPE1, STRIPE2, Geometry, parse_header, stripe_reference
 from tests.test_raidfile import make_set, read, stripe_paths, temps_left
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +58,33 @@ def test_helper_write_and_reads_match_the_reference(tmp_path: Path) -> None:
         got = b"".join(iter(lambda: r.read(1 << 20), b""))
         assert r.degraded
     assert got == data and not temps_left(ds)
+
+
+@pytest.mark.parametrize("lost", [STRIPE1, STRIPE2])
+@pytest.mark.parametrize("damage", [None, "data", "parity"])
+def test_helper_degraded_read_never_gives_wrong_bytes(tmp_path: Path, lost: int, damage: str | None) -> None:
+    """With a data stripe gone, damage in the other stripe or in parity is unrecoverable in its row: the
+    helper's chunk is refused, the caller decodes it and raises IntegrityError; the rows before read fine."""
+    ds = make_set(tmp_path, 4096)
+    data = random.Random(6).randbytes(9 * 2**20 + 100)
+    with ds.create("f") as w:
+        w.write(data)
+    paths = stripe_paths(ds, "f")
+    paths[lost].unlink()
+    if damage is not None:
+        victim = paths[PARITY if damage == "parity" else 1 - lost]
+        b = bytearray(victim.read_bytes())
+        b[Geometry(len(data), 4096).record_offset(1000) + 5] ^= 1  # row 1000: clear bytes 7.8 MiB on
+        victim.write_bytes(b)
+    with ds.open("f") as r:
+        got = [r.read(1 << 20) for _ in range(7)]
+        assert r._helper is not None  # the helper decoded some of them
+        assert b"".join(got) == data[: 7 << 20]
+        if damage is None:
+            assert b"".join(got) + r.read() == data
+        else:
+            with pytest.raises(IntegrityError, match="discset t: f"):
+                r.read()
 
 
 @pytest.mark.parametrize("when", ["mid-write", "before commit"])

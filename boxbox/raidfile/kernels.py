@@ -122,31 +122,23 @@ def verify_records(got: int | OSError, first: int, slots: list[memoryview], seed
 
 def decode_rows(fds: dict[int, int], mv: memoryview, B: int, first: int, offset: int, seeds: tuple[int, ...],
                 lost: int) -> bool:
-    """Fill `mv` with the clear rows first.. read from the stripes `fds` (role 0, 1, 2 -> fd) whose records
-    start at `offset`; data stripe `lost` (or -1) is rebuilt from the other and parity. False if any record
-    is short, unreadable or fails its CRC: the caller then decodes the rows itself, noting the damage."""
+    """Fill `mv` with the clear rows first.. of a file whose data stripe `lost` (0 or 1) is missing: the other
+    one and parity (`fds`: role -> fd, records from `offset`) are read and verified, and the lost blocks
+    rebuilt by XOR. False if any record is short, unreadable or fails its CRC: the caller then decodes the
+    rows itself, noting the damage."""
     slots = split_rows(mv, B)
+    good = slots[1 - lost]
     rows = len(slots[0])
+    pbuf = memoryview(bytearray(rows * B))
+    pslots = [pbuf[j * B : j * B + len(s)] for j, s in enumerate(slots[0])]  # parity records are as long as stripe 1's
     crc = memoryview(bytearray(4 * rows))
     crcviews = [crc[i : i + 4] for i in range(0, 4 * rows, 4)]
-    for role in (0, 1, 2):
-        if role == lost:
-            continue
-        if role == 2:
-            if lost < 0:
-                break
-            pbuf = memoryview(bytearray(rows * B))
-            want = slots[0]  # parity records are as long as stripe 1's
-            rslots = [pbuf[j * B : j * B + len(want[j])] for j in range(rows)]
-        else:
-            rslots = slots[role]
+    for role, rslots in ((1 - lost, good), (2, pslots)):
         if rslots and verify_records(fetch_records(fds[role], offset, rslots, crcviews), first, rslots,
                                      seeds[role], crc)[0]:
             return False
-    if lost >= 0:
-        fix, good = slots[lost], slots[1 - lost]
-        for dst, src in zip(fix, xor_blocks(rslots, good, B)):
-            dst[:] = src[: len(dst)]
+    for dst, src in zip(slots[lost], xor_blocks(pslots, good, B)):
+        dst[:] = src[: len(dst)]
     return True
 
 
@@ -167,7 +159,7 @@ def serve(sock_fd: int, shm_fd: int, shm_size: int) -> None:
         status, value = OK, 0
         try:
             if op == OP_OPEN:  # key, writable: a stripe temp gets our own open file, so its flock is never ours;
-                # a read shares the caller's, so the kernel's read-ahead sees one sequential reader, not two strided
+                # a read shares the caller's, so the kernel's read-ahead sees one sequential reader
                 files[a[0]] = os.open(f"/proc/self/fd/{fds[0]}", os.O_RDWR) if a[1] else os.dup(fds[0])
             elif op == OP_CLOSE:
                 for fd in files.values():
@@ -175,7 +167,7 @@ def serve(sock_fd: int, shm_fd: int, shm_size: int) -> None:
                 files.clear()
             elif op == OP_PARITY:  # key, shm offset, length, block size, seed, file offset, advise
                 write_parity(files[a[0]], shm[a[1] : a[1] + a[2]], a[3], a[4], a[5], a[6])
-            elif op == OP_DECODE:  # shm offset, length, block size, first row, record offset, lost, 3 seeds
+            elif op == OP_DECODE:  # shm offset, length, block size, first row, record offset, lost stripe, 3 seeds
                 if not decode_rows(files, shm[a[0] : a[0] + a[1]], a[2], a[3], a[4], tuple(a[6:9]), a[5]):
                     status = BAD
             else:

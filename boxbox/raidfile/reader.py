@@ -182,8 +182,10 @@ class RaidReader(io.RawIOBase):
         self._cache: memoryview | None = None
         self._cache_start = 0
         self._next_unit = -1
-        self._helper: xorproc.Helper | None = None  # decodes every other chunk of a long sequential read
-        self._helper_wanted = self._raid and xorproc.AVAILABLE and self._chunk_size <= xorproc.SLOT_BYTES
+        # the data stripe that is missing (-1: none): its blocks are rebuilt by XOR, which holds the GIL
+        self._lost = next((r for r in (STRIPE1, STRIPE2) if r not in self._fds), -1) if self._raid else -1
+        self._helper: xorproc.Helper | None = None  # decodes every other chunk of a long degraded sequential read
+        self._helper_wanted = self._lost >= 0 and xorproc.AVAILABLE and self._chunk_size <= xorproc.SLOT_BYTES
         self._ahead: tuple[int, int, int] | None = None  # units a, b the helper is decoding, at this slot
         self._last_decode = 0.0  # seconds our last sequential chunk took
         self.damage: list[str] = []  # what was found wrong, for the caller to log or repair
@@ -294,9 +296,9 @@ class RaidReader(io.RawIOBase):
                         fix[j][:] = rebuilt[o : o + len(fix[j])]
 
     def _decode_sequential(self, a: int, b: int) -> memoryview:
-        """Like `_decode`, for a sequential read: chunks alternate between the helper process (if there is one)
-        and this one. The helper is always a chunk ahead: it decodes chunk k+1 while we decode chunk k, and
-        chunk k+3 while the caller copies chunk k+1 out and we decode chunk k+2."""
+        """Like `_decode`, for a sequential read: chunks alternate between the helper process (if there is one:
+        a degraded read) and this one. The helper is always a chunk ahead: it decodes chunk k+1 while we
+        decode chunk k, and chunk k+3 while the caller copies chunk k+1 out and we decode chunk k+2."""
         U = self._max_units
         if self._ahead is not None and self._ahead[:2] == (a, b):
             # waited for up to 3x as long as our own last chunk took (the helper started on this one as we started
@@ -325,16 +327,14 @@ class RaidReader(io.RawIOBase):
         self._helper = h
         try:
             for role, fd in self._fds.items():
-                if fd is not None:
-                    h.open(role, fd, writable=False)
+                h.open(role, fd, writable=False)
         except (OSError, EOFError):
             self._let_helper_go()
 
     def _ask_helper(self, a: int, b: int) -> None:
         """Have the helper decode units a..b into a free slot of the shared buffer."""
         h = self._helper
-        lost = next((r for r in (STRIPE1, STRIPE2) if self._fds.get(r) is None), -1)
-        if h is None or (lost >= 0 and self._fds.get(PARITY) is None):
+        if h is None:
             return
         try:
             slot = h.free_slot()
@@ -342,7 +342,7 @@ class RaidReader(io.RawIOBase):
                 return
             s = self._seeds
             h.send(OP_DECODE, slot, min(self.size, b * self._unit) - a * self._unit, self._geo.block_size, a,
-                   self._geo.record_offset(a), lost, s[STRIPE1], s[STRIPE2], s[PARITY])
+                   self._geo.record_offset(a), self._lost, s[STRIPE1], s[STRIPE2], s[PARITY])
         except EOFError:
             self._let_helper_go()
             return

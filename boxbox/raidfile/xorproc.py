@@ -5,7 +5,8 @@ in one process a big write or degraded read is CPU-bound on one core whatever th
 A helper process runs `boxbox.raidfile.kernels` (its whole program, started from that file's
 source with `python -I -S -c`, so no import path is needed) on a shared buffer: a writer copies
 each 2 MiB chunk into it and goes on writing the data stripes while the helper XORs, CRCs and
-writes the parity stripe itself; a sequential reader has the helper decode every other chunk.
+writes the parity stripe itself; a degraded sequential reader has the helper decode every
+other chunk, rebuilding the missing stripe.
 Design and measurements: docs/RAIDFILE.md "Speed".
 
 Only big files use it (MIN_BYTES; the many small objects of a store never pay for the copy).
