@@ -40,10 +40,9 @@ log = logging.getLogger(__name__)
 
 MAX_RECORDS = 512  # records per preadv/writev: two iovecs each, IOV_MAX is 1024 on Linux
 CHUNK_BYTES = 2 << 20  # clear bytes decoded at once when reading ahead
-# How long a sequential reader waits for the helper's chunk, in units of its own last chunk's time. Degraded 64 MiB,
-# medians (ms) of 8 interleaved runs, load 3-3.5, cold / warm: one process 119/114, 124/118; wait 1x 105/84, 116/94;
-# 3x 84/83, 92/112; no limit 91/83, 90/128. Past 3x the helper gets no core and we do the chunk ourselves.
-HELPER_PATIENCE = 3
+# A degraded reader lets its helper go for the rest of the file once the helper was late this many times (its
+# chunk took over twice as long as ours: it gets no core on a busy machine, and two processes then only add work).
+HELPER_LATE = 3
 
 
 @dataclass
@@ -188,6 +187,7 @@ class RaidReader(io.RawIOBase):
         self._helper_wanted = self._lost >= 0 and xorproc.AVAILABLE and self._chunk_size <= xorproc.SLOT_BYTES
         self._ahead: tuple[int, int, int] | None = None  # units a, b the helper is decoding, at this slot
         self._last_decode = 0.0  # seconds our last sequential chunk took
+        self._late = 0  # chunks the helper was late with
         self.damage: list[str] = []  # what was found wrong, for the caller to log or repair
         for i, why in enumerate(finals.problems):
             if why is not None and (self._raid or finals.fds[i] is not None):
@@ -301,15 +301,18 @@ class RaidReader(io.RawIOBase):
         decode chunk k, and chunk k+3 while the caller copies chunk k+1 out and we decode chunk k+2."""
         U = self._max_units
         if self._ahead is not None and self._ahead[:2] == (a, b):
-            # waited for up to 3x as long as our own last chunk took (the helper started on this one as we started
-            # on that): later, it has no core to run on, and we do the chunk ourselves and drop its answer later
-            got = self._from_helper(wait=HELPER_PATIENCE * self._last_decode)
+            t = time.perf_counter()
+            got = self._from_helper()
+            if time.perf_counter() - t > self._last_decode:  # it started on this chunk as we started on ours
+                self._late += 1
             if got is not None:
-                if b + U < self._units:
+                if b + U < self._units and self._late < HELPER_LATE:
                     self._ask_helper(b + U, min(b + 2 * U, self._units))
                 return got
         elif self._ahead is not None and self._ahead[0] != b:
             self._from_helper()  # not what this read needs next: collected, dropped
+        if self._late >= HELPER_LATE and self._helper is not None:
+            self._let_helper_go()  # (none of its slots is our cache any more)
         if self._helper is None and self._helper_wanted and self.size >= xorproc.MIN_BYTES:
             self._start_helper()
         if self._ahead is None and b < self._units:
@@ -348,17 +351,13 @@ class RaidReader(io.RawIOBase):
             return
         self._ahead = (a, b, slot)
 
-    def _from_helper(self, wait: float | None = None) -> memoryview | None:
+    def _from_helper(self) -> memoryview | None:
         """The clear bytes of the units the helper was asked for if it decoded them without finding anything
-        wrong, else None (we decode them ourselves then, noting the damage); also None if the helper is not
-        done within `wait` seconds (None: no limit), and then it stays asked."""
+        wrong, else None (we decode them ourselves then, noting the damage)."""
         if self._ahead is None or self._helper is None:
             return None
         try:
-            status = self._helper.reply(wait)
-            if status is None:
-                return None
-            ok = status == OK
+            ok = self._helper.reply() == OK
         except OSError:
             ok = False
         except EOFError:
