@@ -312,7 +312,7 @@ class RaidReader(io.RawIOBase):
         elif self._ahead is not None and self._ahead[0] != b:
             self._from_helper()  # not what this read needs next: collected, dropped
         if self._late >= HELPER_LATE and self._helper is not None:
-            self._let_helper_go()  # (none of its slots is our cache any more)
+            self._let_helper_go()  # its slot that is our cache is being replaced: the caller is done with it
         if self._helper is None and self._helper_wanted and self.size >= xorproc.MIN_BYTES:
             self._start_helper()
         if self._ahead is None and b < self._units:
