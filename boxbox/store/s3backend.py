@@ -201,7 +201,11 @@ class _Put:
                 self._complete()
                 store.landed(key, size)
             else:
-                self.pending = store.send_behind(key, size, self._complete, store.client.settings.part_size)
+                from boxbox.s3.multipart import PARTS_IN_FLIGHT
+
+                # held until it lands: the last part and the parts still in flight
+                held = store.client.settings.part_size * (PARTS_IN_FLIGHT + 1)
+                self.pending = store.send_behind(key, size, self._complete, held)
         else:
             self._buf += tail
             send = functools.partial(store.send, key, self._buf, self._exclusive, self._hash.digest())
