@@ -9,7 +9,11 @@ each timed as a whole process, and the restored tree compared byte for byte with
 original. The S3 store is a single `weed server -s3` (tests/seaweed.py) on this machine,
 over plain http on loopback; the raidfile store is a 3-directory disc set on the same disc.
 S3 requests are counted by the server's client (logged when it stops, so it is restarted
-between the backup and the restore). The last line is machine-readable:
+between the backup and the restore). Each phase prints its wall time and the CPU seconds of
+the client, the boxbox server and SeaweedFS (all its processes) while it ran: on a shared
+machine the CPU columns say where the time goes when the walls are noisy. `--rounds N` runs
+raidfile then S3 N times (fresh servers and bucket) and reports medians. The last line is
+machine-readable:
 
     RESULT backup_ratio=X restore_ratio=X requests_per_file=X
 
