@@ -94,6 +94,7 @@ class Daemon:
 
     @property
     def keys(self) -> Keys:
+        """The keys file's keys, loaded on first use when deferred."""
         if self._keys is None:
             from boxbox.crypto.keys import load_keys
 
@@ -224,7 +225,7 @@ class Daemon:
             self.cond.notify_all()
         self.notify("backup-start")
         state = state_mod.load_or_rebuild(self.state_path, self.account)
-        run = BackupRun(self.cfg, (lambda: self.keys) if self._keys is None else self._keys, state, cid=self.cid, force=force, take_over=take_over,
+        run = BackupRun(self.cfg, lambda: self.keys, state, cid=self.cid, force=force, take_over=take_over,
                         should_stop=lambda: self.stopping)
         result = run.run()
         self._after_run(number, result)
