@@ -27,6 +27,7 @@ pytestmark = pytest.mark.skipif(not xorproc.AVAILABLE, reason="the helper needs 
 @pytest.fixture(autouse=True)
 def helper_for_every_size(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(xorproc, "MIN_BYTES", 0)
+    monkeypatch.setattr(xorproc, "MAX_HELPERS", max(1, xorproc.MAX_HELPERS))  # also on one core
     monkeypatch.setattr(xorproc, "_deaths", 0)  # the kills below would otherwise switch helpers off
     monkeypatch.setattr(xorproc, "_disabled", False)
     yield
@@ -202,7 +203,7 @@ CHILD = """
 import os, sys
 from pathlib import Path
 from boxbox.raidfile import DiscSet, xorproc
-xorproc.MIN_BYTES = 0
+xorproc.MIN_BYTES, xorproc.MAX_HELPERS = 0, 1
 ds = DiscSet("t", [Path(sys.argv[1]) / d for d in "abc"], 4096)
 with ds.create("f") as w:
     w.write(bytes(3 << 20))

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 MIN_BYTES = 4 << 20  # a write or read uses a helper once this much of its file is behind it; tests set 0
 SLOT_BYTES = 2 << 20  # one chunk of clear data (reader.CHUNK_BYTES); the buffer holds SLOTS of them
 SLOTS = 2  # double buffering: the helper works on one chunk while the caller fills the other
-MAX_HELPERS = max(1, min(4, (os.cpu_count() or 1) - 1))
+# one per spare core (none on one core: the helper would only take turns with us); tests set 1
+MAX_HELPERS = min(4, len(os.sched_getaffinity(0)) - 1 if hasattr(os, "sched_getaffinity") else 0)
 AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "memfd_create") and bool(sys.executable)
 MAX_DEATHS = 3  # helpers that died before we stop starting new ones
 

@@ -41,13 +41,14 @@ def contents(draw: st.DrawFn) -> tuple[int, bytes]:
 
 @contextmanager
 def helper(on: bool) -> Iterator[None]:
-    """The helper process for files of every size (on), or for none (off)."""
-    saved = xorproc.MIN_BYTES
+    """The helper process for files of every size (on, also on one core), or for none (off)."""
+    saved = xorproc.MIN_BYTES, xorproc.MAX_HELPERS
     xorproc.MIN_BYTES = 0 if on else 1 << 62
+    xorproc.MAX_HELPERS = max(1, xorproc.MAX_HELPERS)
     try:
         yield
     finally:
-        xorproc.MIN_BYTES = saved
+        xorproc.MIN_BYTES, xorproc.MAX_HELPERS = saved
 
 
 @contextmanager
