@@ -275,3 +275,41 @@ def test_parity_damage_needs_a_scrub(setup: tuple[Store, Tree, Path]) -> None:
     assert found.errors > 5 and {p.kind for p in found.problems} == {"stripes"}
     assert check_account(store, A, fix=True, scrub=True).remaining == 0
     assert check_account(store, A, scrub=True).errors == 0
+
+
+def _unfinished_session(store: Store, tree: Tree) -> int:
+    """What a session that stored an object and then failed to write its directories leaves: the
+    object above the info's last id, listed nowhere, and the writer flag still set."""
+    info = store.read_info(A)
+    with store.backend(A).get(object_key(A, tree.b)) as f:
+        data = f.read()
+    left = info.last_object_id + 1
+    rewrite(store, left, data)
+    store.update_info(A, writer_open=True)
+    return left
+
+
+def test_an_unfinished_session_is_pending_not_damage(setup: tuple[Store, Tree, Path]) -> None:
+    """Without --fix, what a failed session left is reported as pending (its next writer removes it),
+    not as orphans; --fix does that removal now, and the account is clean either way."""
+    store, tree, root = setup
+    left = _unfinished_session(store, tree)
+    before = disc_snapshot(root)
+    report = check_account(store, A)
+    assert report.errors == 0, [str(p) for p in report.problems]
+    assert len(report.pending) == 1 and f"{left:#x}" in report.pending[0]
+    assert disc_snapshot(root) == before, "check without --fix changed something"
+    fixed = check_account(store, A, fix=True)
+    assert [p.kind for p in fixed.problems] == ["writer"] and fixed.remaining == 0
+    assert not store.backend(A).exists(object_key(A, left)) and not store.read_info(A).writer_open
+    again = check_account(store, A)
+    assert again.errors == 0 and again.pending == []
+    assert restorable(store) == sorted(tree.data.values())
+
+
+def test_an_orphan_without_an_unfinished_session_is_damage(setup: tuple[Store, Tree, Path]) -> None:
+    store, tree, root = setup
+    left = _unfinished_session(store, tree)
+    store.update_info(A, writer_open=False)
+    report = check_account(store, A)
+    assert report.pending == [] and any(p.kind == "orphan" and p.object_id == left for p in report.problems)

@@ -237,6 +237,8 @@ def _maintain(store: Store, args: argparse.Namespace) -> int:
         if not args.json:
             for problem in report.problems:
                 print(f"  {problem}")
+            for note in report.pending:
+                print(f"  pending: {note}")
             print(f"account {account:08x}: {report.objects} objects ({report.directories} directories, "
                   f"{report.files} files), {report.errors} errors, {report.errors - report.remaining} fixed, "
                   f"{report.remaining} remain ({report.seconds:.2f} s)")
