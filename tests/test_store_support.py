@@ -54,8 +54,10 @@ def session_client(store: Any, account: int) -> tuple[Any, threading.Thread]:
         except Exception:
             pass
         finally:
-            session.close()
-            b.close()
+            try:
+                session.close()
+            finally:
+                b.close()  # as the real server does: the client sees the end, not a 20 s timeout
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
