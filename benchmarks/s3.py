@@ -180,6 +180,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="~30 MB in 1,000 files (under two minutes)")
     ap.add_argument("--dir", help="work directory (default: a new temporary one)")
+    ap.add_argument("--volume-mb", type=int, default=1024,
+                    help="SeaweedFS volume size (default 1024; the tests' 16 stalls a PUT whenever a volume fills)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="raidfile then S3, this many times (fresh servers and bucket each); medians reported")
     args = ap.parse_args()
@@ -192,7 +194,7 @@ def main() -> int:
         authority.sign_client(d / "ca", 1, d / "client")
         tree = d / "tree"
         nfiles, nbytes = make_tree(tree, total, files)
-        bed = SeaweedServer(d / "seaweed")
+        bed = SeaweedServer(d / "seaweed", volume_size_mb=args.volume_mb)
         bed.wait_ready()
         print(f"tree: {nfiles} files, {nbytes / 1e6:.0f} MB; SeaweedFS `weed server -s3` at {bed.endpoint}")
         rounds = [{"raidfile": run_kind(d, f"raidfile{i}", tree, None, []),

@@ -269,7 +269,9 @@ class _S3Bed:
 class SeaweedServer(_S3Bed):
     """`weed server -s3`: master, volume, filer and S3 gateway in one process."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, volume_size_mb: int = 16) -> None:
+        """`volume_size_mb`: small for the tests (one sparse volume per bucket); a benchmark uses
+        deployment-sized volumes, since SeaweedFS stalls a PUT for 0.3-1.1 s whenever it grows a new one."""
         super().__init__(root)
         (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc) = free_ports(8)
         self.endpoint = f"http://127.0.0.1:{s3}"
@@ -277,7 +279,7 @@ class SeaweedServer(_S3Bed):
         data.mkdir(parents=True)
         (root / "master.toml").write_text(MASTER_TOML)
         args = ["server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
-                "-master.telemetry=false", "-master.volumeSizeLimitMB=16", f"-volume.max={VOLUME_SLOTS}",
+                "-master.telemetry=false", f"-master.volumeSizeLimitMB={volume_size_mb}", f"-volume.max={VOLUME_SLOTS}",
                 f"-master.port={master}", f"-master.port.grpc={master_grpc}",
                 f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
                 f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
