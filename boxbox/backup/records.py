@@ -43,6 +43,7 @@ def digest16(data: bytes | memoryview) -> bytes:
     """BLAKE2b-128: a directory's checksum (scan.py) and the state file's digest (state.py)."""
     return blake2b(data, digest_size=16).digest()
 
+
 _STORE_ID = _INODE = struct.Struct("<Q")
 _SUBTREE = struct.Struct("<I")
 
