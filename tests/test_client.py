@@ -113,7 +113,8 @@ def test_nothing_changed_does_not_connect(server: StoreServer, tmp_path: Path) -
 
 def test_nothing_changed_loads_no_upload_stack(server: StoreServer, tmp_path: Path) -> None:
     """A run that finds nothing changed stays light: no TLS, no `cryptography`, no wire or object code, and
-    neither the keys nor `hashlib` (which loads OpenSSL's libcrypto) nor `dataclasses` (inspect, ast, dis)."""
+    neither the keys nor `hashlib` (which loads OpenSSL's libcrypto) nor `dataclasses` (inspect, ast, dis) nor
+    `tempfile` (shutil, random, bz2, lzma)."""
     import subprocess
     import sys
 
@@ -127,7 +128,7 @@ def test_nothing_changed_loads_no_upload_stack(server: StoreServer, tmp_path: Pa
     code = ("import sys\nbefore = set(sys.modules)\nfrom boxbox.__main__ import main\n"
             "rc = main(['client', '--config', sys.argv[1], '--once'])\n"
             "print(rc, sorted(m for m in set(sys.modules) - before if m.split('.')[0] in "
-            "('cryptography', 'ssl', '_ssl', 'hashlib', '_hashlib', 'hmac', 'dataclasses', 'inspect') or "
+            "('cryptography', 'ssl', '_ssl', 'hashlib', '_hashlib', 'hmac', 'dataclasses', 'inspect', 'tempfile') or "
             "m.startswith(('boxbox.wire', 'boxbox.objects', 'boxbox.rolling', 'boxbox.crypto', "
             "'boxbox.backup.uploader'))))")
     out = subprocess.run([sys.executable, "-c", code, str(conf)], capture_output=True, text=True, timeout=60,
