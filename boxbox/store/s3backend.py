@@ -298,6 +298,16 @@ class _Window(io.RawIOBase):
         super().close()
 
 
+class _Fetch:
+    """A read ahead: its future, and the bytes it counts for in READ_AHEAD_BYTES (SMALL until it lands)."""
+
+    __slots__ = ("future", "held")
+
+    def __init__(self) -> None:
+        self.future: Future[bytes]
+        self.held = SMALL
+
+
 class S3ObjectStore:
     """`ObjectStore` on one bucket under one prefix; one per configured `[s3 NAME]`, shared by threads."""
 
@@ -310,7 +320,8 @@ class S3ObjectStore:
         self.name = name
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._ahead: OrderedDict[str, Future[bytes]] = OrderedDict()  # started, oldest first
+        self._ahead: OrderedDict[str, _Fetch] = OrderedDict()  # started, oldest first
+        self._held = 0  # bytes the read-ahead holds: see _ahead_bytes
         self._wanted: OrderedDict[str, None] = OrderedDict()  # asked for, waiting for room in READ_AHEAD_BYTES
         self._ahead_lock = threading.RLock()  # a fetch's done-callback may run in the thread that started it
         self._pool: ThreadPoolExecutor | None = None
@@ -344,37 +355,57 @@ class S3ObjectStore:
                     self._wanted[s3key] = None
             while len(self._ahead) + len(self._wanted) > READ_AHEAD:  # never taken (skipped ids): oldest go
                 if self._ahead:
-                    self._ahead.popitem(last=False)[1].cancel()
+                    fetch = self._ahead.popitem(last=False)[1]
+                    self._held -= fetch.held
+                    fetch.future.cancel()
                 else:
                     self._wanted.popitem(last=False)
             self._fill_ahead()
 
     def _ahead_bytes(self) -> int:
         """The read-ahead's memory: bytes fetched and not taken, SMALL for each fetch still running."""
-        held = 0
-        for future in self._ahead.values():
-            if not future.done():
-                held += SMALL
-            elif not future.cancelled() and future.exception() is None:
-                held += len(future.result())
-        return held
+        return self._held
 
     def _fill_ahead(self) -> None:
         """Start waiting keys, oldest first, while they fit in READ_AHEAD_BYTES (one at least when none runs)."""
         with self._ahead_lock:
             if self._pool is None:
                 return
-            while self._wanted and (not self._ahead or self._ahead_bytes() + SMALL <= READ_AHEAD_BYTES):
+            while self._wanted and (not self._ahead or self._held + SMALL <= READ_AHEAD_BYTES):
                 s3key, _ = self._wanted.popitem(last=False)
-                future = self._pool.submit(self.client.get_object, s3key, 0, SMALL)
-                self._ahead[s3key] = future
-                future.add_done_callback(lambda f: f.cancelled() or self._fill_ahead())  # landing small frees room
+                fetch = _Fetch()
+                self._ahead[s3key] = fetch
+                self._held += SMALL
+                fetch.future = self._pool.submit(self.client.get_object, s3key, 0, SMALL)
+                fetch.future.add_done_callback(functools.partial(self._landed_ahead, s3key, fetch))
+
+    def _landed_ahead(self, s3key: str, fetch: "_Fetch", future: "Future[bytes]") -> None:
+        """A fetch ahead ended: count its real size instead of SMALL (landing small frees room), start more."""
+        if future.cancelled():
+            return
+        with self._ahead_lock:
+            if self._ahead.get(s3key) is fetch:
+                size = len(future.result()) if future.exception() is None else 0
+                self._held += size - fetch.held
+                fetch.held = size
+            self._fill_ahead()
+
+    def _pop_ahead(self, s3key: str) -> "_Fetch | None":
+        """Take `s3key` out of the read-ahead (started or waiting); the caller holds _ahead_lock."""
+        fetch = self._ahead.pop(s3key, None)
+        self._wanted.pop(s3key, None)
+        if fetch is not None:
+            self._held -= fetch.held
+        return fetch
 
     def _take_ahead(self, s3key: str) -> bytes | None:
         with self._ahead_lock:
-            future = self._ahead.pop(s3key, None)
-            self._wanted.pop(s3key, None)  # not started yet: read in the foreground now
-        if future is None or future.cancelled():
+            fetch = self._pop_ahead(s3key)  # not started yet: read in the foreground now
+            if fetch is None:
+                return None
+            self._fill_ahead()
+        future = fetch.future
+        if future.cancelled():
             return None
         try:
             return future.result()
@@ -382,16 +413,14 @@ class S3ObjectStore:
             raise
         except Exception:  # noqa: BLE001 - read it again in the foreground, with its own error
             return None
-        finally:
-            self._fill_ahead()
 
     def _drop_ahead(self, s3key: str) -> None:
         with self._ahead_lock:
-            future = self._ahead.pop(s3key, None)
-            self._wanted.pop(s3key, None)
-        if future is not None:
-            future.cancel()
-        self._fill_ahead()
+            fetch = self._pop_ahead(s3key)
+            if fetch is None:
+                return
+            fetch.future.cancel()
+            self._fill_ahead()
 
     def forget(self, prefix: str) -> None:
         """Drop remembered sizes under `prefix`: another server may have written there (a lease changed hands)."""
