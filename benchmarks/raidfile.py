@@ -111,6 +111,7 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, help="data size in MiB")
     ap.add_argument("--repeat", type=int, default=None, help="repetitions, median reported (default 5)")
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp directory)")
+    ap.add_argument("--samples", action="store_true", help="also print every repetition's MB/s per case")
     args = ap.parse_args()
     logging.getLogger("boxbox.raidfile").setLevel(logging.ERROR)  # degraded reads warn on every open
     size_mib = args.size_mib or (64 if args.quick else 256)
@@ -219,6 +220,9 @@ def main() -> int:
                   f"{med[one] / med[p]:>7.2f} {ms[r]:>7.0f} {ms[one]:>10.0f}")
         print(f"{'write, plain atomic':<20} {med['write plain atomic']:>11.0f} {med['write raid']:>10.0f} "
               f"{med['write raid'] / med['write plain atomic']:>7.2f}   (temp + fsync + rename + fsync dir)")
+        if args.samples:
+            for k, v in results.items():
+                print(f"  {k:<28} " + " ".join(f"{x:.0f}" for x in v))
         print("primitives holding the GIL, same run:")
         for k in prims:
             print(f"  {k:<48} {med[k]:>7.0f} MB/s")

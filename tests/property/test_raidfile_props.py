@@ -236,3 +236,50 @@ def test_non_raid_matches_raid_for_clean_reads(bs: int) -> None:
         for ds in (one, three):
             assert read_all(ds) == data and ds.check("x/f").ok and ds.listdir("x") == ["f"]
         assert one.usage_blocks("x/f") * 2 > three.usage_blocks("x/f") > one.usage_blocks("x/f")
+
+
+@settings(max_examples=60)
+@given(contents(), st.integers(0, 2**32), st.sampled_from(["none", "none", "corrupt", "truncate", "crc"]),
+       st.sampled_from([STRIPE1, STRIPE2]))
+@example((16, bytes(range(256)) * 40), 1, "crc", STRIPE2)
+@example((4096, bytes(range(256)) * 16 * 700 + b"xyz"), 2, "none", STRIPE1)
+def test_f_reads_of_whole_rows_joined(case: tuple[int, bytes], seed: int, how: str, role: int) -> None:
+    """read() of whole rows of a RAID file joins the blocks of both data stripes into the bytes it returns (each
+    stripe's records read in one piece, checked by CRC residue): any sizes and offsets, row-aligned or not, a
+    chunk or several per call, the file's short last row; a damaged data stripe (a flipped byte, a flipped
+    CRC byte, a truncation) falls back to the decoding that notes and rebuilds it."""
+    bs, data = case
+    rng = random.Random(seed)
+    with disc_set(bs) as ds:
+        files = put(ds, data, 10_000)
+        geo = Geometry(len(data), bs)
+        size = files[role].stat().st_size
+        if how == "corrupt" and size > HEADER.size:
+            corrupt(files[role], rng, [rng.randrange(HEADER.size, size)])
+        elif how == "crc" and geo.records(role):
+            j = rng.randrange(geo.records(role))
+            length = min(bs, len(data) - (2 * j + (role == STRIPE2)) * bs)
+            corrupt(files[role], rng, [geo.record_offset(j) + length + rng.randrange(4)])
+        elif how == "truncate" and size > HEADER.size:
+            os.truncate(files[role], rng.randrange(HEADER.size, size))
+        damaged = how != "none" and size > HEADER.size and (how != "crc" or geo.records(role) > 0)
+        unit = 2 * bs
+        with ds.open("x/f") as r:  # any sizes, some row-aligned seeks
+            pos = 0
+            while pos < len(data):
+                n = rng.choice([unit, rng.randrange(1, 5) * unit, rng.randrange(1, 3 * unit), 2**20, 5 * 2**20,
+                                len(data) - pos])
+                if rng.random() < 0.2:
+                    pos = rng.randrange(len(data) // unit + 1) * unit
+                    r.seek(pos)
+                b = r.read(n)
+                assert b == data[pos : pos + n]
+                pos += len(b)
+            assert r.read(unit) == b""
+        with ds.open("x/f") as r:  # the whole file in whole rows: every record is checked, the damage noted
+            got = []
+            while b := r.read(rng.choice([unit, rng.randrange(1, 9) * unit, 2**20 // unit * unit or unit])):
+                got.append(b)
+            assert b"".join(got) == data and r.degraded == damaged
+        with ds.open("x/f") as r:
+            assert r.read() == data
