@@ -295,33 +295,6 @@ class S3Client:
             log.warning("S3 GET %s: %s (attempt %d)", self._what(key), problem, attempt)
         raise IntegrityError(f"S3 GET {self._what(key)}: {problem}, twice")
 
-    def get_objects(self, keys: list[str], start: int, end: int) -> list[bytes | BaseException]:
-        """Bytes [start, end) of each object, as `get_object` gives them (or the error it raises), the GETs
-        pipelined on one connection (`Transport.pipeline`). Only clean answers are taken from the pipeline
-        (206, 416, 404, a 200 that passes `whole_body_problem`); any other key is read again on its own by
-        `get_object`, with its retries and checks."""
-        if not 0 <= start < end:
-            raise ProgrammingError(f"S3 GET: bad range {start}..{end}")
-        rng = {"range": f"bytes={start}-{end - 1}"}
-        answers = self._transport.pipeline("GET", self._host, [(self._path(key), rng) for key in keys],
-                                           what=self._what(keys[0]) + (f" and {len(keys) - 1} more" if len(keys) > 1 else ""))
-        out: list[bytes | BaseException] = []
-        for key, resp in zip(keys, answers):
-            if resp is not None and resp.status == 206:
-                out.append(resp.body)
-            elif resp is not None and resp.status == 416:
-                out.append(b"")
-            elif resp is not None and resp.status == 404:
-                out.append(self._error("GET", self._what(key), resp))
-            elif resp is not None and resp.status == 200 and not whole_body_problem(resp):
-                out.append(resp.body[start:end])
-            else:
-                try:
-                    out.append(self.get_object(key, start, end))
-                except BoxboxError as e:
-                    out.append(e)
-        return out
-
     def open(self, key: str) -> BinaryIO:
         """A read-only, seekable file over the object, read with ranged GETs and a read-ahead buffer."""
         return S3Reader(self, key, self.head_object(key))  # type: ignore[return-value]

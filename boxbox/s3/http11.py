@@ -70,11 +70,6 @@ class Connection:
         `head_only`: the answer has no body (HEAD). `error_limit`: read at most this much of
         an error's body (status 300 or more; the rest is not read, the connection not kept).
         """
-        self.send(head, body)
-        return self.answer(head_only, error_limit)
-
-    def send(self, head: bytes, body: bytes = b"") -> None:
-        """Send a request (or several bodiless ones back to back: HTTP/1.1 pipelining, `head` holding them all)."""
         sock = self._sock
         if sock is None:
             sock = self._sock = self._connect()
@@ -83,10 +78,6 @@ class Connection:
         else:
             sock.sendall(head)
             sock.sendall(body)
-
-    def answer(self, head_only: bool, error_limit: int, more: bool = False) -> Answer:
-        """Read the next answer. `more`: answers to further pipelined requests follow, so bytes received beyond
-        this one are theirs (otherwise such bytes mean the connection is not reused)."""
         while True:
             status, reason, headers, keep_alive = self._read_head()
             if not 100 <= status < 200:  # 100 Continue and the like precede the real answer
@@ -108,7 +99,7 @@ class Connection:
         else:  # delimited by the end of the connection
             body_read, complete = self._read_to_close(limit), False
         # bytes beyond the answer would be taken for the next one: such a connection is not reused
-        return Answer(status, reason, headers, body_read, keep_alive and complete and (more or not self._buf))
+        return Answer(status, reason, headers, body_read, keep_alive and complete and not self._buf)
 
     def _fill(self) -> bool:
         """Receive more into the buffer; False at the end of the stream."""

@@ -214,51 +214,6 @@ class Transport:
                 continue
             return result
 
-    def pipeline(self, method: str, host: str, requests: list[tuple[str, Mapping[str, str]]], *,
-                 what: str) -> list[Response | None]:
-        """Send bodiless requests (`(path, headers)` each) back to back on one connection, HTTP/1.1 pipelining,
-        and read their answers in order: one send and far fewer receives and thread switches than a request
-        each (a restore's read-ahead: ~half the CPU per GET). Never retried here: an answer not read cleanly
-        (the connection failed or closed, an error body too long) is None, for the caller to send again on its
-        own with `request` and its retries; so are all after it."""
-        host_header = self._host_header(host)
-        heads = []
-        for path, headers in requests:
-            signed = sigv4.sign(method, path, (), {"host": host_header, **headers}, sigv4.EMPTY_SHA256,
-                                access_key=self._access_key, secret_key=self._secret_key, region=self._region,
-                                now=datetime.datetime.now(datetime.timezone.utc))
-            signed.pop("host")
-            lines = "".join(f"{name}: {value}\r\n" for name, value in signed.items())
-            if lines.count("\n") != len(signed) or lines.count("\r") != len(signed):
-                raise StorageError(f"S3 {method} {what}: a header value holds a line break")
-            heads.append(f"{method} {sigv4.canonical_uri(path)} HTTP/1.1\r\nHost: {host_header}\r\n{lines}\r\n")
-        out: list[Response | None] = [None] * len(requests)
-        conn, _ = self._take(host)
-        with self._lock:
-            self.requests += len(requests) - 1  # _take counted one
-        keep = False
-        try:
-            conn.send("".join(heads).encode("latin-1"))
-            for i in range(len(requests)):
-                last = i == len(requests) - 1
-                answer = conn.answer(method == "HEAD", MAX_ERROR_BODY, more=not last)
-                out[i] = Response(answer.status, answer.reason, answer.headers, answer.body, 1)
-                if not answer.keep_alive:
-                    break
-            else:
-                keep = True
-        except ssl.SSLCertVerificationError as e:
-            conn.close()
-            raise StorageError(f"S3 {method} {what}: TLS certificate of {host} not trusted: "
-                               f"{e.verify_message}") from None
-        except TRANSIENT_ERRORS as e:
-            log.debug("%s %s: pipeline of %d failed: %s", method, what, len(requests), type(e).__name__)
-        if keep:
-            self._give_back(host, conn)
-        else:
-            conn.close()
-        return out
-
     def _host_header(self, host: str) -> str:
         default = 443 if self.endpoint.scheme == "https" else 80
         host = f"[{host}]" if ":" in host else host

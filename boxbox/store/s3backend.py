@@ -75,9 +75,6 @@ READ_AHEAD_THREADS = 16
 #: Bytes of read-ahead held at once: fetched and not yet taken, plus SMALL for each fetch in flight (its
 #: size is unknown until it lands). Keys beyond wait for room, so memory stays bounded whatever the sizes.
 READ_AHEAD_BYTES = 16 << 20
-#: Keys read ahead per task, their GETs pipelined on one connection (S3Client.get_objects): one send, fewer
-#: receives and thread switches than a GET each, about half the CPU per object read.
-READ_AHEAD_PIPELINE = 8
 #: Bytes per ranged GET of a big object (the client's default is 1 MiB): 4 MiB read 15 MB objects
 #: at ~280 MB/s instead of ~160 on loopback SeaweedFS.
 BIG_READ = 4 << 20
@@ -374,42 +371,13 @@ class S3ObjectStore:
         with self._ahead_lock:
             if self._pool is None:
                 return
-            batch_size = READ_AHEAD_PIPELINE if hasattr(self.client, "get_objects") else 1
             while self._wanted and (not self._ahead or self._held + SMALL <= READ_AHEAD_BYTES):
-                if len(self._wanted) < batch_size and len(self._ahead) >= batch_size:
-                    break  # enough ahead already: wait until a whole pipeline's worth is wanted
-                batch: list[tuple[str, _Fetch]] = []
-                while self._wanted and len(batch) < batch_size and (
-                        not self._ahead or self._held + SMALL <= READ_AHEAD_BYTES):
-                    s3key, _ = self._wanted.popitem(last=False)
-                    fetch = _Fetch()
-                    self._ahead[s3key] = fetch
-                    self._held += SMALL
-                    batch.append((s3key, fetch))
-                if batch_size == 1:
-                    s3key, fetch = batch[0]
-                    fetch.future = self._pool.submit(self.client.get_object, s3key, 0, SMALL)
-                else:
-                    for _, fetch in batch:
-                        fetch.future = Future()
-                    self._pool.submit(self._fetch_batch, batch)
-                for s3key, fetch in batch:
-                    fetch.future.add_done_callback(functools.partial(self._landed_ahead, s3key, fetch))
-
-    def _fetch_batch(self, batch: list[tuple[str, "_Fetch"]]) -> None:
-        """Read ahead several keys with pipelined GETs, each landing in its own future (not if cancelled)."""
-        live = [(s3key, fetch.future) for s3key, fetch in batch if fetch.future.set_running_or_notify_cancel()]
-        if not live:
-            return
-        try:
-            results = self.client.get_objects([s3key for s3key, _ in live], 0, SMALL)
-        except BaseException as e:  # noqa: BLE001 - each read sees it (and is read again in the foreground)
-            results = [e] * len(live)
-        for (_, future), result in zip(live, results):
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+                s3key, _ = self._wanted.popitem(last=False)
+                fetch = _Fetch()
+                self._ahead[s3key] = fetch
+                self._held += SMALL
+                fetch.future = self._pool.submit(self.client.get_object, s3key, 0, SMALL)
+                fetch.future.add_done_callback(functools.partial(self._landed_ahead, s3key, fetch))
 
     def _landed_ahead(self, s3key: str, fetch: "_Fetch", future: "Future[bytes]") -> None:
         """A fetch ahead ended: count its real size instead of SMALL (landing small frees room), start more."""

@@ -61,26 +61,6 @@ def test_ranged_reads_are_retried(bucket: tuple[S3Client, S3Client], proxy: Faul
         assert f.read(100_000) == data[500:100_500]
 
 
-@pytest.mark.parametrize("fault", RETRIED)
-@pytest.mark.parametrize("at", ["p3", "p0", "p5"])
-def test_pipelined_gets_survive_faults(bucket: tuple[S3Client, S3Client], proxy: FaultProxy, fault: str,
-                                       at: str) -> None:
-    """The read-ahead's pipelined GETs (get_objects): a fault on any of them, first, middle or last, costs the
-    answers from there on a pipeline, never a wrong byte; each is read again on its own with its retries."""
-    c, d = bucket
-    objects = {f"p{i}": os.urandom(20_000 + 999 * i) for i in range(6)}
-    for key, data in objects.items():
-        d.put_object(key, data)
-    keys = ["p0", "p1", "p2", "missing", "p3", "p4", "p5"]
-    proxy.add(fault, method="GET", path=f"/{at}", times=1)
-    got = c.get_objects(keys, 0, 1 << 20)
-    assert [g if isinstance(g, bytes) else type(g) for g in got] == [
-        objects[k] if k in objects else NotFound for k in keys]
-    assert proxy.faults() == [fault]
-    proxy.clear()
-    assert c.get_objects(keys[:3], 0, 1 << 20) == [objects[k] for k in keys[:3]]
-
-
 @pytest.mark.parametrize("fault, when", [(f, "before") for f in RETRIED[:3]] + [(f, "after") for f in RETRIED])
 def test_put_faults_are_retried(bucket: tuple[S3Client, S3Client], proxy: FaultProxy, fault: str,
                                 when: str) -> None:
