@@ -66,3 +66,20 @@ def test_claims_held_by_a_failed_write_are_released(tmp_path: Path, monkeypatch:
     write(ds, "a/f", b"new" * 100)
     ds.delete("a/f")
     assert not temps_left(ds)
+
+
+@pytest.mark.parametrize("fail_from", [1, 2])
+def test_failed_rename_to_a_new_name_leaves_no_unreadable_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                fail_from: int) -> None:
+    """Before the commit point (the 2nd rename) a new `dst` is taken back; from it on, `dst` is whole.
+    Either way every name left is readable, and `src` still holds the data."""
+    ds = make_set(tmp_path)
+    write(ds, "a/src", b"s" * 10_000)
+    _failing_replace(monkeypatch, fail_from)
+    with pytest.raises(OSError):
+        ds.rename("a/src", "a/dst")
+    monkeypatch.undo()
+    assert read(ds, "a/src") == b"s" * 10_000
+    assert ds.exists("a/dst") == (fail_from >= 2)
+    if ds.exists("a/dst"):
+        assert read(ds, "a/dst") == b"s" * 10_000

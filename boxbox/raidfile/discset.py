@@ -8,6 +8,7 @@ keeps working). Temps are `a/b/name.rfw`, see `boxbox.raidfile.claims`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -305,8 +306,7 @@ class DiscSet:
                     os.unlink(dt[i])  # our claimed, empty temp; the link below takes its name
                     os.link(sf[i], dt[i])
             order = sorted(locked, key=lambda i: roles.get(i, 9))
-            for i in order:
-                os.replace(dt[i], df[i])
+            self._replace_in_order(order, dt, df)
             for i in range(len(df)):
                 if i not in locked and os.path.lexists(df[i]):
                     os.unlink(df[i])  # an old stripe of dst with no counterpart in src
@@ -319,6 +319,21 @@ class DiscSet:
                 claims.release(fd, st[i])
             for fd, t in zip(sclaims + dclaims, st + dt):
                 claims.release(fd, t)
+
+    @staticmethod
+    def _replace_in_order(order: list[int], temps: list[str], finals: list[str]) -> None:
+        """Rename the temps over the finals in `order`; if one fails before the second (the commit
+        point), take back a first one that made a new name, so no lone, unreadable stripe is left
+        under it (one over an old stripe is stale among two old ones: readers and repair skip it)."""
+        new = [not os.path.lexists(finals[i]) for i in order]
+        for n, i in enumerate(order):
+            try:
+                os.replace(temps[i], finals[i])
+            except BaseException:
+                if n == 1 and new[0]:
+                    with contextlib.suppress(OSError):
+                        os.unlink(finals[order[0]])
+                raise
 
     # listing ----------------------------------------------------------------------------
 
