@@ -387,6 +387,18 @@ class LimitedWriter:
         return len(data)
 
 
+@contextmanager
+def _aborting(put: PutStream, what: str) -> Iterator[None]:
+    """Abort `put` on any exception inside the block; an OSError becomes a storage error naming `what`."""
+    try:
+        yield
+    except OSError as e:
+        put.abort()
+        raise storage_error(e, what) from e
+    except BaseException:
+        put.abort()
+        raise
+
 class Account:
     """One account opened by a session: its objects, its info, its usage arithmetic."""
 
@@ -479,14 +491,8 @@ class Account:
             raise storage_error(e, what) from e
         room = self.info.hard_limit - self.info.blocks_used if check_limit else None
         writer = LimitedWriter(put, room, self.backend.blocks_for_length, self._limit_message)
-        try:
+        with _aborting(put, what):
             yield writer
-        except OSError as e:
-            put.abort()
-            raise storage_error(e, what) from e
-        except BaseException:
-            put.abort()
-            raise
         durable = durable or not hasattr(self.backend, "sync")  # a backend without `sync` commits durably
         try:
             put.commit() if durable else put.commit(durable=False)
@@ -560,14 +566,8 @@ class Account:
         except OSError as e:
             raise storage_error(e, what) from e
         writer = LimitedWriter(put, None, self.backend.blocks_for_length, self._limit_message)
-        try:
+        with _aborting(put, what):
             yield writer
-        except OSError as e:
-            put.abort()
-            raise storage_error(e, what) from e
-        except BaseException:
-            put.abort()
-            raise
         writer.blocks = self.backend.blocks_for_length(writer.size)
         self._staged.append(put)
 
