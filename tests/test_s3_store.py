@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -331,23 +331,30 @@ def test_the_barrier_waits_for_objects_sent_behind(tmp_path: Path, seaweed: Any)
         acct.close()
 
 
-def test_a_put_sent_behind_that_fails_fails_the_barrier(tmp_path: Path, seaweed: Any) -> None:
-    store = make_store(tmp_path, (A, 10_000, 20_000), s3=seaweed.new_bucket())
-    acct = store.open(A, write=True)
-    backend = store.backends["0"]
-    real = backend.client.put_object  # type: ignore[attr-defined]
+@contextlib.contextmanager
+def _puts_failing(backend: Any) -> Iterator[None]:
+    """Every S3 PUT of `backend` fails as one would after its retries, inside the block."""
+    real = backend.client.put_object
 
     def failing(key: str, data: bytes, **kw: Any) -> str:
         raise StorageError(f"S3 PUT {key}: InternalError (after 6 attempts)")
 
-    backend.client.put_object = failing  # type: ignore[attr-defined]
-    lost = acct.allocate_id()
+    backend.client.put_object = failing
     try:
+        yield
+    finally:
+        backend.client.put_object = real
+
+
+def test_a_put_sent_behind_that_fails_fails_the_barrier(tmp_path: Path, seaweed: Any) -> None:
+    store = make_store(tmp_path, (A, 10_000, 20_000), s3=seaweed.new_bucket())
+    acct = store.open(A, write=True)
+    backend = store.backends["0"]
+    lost = acct.allocate_id()
+    with _puts_failing(backend):
         acct.put_object(lost, b"lost", check_limit=False, durable=False)
         with pytest.raises(StorageError, match="InternalError"):
             acct.sync_objects()
-    finally:
-        backend.client.put_object = real  # type: ignore[attr-defined]
     with pytest.raises(StorageError, match="InternalError"):
         acct.sync_objects()  # nothing may list it in this session, even once S3 is back
     acct.close()  # settles the failed barrier before letting go of the account (S3 is back)
@@ -448,20 +455,11 @@ def test_a_put_failing_while_later_uploads_are_staged_stores_none_of_them(tmp_pa
 def test_a_failed_barrier_that_cannot_be_settled_leaves_the_writer_flag(tmp_path: Path, seaweed: Any) -> None:
     store = make_store(tmp_path, (A, 10_000, 20_000), s3=seaweed.new_bucket())
     acct = store.open(A, write=True)
-    backend = store.backends["0"]
-    real = backend.client.put_object  # type: ignore[attr-defined]
-
-    def failing(key: str, data: bytes, **kw: Any) -> str:
-        raise StorageError(f"S3 PUT {key}: InternalError (after 6 attempts)")
-
-    backend.client.put_object = failing  # type: ignore[attr-defined]
-    try:
+    with _puts_failing(store.backends["0"]):
         acct.put_object(acct.allocate_id(), b"lost", check_limit=False, durable=False)
         with pytest.raises(StorageError, match="InternalError"):
             acct.sync_objects()
         acct.close()  # S3 still failing: the clean-up fails too
-    finally:
-        backend.client.put_object = real  # type: ignore[attr-defined]
     assert store.read_info(A).writer_open  # left set: the next writer's recovery removes what may be half there
 
 
