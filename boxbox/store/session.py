@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 #: Clean directories kept in memory between requests (writers only; readers re-read).
 DIRECTORY_CACHE = 256
+#: An upload no bigger than this is received whole before it is parsed: the keyless parser then seeks
+#: through it in memory and it goes to disc in one write, instead of ~12 stream reads an object through
+#: `_Tee` (0.6 of the 5.4 s a first backup's session thread took at scale 0.3, profiled).
+WHOLE_UPLOAD = 1 << 20
 
 
 class Session:
@@ -352,7 +356,7 @@ class _Tee:
 
     FLUSH_AT = 256 << 10
 
-    def __init__(self, source: InStream, sink: LimitedWriter) -> None:
+    def __init__(self, source: "InStream | _Prefixed", sink: LimitedWriter) -> None:
         self._source = source
         self._sink = sink
         self._buf = bytearray()
@@ -371,6 +375,34 @@ class _Tee:
 
     def seekable(self) -> bool:
         return False
+
+
+class _Prefixed:
+    """The part of an upload already received, then the rest of its stream (the parser's view of a big one)."""
+
+    def __init__(self, head: bytes, rest: InStream) -> None:
+        self._head = io.BytesIO(head)
+        self._rest = rest
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            return self._head.read() + self._rest.read()
+        return self._head.read(n) or self._rest.read(n)
+
+    def seekable(self) -> bool:
+        return False
+
+
+def _receive_upto(stream: InStream, limit: int) -> tuple[bytes, bool]:
+    """The upload's first frames, up to just past `limit` bytes, and whether they were all of it."""
+    parts: list[bytes | bytearray | memoryview] = []
+    size = 0
+    for chunk in stream.chunks():
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(parts), False
+    return b"".join(parts), True
 
 
 class PendingPatch(NamedTuple):
@@ -419,10 +451,14 @@ def store_file(session: Session, req: m.StoreFile, stream: InStream | None) -> m
             with acct.open_object(req.diff_from) as base_source:
                 layout = combine_diff(stream, base_layout, base_source, req.diff_from, writer)
         else:
-            # One pass: the keyless parser checks the object while it streams to disc.
-            tee = _Tee(stream, writer)
-            layout = read_file_layout(tee)
-            tee.flush()
+            head, whole = _receive_upto(stream, WHOLE_UPLOAD)
+            if whole:
+                layout = read_file_layout(io.BytesIO(head))  # checks it ends where the object does
+                writer.write(head)
+            else:  # one pass: the keyless parser checks the object while it streams to disc
+                tee = _Tee(_Prefixed(head, stream), writer)
+                layout = read_file_layout(tee)
+                tee.flush()
             if layout.refs:
                 raise UsageError("the uploaded object refers to blocks of other objects but the request "
                                  "names no diff base (diff_from is 0)")

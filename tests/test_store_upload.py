@@ -1,0 +1,58 @@
+"""StoreFile's receive paths: an upload up to WHOLE_UPLOAD is parsed in memory, a bigger one as it streams."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from boxbox.errors import FormatError
+from boxbox.objects.directory import Directory
+from boxbox.raidfile import DiscSet
+from boxbox.store import session as store_session
+from boxbox.store.account import Store
+from boxbox.store.accountdb import AccountDatabase
+
+from tests.test_store_support import file_object, make_keys, session_client
+
+A = 0x2B
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Store:
+    dirs = [tmp_path / f"d{i}" for i in range(3)]
+    for d in dirs:
+        d.mkdir()
+    s = Store(AccountDatabase(tmp_path / "accounts.db"), {"0": DiscSet("0", dirs, 4096)})
+    s.create_account(A, 100_000, 200_000, "0", "bob")
+    return s
+
+
+@pytest.mark.parametrize("size", [0, 5_000, 3 << 20], ids=["empty", "whole", "streamed"])
+def test_an_upload_is_stored_as_sent_whichever_way_it_is_received(store: Store, size: int) -> None:
+    kw, obj = file_object(make_keys(), 1, b"f", os.urandom(size))
+    assert (len(obj) > store_session.WHOLE_UPLOAD) == (size > store_session.WHOLE_UPLOAD)
+    client, t = session_client(store, A)
+    client.login()
+    new_id = client.store_file(1, source=io.BytesIO(obj), **kw)
+    assert client.get_object(new_id).read() == obj
+    client.finish()
+    t.join(5)
+
+
+@pytest.mark.parametrize("size", [5_000, 3 << 20], ids=["whole", "streamed"])
+def test_data_after_the_footer_is_refused_and_nothing_is_listed(store: Store, size: int) -> None:
+    keys = make_keys()
+    kw, obj = file_object(keys, 1, b"f", os.urandom(size))
+    client, t = session_client(store, A)
+    client.login()
+    with pytest.raises(FormatError, match="after the file object footer"):
+        client.store_file(1, source=[obj, b"extra"], **kw)
+    kw2, obj2 = file_object(keys, 1, b"g", b"next")  # the connection is still in step
+    kept = client.store_file(1, source=io.BytesIO(obj2), **kw2)
+    assert [e.object_id for e in Directory.parse(client.list_directory(1)).entries] == [kept]
+    client.finish()
+    t.join(5)
+
