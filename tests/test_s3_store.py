@@ -474,10 +474,15 @@ def test_leftover_data_in_the_bucket_is_never_written_over(tmp_path: Path, seawe
 
 
 class _FakeObjects:
-    """Stands in for S3Client.get_object: sealed objects in memory, fetches held until released, a log of
-    the keys fetched, and keys that fail."""
+    """Stands in for S3Client.get_object and fetch_ahead (FETCH_CONNECTIONS at once): sealed objects in memory,
+    fetches held until released, a log of the keys fetched, and keys that fail."""
 
     def __init__(self, objects: dict[str, bytes], failing: dict[str, Exception]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from boxbox.s3.client import FETCH_CONNECTIONS
+
+        self._fetcher = ThreadPoolExecutor(FETCH_CONNECTIONS)
         self.objects = objects
         self.failing = failing
         self.fetched: list[str] = []
@@ -502,16 +507,19 @@ class _FakeObjects:
             with self._lock:
                 self.running -= 1
 
+    def fetch_ahead(self, key: str, start: int, end: int) -> Any:
+        return self._fetcher.submit(self.get_object, key, start, end)
+
 
 def test_read_ahead_is_bounded_in_bytes_and_serves_what_is_then_read() -> None:
-    from boxbox.store import s3backend
+    from boxbox.s3.client import FETCH_CONNECTIONS
     from boxbox.store.s3backend import READ_AHEAD_BYTES, seal
 
     big = seal(b"x" * (SMALL - TRAILER.size))  # each fetch holds SMALL bytes: the window decides how many run
     fake = _FakeObjects({f"w/{i}": big for i in range(24)}, {})
     store = S3ObjectStore(fake, "", "t")  # type: ignore[arg-type]
     store.prefetch([f"w/{i}" for i in range(24)])
-    assert len(fake.fetched) == min(READ_AHEAD_BYTES // SMALL, s3backend.READ_AHEAD_THREADS, 24)
+    assert len(fake.fetched) == min(READ_AHEAD_BYTES // SMALL, FETCH_CONNECTIONS, 24)
     assert len(store._ahead) == READ_AHEAD_BYTES // SMALL  # started (some may queue for a thread)
     fake.release.set()
     for i in range(24):  # read in order: every one was fetched ahead, once, and the window moved along
@@ -519,7 +527,7 @@ def test_read_ahead_is_bounded_in_bytes_and_serves_what_is_then_read() -> None:
         assert f.read(5) == b"xxxxx"
         assert store._ahead_bytes() <= READ_AHEAD_BYTES
     assert fake.fetched == [f"w/{i}" for i in range(24)]
-    assert fake.most_running <= s3backend.READ_AHEAD_THREADS
+    assert fake.most_running <= FETCH_CONNECTIONS
     assert not store._ahead and not store._wanted
 
 

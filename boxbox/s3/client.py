@@ -16,7 +16,7 @@ import re
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 from urllib.parse import unquote_plus
@@ -24,6 +24,8 @@ from xml.sax.saxutils import escape
 
 from boxbox.errors import (BoxboxError, ConfigError, IntegrityError, NotFound, PermissionDenied,
                            PreconditionFailed, ProgrammingError, StorageError)
+from boxbox.s3 import sigv4
+from boxbox.s3.fetcher import Fetcher
 from boxbox.s3.multipart import S3Writer
 from boxbox.s3.reader import S3Reader
 from boxbox.s3.transport import Response, Transport, parse_endpoint
@@ -35,6 +37,8 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
 #: threads sending multipart parts, shared by all the client's writers (each sends PARTS_IN_FLIGHT at once)
 PART_THREADS = 8
+#: connections of the fetcher (`fetch_ahead`): GETs in flight at once, all from one thread
+FETCH_CONNECTIONS = 16
 _NS = re.compile(r"^\{[^}]*\}")
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 _MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-[0-9]+$")
@@ -156,6 +160,16 @@ class S3Client:
             self._host, self._prefix = endpoint.host, "/" + settings.bucket
         self._parts: ThreadPoolExecutor | None = None
         self._parts_lock = threading.Lock()
+        self._fetcher: Fetcher | None = None
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
+    @property
+    def host_name(self) -> str:
+        """The host requests go to (`bucket.host` with virtual addressing)."""
+        return self._host
 
     @property
     def requests(self) -> int:
@@ -172,8 +186,11 @@ class S3Client:
     def close(self) -> None:
         with self._parts_lock:
             parts, self._parts = self._parts, None
+            fetcher, self._fetcher = self._fetcher, None
         if parts is not None:
             parts.shutdown(wait=True)
+        if fetcher is not None:
+            fetcher.close()
         self._transport.close()
 
     def __enter__(self) -> S3Client:
@@ -183,6 +200,17 @@ class S3Client:
         self.close()
 
     # ---- requests and errors ----
+
+    def what(self, key: str | None) -> str:
+        """`s3://bucket/key`, as messages name an object."""
+        return self._what(key)
+
+    def signed_get(self, key: str, start: int, end: int) -> bytes:
+        """The head of a GET of bytes [start, end), signed now, for a caller sending it itself (counted)."""
+        self._transport.count()
+        return self._transport.signed_head("GET", self._host, self._path(key), None,
+                                           {"range": f"bytes={start}-{end - 1}"}, sigv4.EMPTY_SHA256, 0,
+                                           self._what(key))
 
     def _what(self, key: str | None) -> str:
         return f"s3://{self.settings.bucket}/{key}" if key is not None else f"s3://{self.settings.bucket}"
@@ -294,6 +322,18 @@ class S3Client:
                 return resp.body[start:end] if resp.status == 200 and ranged else resp.body
             log.warning("S3 GET %s: %s (attempt %d)", self._what(key), problem, attempt)
         raise IntegrityError(f"S3 GET {self._what(key)}: {problem}, twice")
+
+    def fetch_ahead(self, key: str, start: int, end: int) -> Future[bytes]:
+        """Bytes [start, end) of `key` (fewer if it is shorter), fetched in the background by the fetcher.
+
+        A plain answer only (docs/S3.md "Speed"): `NotFound` for a 404, and anything else that is not a
+        clean 206 or 416 a `StorageError` with nothing retried, for the caller to read again with `get_object`.
+        """
+        with self._parts_lock:
+            if self._fetcher is None:
+                self._fetcher = Fetcher(self, FETCH_CONNECTIONS)
+            fetcher = self._fetcher
+        return fetcher.get(key, start, end)
 
     def open(self, key: str) -> BinaryIO:
         """A read-only, seekable file over the object, read with ranged GETs and a read-ahead buffer."""

@@ -118,23 +118,9 @@ class Connection:
                 if not buf:
                     raise http.client.RemoteDisconnected("Remote end closed connection without response")
                 raise http.client.IncompleteRead(bytes(buf))
-        lines = buf[:end].decode("latin-1").split("\r\n")
+        head = bytes(buf[:end])
         del buf[:end + 4]
-        version, _, rest = lines[0].partition(" ")
-        code, _, reason = rest.partition(" ")
-        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
-            raise http.client.BadStatusLine(lines[0])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise http.client.HTTPException(f"malformed header line {line[:100]!r}")
-            name = name.strip().lower()
-            value = value.strip()
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        connection = headers.get("connection", "").lower()
-        keep_alive = "close" not in connection and (version != "HTTP/1.0" or "keep-alive" in connection)
-        return int(code), reason.strip(), headers, keep_alive
+        return parse_head(head)
 
     def _read_exact(self, n: int) -> bytes:
         buf = self._buf
@@ -195,3 +181,23 @@ class Connection:
         data = bytes(self._buf[:limit])
         self._buf.clear()
         return data
+
+
+def parse_head(head: bytes | bytearray) -> tuple[int, str, dict[str, str], bool]:
+    """(status, reason, headers with lower-case names, keep-alive) of an answer's head, without its blank line."""
+    lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+        raise http.client.BadStatusLine(lines[0])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise http.client.HTTPException(f"malformed header line {line[:100]!r}")
+        name = name.strip().lower()
+        value = value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    connection = headers.get("connection", "").lower()
+    keep_alive = "close" not in connection and (version != "HTTP/1.0" or "keep-alive" in connection)
+    return int(code), reason.strip(), headers, keep_alive

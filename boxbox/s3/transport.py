@@ -90,12 +90,13 @@ class Transport:
         self._timeout = timeout
         self._retries = retries
         self._backoff = backoff
-        self._context: ssl.SSLContext | None = None
+        #: TLS settings of every connection (None: plain http)
+        self.context: ssl.SSLContext | None = None
         if endpoint.scheme == "https":
-            self._context = ssl.create_default_context()
+            self.context = ssl.create_default_context()
             if ca_file:
                 try:
-                    self._context.load_verify_locations(cafile=ca_file)
+                    self.context.load_verify_locations(cafile=ca_file)
                 except (OSError, ssl.SSLError) as e:
                     raise ConfigError(f"S3 CA file {ca_file}: {e}") from None
         self._lock = threading.Lock()
@@ -105,7 +106,12 @@ class Transport:
         self.requests = 0
 
     def _connect(self, host: str) -> Connection:
-        return Connection(host, self.endpoint.port, self._timeout, self._context)
+        return Connection(host, self.endpoint.port, self._timeout, self.context)
+
+    def count(self) -> None:
+        """One request sent by other means (the read-ahead's fetcher)."""
+        with self._lock:
+            self.requests += 1
 
     def _take(self, host: str) -> tuple[Connection, bool]:
         expired: list[tuple[Connection, float]] = []
@@ -157,30 +163,15 @@ class Transport:
         signed. `what` names the target in error messages. A 4xx is returned, never retried;
         `retry_if` marks other answers as transient (S3 can put an error in a 200 body).
         """
-        query = dict(query or {})
         payload = bytes(body) if not isinstance(body, bytes) else body
         if payload_hash is None:
             payload_hash = sigv4.sha256_hex(payload)
-        target = sigv4.canonical_uri(path)
-        if query:
-            target += "?" + sigv4.canonical_query(query)
-        host_header = self._host_header(host)
-        fixed = f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\n"
-        if payload or method in ("PUT", "POST"):
-            fixed += f"Content-Length: {len(payload)}\r\n"
         head_only = method == "HEAD"
         attempts = 0
         stale_replaced = False
         while True:
             attempts += 1
-            signed = sigv4.sign(method, path, query, {"host": host_header, **(headers or {})},
-                                payload_hash, access_key=self._access_key, secret_key=self._secret_key,
-                                region=self._region, now=datetime.datetime.now(datetime.timezone.utc))
-            signed.pop("host")
-            lines = "".join(f"{name}: {value}\r\n" for name, value in signed.items())
-            if lines.count("\n") != len(signed) or lines.count("\r") != len(signed):  # (an ETag comes from the store)
-                raise StorageError(f"S3 {method} {what}: a header value holds a line break")
-            head = (fixed + lines + "\r\n").encode("latin-1")
+            head = self.signed_head(method, host, path, query, headers, payload_hash, len(payload), what)
             conn, reused = self._take(host)
             try:
                 answer = conn.request(head, payload, head_only, MAX_ERROR_BODY)
@@ -213,6 +204,26 @@ class Transport:
                 self._sleep(attempts - stale_replaced)
                 continue
             return result
+
+    def signed_head(self, method: str, host: str, path: str, query: Mapping[str, str] | None,
+                    headers: Mapping[str, str] | None, payload_hash: str, length: int, what: str) -> bytes:
+        """The request line and headers, signed now (so a retry after a long backoff is not stale)."""
+        query = dict(query or {})
+        target = sigv4.canonical_uri(path)
+        if query:
+            target += "?" + sigv4.canonical_query(query)
+        host_header = self._host_header(host)
+        fixed = f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\n"
+        if length or method in ("PUT", "POST"):
+            fixed += f"Content-Length: {length}\r\n"
+        signed = sigv4.sign(method, path, query, {"host": host_header, **(headers or {})},
+                            payload_hash, access_key=self._access_key, secret_key=self._secret_key,
+                            region=self._region, now=datetime.datetime.now(datetime.timezone.utc))
+        signed.pop("host")
+        lines = "".join(f"{name}: {value}\r\n" for name, value in signed.items())
+        if lines.count("\n") != len(signed) or lines.count("\r") != len(signed):  # (an ETag comes from the store)
+            raise StorageError(f"S3 {method} {what}: a header value holds a line break")
+        return (fixed + lines + "\r\n").encode("latin-1")
 
     def _host_header(self, host: str) -> str:
         default = 443 if self.endpoint.scheme == "https" else 80

@@ -68,10 +68,9 @@ assert TRAILER.size == 48
 SMALL = 1 << 20
 #: Sizes remembered; past this the cache starts over (a few MB of memory).
 SIZE_CACHE = 200_000
-#: Keys a read-only session's read-ahead keeps track of (started or waiting to start), and the threads
-#: fetching them: a GET costs ~1 ms of latency, which a restore otherwise pays per file.
+#: Keys a read-only session's read-ahead keeps track of (started or waiting to start): a GET costs ~1 ms of
+#: latency, which a restore otherwise pays per file. The client's fetcher sends them (`S3Client.fetch_ahead`).
 READ_AHEAD = 32
-READ_AHEAD_THREADS = 16
 #: Bytes of read-ahead held at once: fetched and not yet taken, plus SMALL for each fetch in flight (its
 #: size is unknown until it lands). Keys beyond wait for room, so memory stays bounded whatever the sizes.
 READ_AHEAD_BYTES = 16 << 20
@@ -324,7 +323,6 @@ class S3ObjectStore:
         self._held = 0  # bytes the read-ahead holds: see _ahead_bytes
         self._wanted: OrderedDict[str, None] = OrderedDict()  # asked for, waiting for room in READ_AHEAD_BYTES
         self._ahead_lock = threading.RLock()  # a fetch's done-callback may run in the thread that started it
-        self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[str, Future[Any]] = {}  # PUTs sent behind, not yet landed (or failed, until synced)
         self._writers: ThreadPoolExecutor | None = None
         self._rewriters: ThreadPoolExecutor | None = None
@@ -347,8 +345,6 @@ class S3ObjectStore:
         """Start reading `keys` (the first SMALL bytes of each) in the background, for `get` to take: as many
         at once as READ_AHEAD_BYTES has room for, the rest as reads are taken."""
         with self._ahead_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix=f"s3 read-ahead {self.name}")
             for key in keys:
                 s3key = self._key(key)
                 if s3key not in self._ahead:
@@ -369,14 +365,12 @@ class S3ObjectStore:
     def _fill_ahead(self) -> None:
         """Start waiting keys, oldest first, while they fit in READ_AHEAD_BYTES (one at least when none runs)."""
         with self._ahead_lock:
-            if self._pool is None:
-                return
             while self._wanted and (not self._ahead or self._held + SMALL <= READ_AHEAD_BYTES):
                 s3key, _ = self._wanted.popitem(last=False)
                 fetch = _Fetch()
                 self._ahead[s3key] = fetch
                 self._held += SMALL
-                fetch.future = self._pool.submit(self.client.get_object, s3key, 0, SMALL)
+                fetch.future = self.client.fetch_ahead(s3key, 0, SMALL)
                 fetch.future.add_done_callback(functools.partial(self._landed_ahead, s3key, fetch))
 
     def _landed_ahead(self, s3key: str, fetch: "_Fetch", future: "Future[bytes]") -> None:

@@ -100,7 +100,10 @@ class FaultProxy:
                     return lambda: proxy._handle(self)
                 raise AttributeError(name)
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 64  # (5 by default) the read-ahead's fetcher opens 16 connections at once
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"

@@ -98,3 +98,16 @@ def test_https_host_name_is_verified(seaweed, tmp_path: Path) -> None:  # noqa: 
                 c.get_object("k")
     finally:
         proxy.stop()
+
+
+def test_the_fetcher_speaks_tls_and_checks_the_certificate(seaweed, good_proxy: tuple[FaultProxy, Path]) -> None:  # noqa: ANN001
+    proxy, ca = good_proxy
+    settings = _via(seaweed, proxy.endpoint, ca_file=str(ca))
+    with S3Client(settings) as c:
+        for i in range(20):
+            c.put_object(f"ahead/{i}", b"%d secret bytes" % i)
+        futures = [c.fetch_ahead(f"ahead/{i}", 0, 1 << 20) for i in range(20)]
+        assert [f.result(10) for f in futures] == [b"%d secret bytes" % i for i in range(20)]
+    with S3Client(S3Settings(**{**settings.__dict__, "ca_file": None})) as c:
+        with pytest.raises(StorageError, match="TLS certificate of localhost not trusted"):
+            c.fetch_ahead("ahead/0", 0, 1 << 20).result(10)
