@@ -361,3 +361,90 @@ def test_power_cut_during_the_rewrites_leaves_each_directory_old_or_new(
         assert news == cut_after
     elif lost == "all":
         assert news == 0
+
+
+# ------------------------------------------------------------ the barrier and the rewrites in one round of fsyncs
+
+def _store_pipelined(client, keys, names: list[bytes]) -> list:  # type: ignore[no-untyped-def]
+    """StoreFile requests for `names` in the root, all sent before any reply is read (one batch)."""
+    pendings = []
+    for name in names:
+        kw, ob = file_object(keys, ROOT_DIRECTORY_ID, name, name * 300)
+        pendings.append(client.submit(m.StoreFile(ROOT_DIRECTORY_ID, kw["mtime"], kw["attributes_hash"], 0,
+                                                  kw["name"], kw["attributes"]), upload=[ob]))
+    return pendings
+
+
+def test_no_directory_is_renamed_before_the_new_objects_it_lists_are_durable(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync's one round: the new objects' stripes, the directories they were renamed in and the
+    rewritten directories' temps are all fsynced before the first rename of a rewrite."""
+    from boxbox.raidfile import writer
+
+    synced: set[tuple[int, int]] = set()
+    must: set[tuple[int, int]] = set()  # what the group's first rename needs on disc
+    renames: list[bool] = []
+    real_fsync, real_rename, real_together = os.fsync, writer.RaidWriter._rename, writer.sync_and_commit
+
+    def inode(st: os.stat_result) -> tuple[int, int]:
+        return st.st_dev, st.st_ino
+
+    def fsync(fd: int) -> None:
+        synced.add(inode(os.fstat(fd)))
+        real_fsync(fd)
+
+    def together(owed: list[writer.RaidWriter], writers: list[writer.RaidWriter]) -> None:
+        if owed and writers:
+            must.update(inode(os.fstat(t.fd)) for w in (*owed, *writers) for t in w._targets)
+            must.update(inode(os.stat(d)) for w in owed for d in w.directories())
+        real_together(owed, writers)
+
+    def rename(w: writer.RaidWriter, fsynced: bool) -> None:
+        if fsynced and must:
+            renames.append(must <= synced)
+        real_rename(w, fsynced)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(writer, "sync_and_commit", together)
+    monkeypatch.setattr(writer.RaidWriter, "_rename", rename)
+    client, t = session_client(store, A)
+    client.login()
+    ids = [p.result().object_id for p in _store_pipelined(client, make_keys(), [b"a%d" % i for i in range(20)])]
+    client.finish()
+    t.join(5)
+    assert renames and all(renames)  # the root directory was rewritten, and only after the round
+    names = Directory.parse(store.open(A, write=False).read_object(ROOT_DIRECTORY_ID)).entries
+    assert sorted(e.object_id for e in names) == sorted(ids)
+
+
+def test_a_failed_flush_fails_the_stores_it_covers_never_answering_success(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An fsync error in the round that covers new objects and their directory: no StoreFile of the
+    batch is answered with success (the connection is dropped), and what the batch left is removed."""
+    from boxbox.errors import ProtocolError
+    from boxbox.raidfile import writer
+
+    real_together = writer.sync_and_commit
+    failed: list[int] = []
+
+    def together(owed: list[writer.RaidWriter], writers: list[writer.RaidWriter]) -> None:
+        def eio(fd: int) -> None:
+            failed.append(fd)
+            raise OSError(5, "Input/output error")
+
+        with monkeypatch.context() as mp:
+            mp.setattr(os, "fsync", eio)
+            real_together(owed, writers)
+
+    monkeypatch.setattr(writer, "sync_and_commit", together)
+    client, t = session_client(store, A)
+    client.login()
+    pendings = _store_pipelined(client, make_keys(), [b"b%d" % i for i in range(10)])
+    for p in pendings:
+        with pytest.raises(ProtocolError):
+            p.result()
+    t.join(5)
+    assert failed
+    assert not store.read_info(A).writer_open  # the session settled what the failed batch left
+    assert check_account(store, A).errors == 0
+    assert Directory.parse(store.open(A, write=False).read_object(ROOT_DIRECTORY_ID)).entries == []

@@ -571,11 +571,33 @@ class Account:
         writer.blocks = self.backend.blocks_for_length(writer.size)
         self._staged.append(put)
 
-    def publish_rewrites(self) -> None:
+    def publish_rewrites(self, barrier: bool = False) -> None:
         """Commit every staged rewrite durably, together: on a RAID store all temps are fsynced, then
         renamed, then each directory fsynced once; each object is its old or its new version after a
-        power cut at any point (docs/STORE.md "Durability"). Durable on return."""
+        power cut at any point (docs/STORE.md "Durability"). Durable on return.
+
+        With `barrier`, the barrier (`sync_objects`) comes first; where the backend can, in the same
+        round of fsyncs as the rewrites' temps, and no rewrite is renamed before it completed. Any
+        failure then fails the barrier too (the objects may be lost, so nothing may list them).
+        """
         staged, self._staged = self._staged, []
+        together = getattr(self.backend, "sync_and_commit", None)
+        if barrier and together is not None and self._owed and staged and self._barrier_error is None:
+            owed, self._owed = self._owed, []
+            try:
+                together(owed, staged)
+            except OSError as e:
+                self._barrier_error = storage_error(e, f"making {len(owed)} new objects and {len(staged)} "
+                                                       "changed objects durable")
+                raise self._barrier_error from e
+            return
+        if barrier:
+            try:
+                self.sync_objects()
+            except BaseException:
+                for put in staged:
+                    put.abort()
+                raise
         if not staged:
             return
         commit_all = getattr(self.backend, "commit_all", None)

@@ -76,7 +76,8 @@ class ObjectStore(Protocol):
         """Make puts committed with `durable=False` durable, all together (a group commit)."""
 
     # Optional: `commit_all(puts)`, a durable commit of uncommitted puts (overwrites allowed) that
-    # shares the fsyncs; without it the store commits each put in turn.
+    # shares the fsyncs; without it the store commits each put in turn. Optional too:
+    # `sync_and_commit(owed, puts)`, `sync(owed)` then `commit_all(puts)` sharing one round of fsyncs.
 
 
 def check_key(key: str) -> str:
@@ -111,6 +112,13 @@ class RaidObjectStore:
         from boxbox.raidfile.writer import commit_all
 
         commit_all(puts)  # type: ignore[arg-type]
+
+    def sync_and_commit(self, owed: list[PutStream], puts: list[PutStream]) -> None:
+        """`sync(owed)` and `commit_all(puts)` in one round of fsyncs, no put renamed before every owed
+        object is durable (`raidfile.writer.sync_and_commit`); any error fails both."""
+        from boxbox.raidfile.writer import sync_and_commit
+
+        sync_and_commit(owed, puts)  # type: ignore[arg-type]
 
     def get(self, key: str) -> BinaryIO:
         return self.discset.open(self._path(key), settle=False)  # type: ignore[return-value]

@@ -95,11 +95,12 @@ class Session:
         acct = self.account
         if acct is None:
             return
-        acct.sync_objects()  # the barrier: new objects durable before a directory lists them or a reply leaves
         if self._dirty:
             acct.change(change_count=acct.info.change_count + 1)  # housekeeping's dirty marker
         self._write_directories(acct)
-        acct.publish_rewrites()  # one group commit for the directories: durable before any patch
+        # the barrier (new objects durable before a directory lists them or a reply leaves), and the
+        # directories' group commit in the same round of fsyncs: durable before any patch
+        acct.publish_rewrites(barrier=True)
         if self._patches:
             patches, self._patches = self._patches, []
             patched: set[int] = set()
