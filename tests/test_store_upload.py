@@ -56,3 +56,26 @@ def test_data_after_the_footer_is_refused_and_nothing_is_listed(store: Store, si
     client.finish()
     t.join(5)
 
+
+
+def test_a_new_id_skips_objects_left_beyond_the_last_id_and_takes_what_recovery_clears(
+        store: Store, tmp_path: Path) -> None:
+    """allocate_id lists a shard directory once per session: an object there beyond the info's last id
+    (committed, or a dead writer's complete temps) is skipped, never overwritten; a lone temp is not an object."""
+    from boxbox.store.account import object_key
+    from boxbox.store.backend import ROOT
+
+    acct = store.open(A, write=True)
+    last = acct.info.last_object_id
+    backend = acct.backend
+    for object_id in (last + 1, last + 3):
+        put = backend.put(object_key(A, object_id))
+        put.write(b"left over %d" % object_id)
+        put.commit()
+    lone = tmp_path / "d0" / f"{ROOT}/{object_key(A, last + 2)}.rfw"  # a dead writer's temp, nothing else
+    lone.write_bytes(b"partial")
+    assert [acct.allocate_id() for _ in range(3)] == [last + 2, last + 4, last + 5]
+    assert acct.read_object(last + 1) == b"left over %d" % (last + 1)
+    assert acct.read_object(last + 3) == b"left over %d" % (last + 3)
+    assert not lone.exists()  # settled by the check of its id
+    acct.close()

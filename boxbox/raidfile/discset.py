@@ -361,6 +361,11 @@ class DiscSet:
         """Names of the committed raidfiles directly in `reldir` (no temps, no subdirectories)."""
         return sorted(self._entries(reldir)[0])
 
+    def names(self, reldir: str) -> set[str]:
+        """Names of the raidfiles directly in `reldir` that are committed or have temps (one listing)."""
+        files, temps, _ = self._entries(reldir)
+        return files | temps
+
     def listdirs(self, reldir: str = "") -> list[str]:
         """Names of the subdirectories of `reldir` in any directory of the set."""
         return sorted(self._entries(reldir)[2])

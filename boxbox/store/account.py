@@ -417,6 +417,7 @@ class Account:
         self._owed: list[PutStream] = []  # new objects committed without their fsyncs (see sync_objects)
         self._barrier_error: StorageError | None = None  # a failed barrier fails every later one
         self._staged: list[PutStream] = []  # rewrites of existing objects awaiting publish_rewrites
+        self._shards: dict[str, set[str]] = {}  # names found in each shard directory a new id went to
 
     @property
     def number(self) -> int:
@@ -434,13 +435,28 @@ class Account:
         """The next unused id. An existing object is skipped, never overwritten, whatever the info says."""
         new = self.info.last_object_id + 1
         # On S3 the new object is created with If-None-Match instead: no HEAD per upload.
-        while new <= MAX_OBJECT_ID and not self.backend.exclusive_create and self.backend.exists(self.key(new)):
+        while new <= MAX_OBJECT_ID and not self.backend.exclusive_create and self._taken(new):
             log.warning("account %08x: object %#x exists beyond the last id; skipped", self.number, new)
             new += 1
         if new > MAX_OBJECT_ID:
             raise LimitExceeded(f"account {self.number:08x} has used every object id")
         self.change(last_object_id=new)
         return new
+
+    def _taken(self, object_id: int) -> bool:
+        """Whether a new id's name is in use. Where the backend can list a shard directory's names
+        (committed or a dead writer's temps), it is listed once per session: the writer lock keeps
+        everyone else out, and this session adds only names it allocated, past every id it checked.
+        (An `exists` per id cost ~6 syscalls, 6% of a first backup's session thread.)"""
+        names = getattr(self.backend, "names", None)
+        key = self.key(object_id)
+        if names is None:
+            return self.backend.exists(key)
+        shard, name = key.rsplit("/", 1)
+        found = self._shards.get(shard)
+        if found is None:
+            found = self._shards[shard] = names(shard)
+        return name in found and self.backend.exists(key)  # (exists settles a dead writer's temps)
 
     def exists(self, object_id: int) -> bool:
         return 0 < object_id <= MAX_OBJECT_ID and self.backend.exists(self.key(object_id))

@@ -138,6 +138,10 @@ class RaidObjectStore:
                 yield f"{here}/{name}"
             stack.extend(f"{here}/{sub}" for sub in self.discset.listdirs(path))
 
+    def names(self, prefix: str) -> set[str]:
+        """The names directly under `prefix/` that are committed or have temps (a dead writer's, to settle)."""
+        return self.discset.names(self._path(prefix))
+
     def usage_blocks(self, key: str) -> int:
         return self.discset.usage_blocks(self._path(key)) * self.discset.block_size // BLOCK_SIZE
 
