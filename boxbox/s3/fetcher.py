@@ -256,7 +256,9 @@ class Fetcher:
                 if not isinstance(conn.sock, ssl.SSLSocket) or not conn.sock.pending():
                     break
             self._answer(sel, conn)
-        except (BlockingIOError, ssl.SSLWantWriteError):
+        except BlockingIOError:  # (a receive woken for nothing waits to be readable again, not writable)
+            self._watch(sel, conn, selectors.EVENT_READ if conn.state == RECEIVE else selectors.EVENT_WRITE)
+        except ssl.SSLWantWriteError:
             self._watch(sel, conn, selectors.EVENT_WRITE)
         except ssl.SSLWantReadError:
             self._watch(sel, conn, selectors.EVENT_READ)
@@ -288,6 +290,7 @@ class Fetcher:
             return
         body = bytes(buf[conn.body_at:])
         buf.clear()
+        self._watch(sel, conn, selectors.EVENT_READ)  # idle from now on: readable only if the server closes it
         future, conn.future = conn.future, None
         assert future is not None  # (a connection with no fetch is never read: see _run)
         if conn.status == 404:

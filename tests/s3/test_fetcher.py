@@ -112,3 +112,25 @@ def test_close_fails_what_runs_and_cancels_what_waits(client: S3Client, proxy: F
     with pytest.raises(StorageError, match="closed"):
         f.get("o/1", 0, 10)
     assert f._thread is None or not f._thread.is_alive()
+
+
+def test_a_receive_woken_for_nothing_waits_to_be_readable(client: S3Client) -> None:
+    import selectors
+    import socket
+    from concurrent.futures import Future
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    sel = selectors.DefaultSelector()
+    f = Fetcher(client, 1)
+    try:
+        conn = fetcher._Conn(a)
+        conn.state, conn.future = fetcher.RECEIVE, Future()
+        f._step(sel, conn)  # nothing to read: BlockingIOError
+        assert conn.events == selectors.EVENT_READ  # (writable would wake the loop at once, again and again)
+        assert not conn.future.done()
+    finally:
+        f.close()
+        sel.close()
+        a.close()
+        b.close()
