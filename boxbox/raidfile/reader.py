@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 MAX_RECORDS = 512  # records per preadv/writev: two iovecs each, IOV_MAX is 1024 on Linux
 CHUNK_BYTES = 2 << 20  # clear bytes decoded at once when reading ahead
-# A degraded reader lets its helper go for the rest of the file once the helper was late this many times (its
-# chunk took over twice as long as ours: it gets no core on a busy machine, and two processes then only add work).
+# A degraded reader lets its helper go for the rest of the file once the helper was late this many times in a row
+# (its chunk took over twice as long as ours: it gets no core on a busy machine, and two processes then only add work).
 HELPER_LATE = 3
 # zlib.crc32(block + its stored CRC, seed) of every intact record, whatever the block and the seed: the CRC's residue
 RESIDUE = 0x2144DF1C
@@ -195,7 +195,7 @@ class RaidReader(io.RawIOBase):
         self._raw_cut: tuple[int, int, list[memoryview], list[memoryview], list[memoryview]] | None = None
         self._ahead: tuple[int, int, int] | None = None  # units a, b the helper is decoding, at this slot
         self._last_decode = 0.0  # seconds our last sequential chunk took
-        self._late = 0  # chunks the helper was late with
+        self._late = 0  # chunks in a row the helper was late with
         self.damage: list[str] = []  # what was found wrong, for the caller to log or repair
         for i, why in enumerate(finals.problems):
             if why is not None and (self._raid or finals.fds[i] is not None):
@@ -349,8 +349,9 @@ class RaidReader(io.RawIOBase):
         if self._ahead is not None and self._ahead[:2] == (a, b):
             t = time.perf_counter()
             got = self._from_helper()
-            if time.perf_counter() - t > self._last_decode:  # it started on this chunk as we started on ours
-                self._late += 1
+            # late: it started on this chunk as we started on ours; only a run of late chunks (no core for the
+            # helper) lets it go, since on a long read a few late ones come from any passing load
+            self._late = self._late + 1 if time.perf_counter() - t > self._last_decode else 0
             if got is not None:
                 if b + U < self._units and self._late < HELPER_LATE:
                     self._ask_helper(b + U, min(b + 2 * U, self._units))
