@@ -44,6 +44,16 @@ def expected(ds, relpath: str, data: bytes, bs: int) -> None:  # type: ignore[no
     assert [files[r].read_bytes() for r in sorted(files)] == stripe_reference(data, bs, wid)
 
 
+def degraded(tmp_path: Path, seed: int, size: int, lost: int):  # type: ignore[no-untyped-def]
+    """A disc set holding file "f" of `size` random bytes with stripe `lost` removed, and the bytes."""
+    ds = make_set(tmp_path, 4096)
+    data = random.Random(seed).randbytes(size)
+    with ds.create("f") as w:
+        w.write(data)
+    stripe_paths(ds, "f")[lost].unlink()
+    return ds, data
+
+
 def test_helper_write_and_reads_match_the_reference(tmp_path: Path) -> None:
     ds = make_set(tmp_path, 256)
     data = random.Random(1).randbytes(5 * 2**20 + 77)
@@ -90,11 +100,7 @@ def test_helper_degraded_read_never_gives_wrong_bytes(tmp_path: Path, lost: int,
 
 def test_a_late_helper_is_let_go_and_the_read_goes_on_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reader, "HELPER_LATE", 0)  # any answer counts as late enough
-    ds = make_set(tmp_path, 4096)
-    data = random.Random(7).randbytes(11 * 2**20)
-    with ds.create("f") as w:
-        w.write(data)
-    stripe_paths(ds, "f")[STRIPE2].unlink()
+    ds, data = degraded(tmp_path, 7, 11 * 2**20, STRIPE2)
     with ds.open("f") as r:
         got = [r.read(1 << 20) for _ in range(7)]
         assert r._helper is None  # used for a chunk, then given back for other files
@@ -115,11 +121,7 @@ def test_a_helper_late_now_and_then_is_kept(tmp_path: Path, monkeypatch: pytest.
         return original(self)
 
     monkeypatch.setattr(reader.RaidReader, "_from_helper", every_other_late)
-    ds = make_set(tmp_path, 4096)
-    data = random.Random(8).randbytes(21 * 2**20)
-    with ds.create("f") as w:
-        w.write(data)
-    stripe_paths(ds, "f")[STRIPE1].unlink()
+    ds, data = degraded(tmp_path, 8, 21 * 2**20, STRIPE1)
     with ds.open("f") as r:
         got = [r.read(1 << 20) for _ in range(19)]
         assert r._helper is not None and len(answers) >= 4  # late twice, never twice in a row: still working
@@ -145,11 +147,7 @@ def test_helper_killed_during_a_write_the_write_completes_here(tmp_path: Path, w
 
 
 def test_helper_killed_during_a_degraded_read(tmp_path: Path) -> None:
-    ds = make_set(tmp_path, 4096)
-    data = random.Random(3).randbytes(9 * 2**20)
-    with ds.create("f") as w:
-        w.write(data)
-    stripe_paths(ds, "f")[STRIPE1].unlink()
+    ds, data = degraded(tmp_path, 3, 9 * 2**20, STRIPE1)
     with ds.open("f") as r:
         parts = [r.read(1 << 20) for _ in range(3)]
         assert r._helper is not None

@@ -10,27 +10,20 @@ from pathlib import Path
 import pytest
 
 from boxbox.objects.directory import Directory
-from boxbox.raidfile import DiscSet
 from boxbox.store.account import ROOT_DIRECTORY_ID, Store, object_key
-from boxbox.store.accountdb import AccountDatabase
 from boxbox.store.backend import ROOT
 from boxbox.store.check import check_account
 from boxbox.store.session import Session, change_dir_attributes
 from boxbox.wire import messages as m
 
-from tests.test_store_support import file_object, make_keys, session_client
+from tests.test_store_support import file_object, make_keys, raid_store, session_client
 
 A = 0x1A
 
 
 @pytest.fixture()
 def store(tmp_path: Path) -> Store:
-    dirs = [tmp_path / f"d{i}" for i in range(3)]
-    for d in dirs:
-        d.mkdir()
-    s = Store(AccountDatabase(tmp_path / "accounts.db"), {"0": DiscSet("0", dirs, 4096)})
-    s.create_account(A, 10_000, 20_000, "0", "alice")
-    return s
+    return raid_store(tmp_path, A, 10_000, 20_000, "alice")
 
 
 def test_no_reply_leaves_while_a_new_object_is_owed_its_fsyncs(store: Store) -> None:

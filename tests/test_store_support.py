@@ -14,6 +14,9 @@ from boxbox.errors import BoxboxError
 from boxbox.objects.attributes import Attributes, FileType
 from boxbox.objects.directory import FILE, make_entry
 from boxbox.objects.file import encode_file
+from boxbox.raidfile import DiscSet
+from boxbox.store.account import Store
+from boxbox.store.accountdb import AccountDatabase
 
 
 def make_keys() -> Keys:
@@ -37,6 +40,16 @@ def file_object(keys: Keys, dir_id: int, name: bytes, data: bytes) -> tuple[dict
 
 def sealed_dir_name(keys: Keys, parent: int, name: bytes) -> bytes:
     return make_entry(keys, parent, name, 0, FILE, None).sealed_name
+
+
+def raid_store(tmp_path: Path, account: int, soft: int, hard: int, name: str) -> Store:
+    """A store on a fresh three-directory disc set (4 KiB blocks) holding one account."""
+    dirs = [tmp_path / f"d{i}" for i in range(3)]
+    for d in dirs:
+        d.mkdir()
+    s = Store(AccountDatabase(tmp_path / "accounts.db"), {"0": DiscSet("0", dirs, 4096)})
+    s.create_account(account, soft, hard, "0", name)
+    return s
 
 
 def session_client(store: Any, account: int) -> tuple[Any, threading.Thread]:

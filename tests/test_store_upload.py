@@ -10,24 +10,17 @@ import pytest
 
 from boxbox.errors import FormatError
 from boxbox.objects.directory import Directory
-from boxbox.raidfile import DiscSet
 from boxbox.store import session as store_session
 from boxbox.store.account import Store
-from boxbox.store.accountdb import AccountDatabase
 
-from tests.test_store_support import file_object, make_keys, session_client
+from tests.test_store_support import file_object, make_keys, raid_store, session_client
 
 A = 0x2B
 
 
 @pytest.fixture()
 def store(tmp_path: Path) -> Store:
-    dirs = [tmp_path / f"d{i}" for i in range(3)]
-    for d in dirs:
-        d.mkdir()
-    s = Store(AccountDatabase(tmp_path / "accounts.db"), {"0": DiscSet("0", dirs, 4096)})
-    s.create_account(A, 100_000, 200_000, "0", "bob")
-    return s
+    return raid_store(tmp_path, A, 100_000, 200_000, "bob")
 
 
 @pytest.mark.parametrize("size", [0, 5_000, 3 << 20], ids=["empty", "whole", "streamed"])

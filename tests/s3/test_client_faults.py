@@ -17,13 +17,6 @@ from tests.s3.proxy import FaultProxy
 RETRIED = ["500", "503", "reset", "reset_mid_body", "truncate", "truncate_chunked"]
 
 
-@pytest.fixture(scope="module")
-def proxy(seaweed) -> Iterator[FaultProxy]:  # noqa: ANN001
-    p = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1])).start()
-    yield p
-    p.stop()
-
-
 @pytest.fixture
 def bucket(seaweed, proxy: FaultProxy) -> Iterator[tuple[S3Client, S3Client]]:  # noqa: ANN001
     """(client through the proxy, direct client) on one fresh bucket."""

@@ -17,13 +17,6 @@ from tests.s3.proxy import FaultProxy
 FAULTS = ["500", "503", "reset", "reset_mid_body", "truncate", "truncate_chunked"]
 
 
-@pytest.fixture(scope="module")
-def proxy(seaweed) -> Iterator[FaultProxy]:  # noqa: ANN001
-    p = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1])).start()
-    yield p
-    p.stop()
-
-
 @pytest.fixture
 def client(seaweed, proxy: FaultProxy) -> Iterator[S3Client]:  # noqa: ANN001
     """A client through the fault proxy (1 s timeout), on a fresh bucket holding o/0 .. o/39."""
