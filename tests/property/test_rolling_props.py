@@ -201,3 +201,17 @@ def test_malformed_deltas_raise_only_format_error(cut: int, flips: list[tuple[in
         list(decode_delta([blob[i:i + chunk] for i in range(0, len(blob), chunk)], block_count=4))
     except FormatError:
         pass
+
+
+@given(parts=st.lists(pieces, min_size=1, max_size=12), bs=st.sampled_from([8, 16, 64, 256]))
+def test_few_and_many_block_records_agree(parts: list[bytes], bs: int) -> None:
+    """`to_bytes` packs up to FEW_BLOCKS blocks one record at a time and more by slicing: same bytes,
+    and both read back to the arrays."""
+    ts, ws = array("H"), array("Q")
+    anchors.picks(memoryview(b"".join(parts)), bs, [], set(), ts, ws)
+    n = len(ts) // anchors.SLOTS
+    whole = anchors.to_bytes(ts, ws)
+    for k in range(n):
+        one = anchors.to_bytes(ts[8 * k:8 * k + 8], ws[8 * k:8 * k + 8])
+        assert whole[anchors.RECORD_SIZE * k:anchors.RECORD_SIZE * (k + 1)] == one
+    assert anchors.from_bytes(whole, n) == (ts, ws)
