@@ -21,7 +21,7 @@ from boxbox.errors import (
 from boxbox.s3.client import S3Client
 from boxbox.store.account import Store, object_key
 from boxbox.store.check import check_account
-from boxbox.store.s3backend import SMALL, TRAILER, S3ObjectStore
+from boxbox.store.s3backend import PACK_MEMBER, SMALL, TRAILER, S3ObjectStore
 from boxbox.store.session import Session
 from boxbox.wire import messages as m
 from boxbox.wire.client import Client
@@ -136,6 +136,29 @@ def test_damage_is_found_by_reads_and_verify(backend: S3ObjectStore) -> None:
     assert not backend.verify("gone", repair=False).readable
 
 
+def damage(backend: S3ObjectStore, key: str, at: int) -> None:
+    """Flip byte `at` of a stored object: its standalone object if there is one, else its bytes in its pack."""
+    from boxbox.store.s3pack import is_pack_name, parse_index
+
+    s3key = backend.prefix + key
+    shard, _, name = s3key.rpartition("/")
+    for info in backend.client.list_objects(shard + "/"):
+        if info.key == s3key:
+            raw = bytearray(backend.client.get_object(s3key))
+            raw[at] ^= 0xFF
+            backend.client.put_object(s3key, bytes(raw))
+            return
+    for info in backend.client.list_objects(shard + "/"):
+        if is_pack_name(info.key.rpartition("/")[2]):
+            raw = bytearray(backend.client.get_object(info.key))
+            entry = parse_index(bytes(raw), len(raw), "").get(int(name, 16))
+            if entry is not None:
+                raw[entry.offset + at] ^= 0xFF
+                backend.client.put_object(info.key, bytes(raw))
+                return
+    raise AssertionError(f"{key} is stored nowhere")
+
+
 # ---------------------------------------------------------------- config
 def server_config(tmp_path: Path, s3_text: str, discset: bool = False) -> Path:
     path = tmp_path / "server.conf"
@@ -225,11 +248,7 @@ def test_check_finds_and_removes_a_damaged_object(tmp_path: Path, seaweed: Any) 
     thread.join(10)
     report = check_account(store, A)
     assert report.errors == 0 and report.objects == 6, [str(p) for p in report.problems]
-    backend = store.backend(A)
-    key = backend.prefix + object_key(A, ids[2])  # type: ignore[attr-defined]
-    raw = bytearray(backend.client.get_object(key))  # type: ignore[attr-defined]
-    raw[100] ^= 0xFF
-    backend.client.put_object(key, bytes(raw))  # type: ignore[attr-defined]
+    damage(store.backends["0"], object_key(A, ids[2]), 100)  # type: ignore[arg-type]
     report = check_account(store, A)
     assert report.errors >= 1 and any(p.object_id == ids[2] for p in report.problems)
     fixed = check_account(store, A, fix=True)
@@ -264,10 +283,10 @@ def test_uploads_cost_at_most_three_requests_a_file(tmp_path: Path, seaweed: Any
     before = requests.requests
     for i in range(30):  # one at a time, each synced on its own: the worst case (a client pipelines)
         upload(client, KEYS, 1, f"f{i}".encode(), os.urandom(3000))
-    used = requests.requests - before  # per file: the object, the directory rewritten, the info (If-Match)
+    used = requests.requests - before  # per file: the object (in a pack), the directory rewritten, the info
     client.close()
     thread.join(10)
-    assert used <= 3 * 30 + 1, used  # + reading the directory once
+    assert used <= 3 * 30 + 2, used  # + reading the directory once, + listing the shard directory once
 
 
 def test_read_ahead_is_taken_once_and_never_stale(backend: S3ObjectStore) -> None:
@@ -305,7 +324,7 @@ def test_whoever_holds_the_write_lease_is_guarded(tmp_path: Path, seaweed: Any) 
     store.write_info(store.read_info(A))
 
 
-def test_the_barrier_waits_for_objects_sent_behind(tmp_path: Path, seaweed: Any) -> None:
+def test_the_barrier_packs_small_objects_and_waits_for_objects_sent_behind(tmp_path: Path, seaweed: Any) -> None:
     store = make_store(tmp_path, (A, 10_000, 20_000), s3=seaweed.new_bucket())
     acct = store.open(A, write=True)
     backend = store.backends["0"]
@@ -319,13 +338,18 @@ def test_the_barrier_waits_for_objects_sent_behind(tmp_path: Path, seaweed: Any)
 
     backend.client.put_object = slow_put  # type: ignore[attr-defined]
     try:
-        ids = [acct.allocate_id() for _ in range(4)]
-        for i in ids:
+        ids = [acct.allocate_id() for _ in range(6)]
+        for i in ids[:2]:  # too big for a pack: sent in the background ...
+            acct.put_object(i, os.urandom(PACK_MEMBER), check_limit=False, durable=False)
+        for i in ids[2:]:  # small: held for the barrier
             acct.put_object(i, b"batch", check_limit=False, durable=False)
-        assert len(sent) < 4  # sent in the background ...
+        assert len(sent) < 2 and all(acct.read_object(i) == b"batch" for i in ids[2:])  # (readable while held)
         acct.sync_objects()
-        assert len(sent) == 4  # ... and all landed when the barrier returns
-        assert all(backend.client.head_object(backend.prefix + object_key(A, i)).size for i in ids)  # type: ignore[attr-defined]
+        assert len(sent) == 3  # ... and landed when the barrier returns, which sent the four small ones in a pack
+        assert all(backend.client.head_object(backend.prefix + object_key(A, i)).size for i in ids[:2])  # type: ignore[attr-defined]
+        assert "/pack~" in sent[2]
+        fresh = S3ObjectStore(backend.client, backend.prefix, "t")  # type: ignore[attr-defined]
+        assert all(fresh.get(object_key(A, i)).read() == b"batch" for i in ids[2:])
     finally:
         backend.client.put_object = real  # type: ignore[attr-defined]
         acct.close()
@@ -394,8 +418,8 @@ def test_a_big_object_sent_behind_lands_by_the_barrier_or_fails_it(tmp_path: Pat
 
 
 def test_a_put_failing_while_later_uploads_are_staged_stores_none_of_them(tmp_path: Path, seaweed: Any) -> None:
-    """Six pipelined uploads in one batch; the second's PUT fails only once the sixth is sent: every
-    reply fails, none of the six stays in the bucket, the usage is what it was, check finds nothing."""
+    """Six pipelined uploads in one batch; their pack's PUT fails at the barrier, once the sixth is staged:
+    every reply fails, none of the six stays in the bucket, the usage is what it was, check finds nothing."""
     store = make_store(tmp_path, (A, 10_000, 20_000), s3=seaweed.new_bucket())
     a, b = socket.socketpair()
 
@@ -422,13 +446,10 @@ def test_a_put_failing_while_later_uploads_are_staged_stores_none_of_them(tmp_pa
     last_sent = threading.Event()
 
     def put_object(key: str, data: bytes, **kw: Any) -> str:
-        if key.endswith(object_key(A, kept + 2)):
-            last_sent.wait(20)
-            raise StorageError(f"S3 PUT {key}: InternalError (after 6 attempts)")
-        etag = real(key, data, **kw)
-        if key.endswith(object_key(A, kept + 6)):
+        if "/pack~" in key:  # the six went to the barrier in one pack
             last_sent.set()
-        return etag
+            raise StorageError(f"S3 PUT {key}: InternalError (after 6 attempts)")
+        return real(key, data, **kw)
 
     backend.client.put_object = put_object  # type: ignore[attr-defined]
     try:

@@ -39,31 +39,33 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import itertools
+import logging
 import os
 import stat
-import struct
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, NamedTuple
 
-from boxbox import magic
 from boxbox.errors import (
-    ConfigError, FormatError, IntegrityError, NotFound, PermissionDenied, PreconditionFailed, StorageError,
+    ConfigError, FormatError, IntegrityError, NotFound, PermissionDenied, PreconditionFailed, ProgrammingError,
+    StorageError,
 )
 from boxbox.store.backend import PutStream, Verified, check_key
 from boxbox.store.info import BLOCK_SIZE
 from boxbox.store.lease import LeaseSettings
+from boxbox.store.s3pack import (
+    TRAILER, Entry, Location, ShardView, build, checked, index_start, is_id_name, is_pack_name, pack_name,
+    parse_index, parse_trailer, seal, trailer,
+)
 
 if TYPE_CHECKING:
     from boxbox.s3.client import S3Client, S3Settings
 
-MAGIC = magic.S3_TRAILER
-VERSION = 1
-SUPPORTED_VERSIONS = (1,)
-TRAILER = struct.Struct("<4sHHQ32s")
-assert TRAILER.size == 48
+log = logging.getLogger(__name__)
+
 #: First read of every object; anything up to this size is fetched, checked and served in one GET.
 SMALL = 1 << 20
 #: Sizes remembered; past this the cache starts over (a few MB of memory).
@@ -85,6 +87,20 @@ WRITE_BEHIND_THREADS = 32
 WRITE_BEHIND_BYTES = 32 << 20
 #: A sync's rewrites (its directories, usually one to three) are sent at once by these threads.
 REWRITE_THREADS = 8
+#: New objects of a batch up to this size (payload + trailer) are held until `sync` and then sent as one pack
+#: per shard directory (s3pack.py): a restore then reads ~64 of them with one GET instead of 64.
+PACK_MEMBER = 256 << 10
+#: A sync's members in one directory beyond this go into another pack: the read-ahead fetches a pack whole,
+#: within READ_AHEAD_BYTES.
+PACK_BYTES = 4 << 20
+#: Members held store-wide waiting for their sync; beyond, a new object is sent on its own as before.
+HELD_BYTES = 64 << 20
+#: Shard views kept (a LIST of up to 256 names and the indexes of its packs); past this the cache starts over.
+VIEWS = 4096
+#: Pack indexes kept (a pack is never rewritten, only deleted, so an index never goes stale).
+INDEXES = 16384
+#: The last bytes of a pack read to find its index: 64 members take 1.6 kB of it.
+INDEX_TAIL = 8 << 10
 
 
 class S3Store(NamedTuple):
@@ -137,29 +153,6 @@ def read_secret(path: Path, where: str) -> str:
     return secret
 
 
-def seal(payload: bytes | bytearray | memoryview) -> bytes:
-    """Payload + trailer, for a small object written in one go."""
-    return bytes(payload) + trailer(len(payload), hashlib.sha256(payload).digest())
-
-
-def trailer(length: int, digest: bytes) -> bytes:
-    return TRAILER.pack(MAGIC, VERSION, 0, length, digest)
-
-
-def parse_trailer(data: bytes, size: int, where: str) -> tuple[int, bytes]:
-    """(payload length, SHA-256) from the last TRAILER.size bytes of an object of `size` bytes."""
-    if size < TRAILER.size or len(data) != TRAILER.size:
-        raise FormatError(f"{where}: object of {size} bytes, expected at least {TRAILER.size}")
-    magic_, version, _, length, digest = TRAILER.unpack(data)
-    if magic_ != MAGIC:
-        raise FormatError(f"{where}: trailer magic {magic_!r}, expected {MAGIC!r}")
-    if version not in SUPPORTED_VERSIONS:
-        raise FormatError(f"{where}: trailer version {version}, expected one of {SUPPORTED_VERSIONS}")
-    if length != size - TRAILER.size:
-        raise FormatError(f"{where}: trailer says {length} bytes of payload, the object holds {size - TRAILER.size}")
-    return length, digest
-
-
 class _Put:
     """Buffers up to the part size and sends one PUT; beyond that streams a multipart upload."""
 
@@ -171,6 +164,8 @@ class _Put:
         self._hash = hashlib.sha256()
         self._size = 0
         self._writer = None  # type: ignore[var-annotated]
+        #: the key, if commit(durable=False) left the object held for `sync` to send in a pack
+        self.held: str | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         n = len(data)
@@ -194,6 +189,8 @@ class _Put:
         self._hash.update(tail)  # now the SHA-256 of the whole object, for the PUT: one pass over the bytes, not two
         self._store.settle(self._key)  # an earlier write of the key lands first
         store, key, size = self._store, self._key, self._size + TRAILER.size
+        if self._exclusive:
+            store.check_new(key)
         if self._writer is not None:
             self._writer.write(tail)
             if durable:
@@ -207,6 +204,10 @@ class _Put:
                 self.pending = store.send_behind(key, size, self._complete, held)
         else:
             self._buf += tail
+            if not durable and self._exclusive and size <= PACK_MEMBER and store.hold(key, bytes(self._buf)):
+                self.held = key
+                self._buf = bytearray()
+                return
             send = functools.partial(store.send, key, self._buf, self._exclusive, self._hash.digest())
             if durable:
                 send()
@@ -298,13 +299,15 @@ class _Window(io.RawIOBase):
 
 
 class _Fetch:
-    """A read ahead: its future, and the bytes it counts for in READ_AHEAD_BYTES (SMALL until it lands)."""
+    """A read ahead: its future once started, and the bytes it counts for in READ_AHEAD_BYTES (SMALL, or a pack's
+    size, until it lands). A pack's fetch serves `members`, the keys read ahead from it and not yet taken."""
 
-    __slots__ = ("future", "held")
+    __slots__ = ("future", "held", "members")
 
-    def __init__(self) -> None:
+    def __init__(self, held: int = SMALL, members: set[str] | None = None) -> None:
         self.future: Future[bytes]
-        self.held = SMALL
+        self.held = held
+        self.members = members
 
 
 class S3ObjectStore:
@@ -321,13 +324,24 @@ class S3ObjectStore:
         self._lock = threading.Lock()
         self._ahead: OrderedDict[str, _Fetch] = OrderedDict()  # started, oldest first
         self._held = 0  # bytes the read-ahead holds: see _ahead_bytes
-        self._wanted: OrderedDict[str, None] = OrderedDict()  # asked for, waiting for room in READ_AHEAD_BYTES
+        self._wanted: OrderedDict[str, _Fetch] = OrderedDict()  # asked for, waiting for room in READ_AHEAD_BYTES
+        self._via: dict[str, str] = {}  # a key read ahead from a pack: the pack's S3 key
         self._ahead_lock = threading.RLock()  # a fetch's done-callback may run in the thread that started it
         self._pending: dict[str, Future[Any]] = {}  # PUTs sent behind, not yet landed (or failed, until synced)
         self._writers: ThreadPoolExecutor | None = None
         self._rewriters: ThreadPoolExecutor | None = None
         self._room = threading.Condition()
         self._in_flight = 0
+        # Packs (s3pack.py). Under _lock: the shard views; a generation per shard, bumped by every change this
+        # server makes there, so a view LISTed while one landed is used once but not kept (it may miss it);
+        # the immutable pack indexes; the members held until their sync, and their bytes.
+        self._views: dict[str, ShardView] = {}
+        self._gens: dict[str, int] = {}
+        self._epoch = 0  # bumped when views are dropped wholesale: a load begun before is not kept
+        self._count = itertools.count(1)
+        self._indexes: OrderedDict[str, dict[str, Entry]] = OrderedDict()
+        self._members: dict[str, bytes] = {}
+        self._members_bytes = 0
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
@@ -341,36 +355,158 @@ class S3ObjectStore:
                 self._sizes.clear()
             self._sizes[s3key] = size
 
+    # ------------------------------------------------------------ shard views
+    @staticmethod
+    def _shard(s3key: str) -> tuple[str, str] | None:
+        """(directory, name) of a key that may be a pack member (an object id); None for any other key."""
+        shard, _, name = s3key.rpartition("/")
+        return (shard, name) if shard and is_id_name(name) else None
+
+    def _changed(self, shard: str, change: Callable[[ShardView], object] | None = None) -> None:
+        """Record a change this server made in `shard` (S3 has it already): applied to the view if one is kept."""
+        with self._lock:
+            if len(self._gens) >= 16 * VIEWS:
+                self._gens.clear()
+                self._views.clear()
+                self._epoch += 1
+            self._gens[shard] = next(self._count)
+            view = self._views.get(shard)
+            if view is not None and change is not None:
+                change(view)
+
+    def _stale(self, shard: str) -> None:
+        """Drop a view found out of date (another server changed the shard), and any load of it under way."""
+        with self._lock:
+            self._gens[shard] = next(self._count)
+            self._views.pop(shard, None)
+
+    def _drop_views(self, start: str) -> None:
+        """Forget the views of every shard under `start` (another server may have changed them)."""
+        with self._lock:
+            for shard in [s for s in self._views if (s + "/").startswith(start)]:
+                del self._views[shard]
+            self._epoch += 1
+
+    def _view(self, shard: str) -> tuple[ShardView, bool]:
+        """The shard's view, and whether it was LISTed just now (False: kept from before)."""
+        with self._lock:
+            view = self._views.get(shard)
+            if view is not None:
+                return view, False
+            gen, epoch = self._gens.get(shard, 0), self._epoch
+        start = shard + "/"
+        for _ in range(3):
+            plain: dict[str, int] = {}
+            packs: dict[str, int] = {}
+            for info in self.client.list_objects(start):
+                name = info.key[len(start):]
+                if "/" not in name:
+                    (packs if is_pack_name(name) else plain)[name] = info.size
+            indexes = self._load_indexes(start, packs)
+            if len(indexes) == len(packs):
+                break
+            # a pack deleted since the LIST: its live members were written standalone first, list again
+        view = ShardView(plain, {p: (packs[p], indexes[p]) for p in indexes})
+        with self._lock:
+            if self._gens.get(shard, 0) == gen and self._epoch == epoch:
+                if len(self._views) >= VIEWS:
+                    self._views.clear()
+                self._views[shard] = view
+        return view, True
+
+    def _load_indexes(self, start: str, packs: dict[str, int]) -> dict[str, dict[str, Entry]]:
+        """The member index of each pack (name -> size) under `start`; a pack gone is left out, a damaged one
+        too (logged: its members then read as missing, which `check` reports)."""
+        found: dict[str, dict[str, Entry]] = {}
+        with self._lock:
+            for name in packs:
+                index = self._indexes.get(start + name)
+                if index is not None:
+                    found[name] = index
+        # the missing ones all at once, on the read-ahead's connections
+        tails = {name: self.client.fetch_ahead(start + name, max(0, size - INDEX_TAIL), size)
+                 for name, size in packs.items() if name not in found}
+        for name, future in tails.items():
+            s3key, size = start + name, packs[name]
+            try:
+                try:
+                    tail = future.result()
+                except NotFound:
+                    raise
+                except Exception:  # noqa: BLE001 - read it again through the client, with its retries
+                    tail = self.client.get_object(s3key, max(0, size - INDEX_TAIL), size)
+                begin = index_start(tail, size, self.label(s3key))
+                if size - begin > len(tail):
+                    tail = self.client.get_object(s3key, begin, size)
+                entries = parse_index(tail, size, self.label(s3key))
+            except NotFound:
+                continue
+            except (FormatError, IntegrityError) as e:
+                log.warning("%s; its members cannot be read", e)
+                continue
+            found[name] = self._keep_index(s3key, {f"{i:016x}": e for i, e in entries.items()})
+        return found
+
+    def _keep_index(self, s3key: str, index: dict[str, Entry]) -> dict[str, Entry]:
+        with self._lock:
+            self._indexes[s3key] = index
+            while len(self._indexes) > INDEXES:
+                self._indexes.popitem(last=False)
+        return index
+
+    def _locate(self, s3key: str) -> tuple[Location | None, bool]:
+        """The pack member a read of an id key gets (None: read the standalone object), and whether the
+        view was LISTed just now."""
+        shard, name = self._shard(s3key)  # type: ignore[misc]
+        view, fresh = self._view(shard)
+        return view.where(name), fresh
+
+    # ------------------------------------------------------------ read-ahead
     def prefetch(self, keys: list[str]) -> None:
-        """Start reading `keys` (the first SMALL bytes of each) in the background, for `get` to take: as many
-        at once as READ_AHEAD_BYTES has room for, the rest as reads are taken."""
+        """Start reading `keys` (the first SMALL bytes of each, or the pack holding it) in the background, for `get`
+        to take: as many at once as READ_AHEAD_BYTES has room for, the rest as reads are taken."""
+        found: list[tuple[str, Location | None]] = []
+        for key in keys:  # views are LISTed outside the lock: landing fetches take it
+            s3key = self._key(key)
+            if s3key not in self._members:  # (held: read from memory)
+                found.append((s3key, self._locate(s3key)[0] if self._shard(s3key) else None))
         with self._ahead_lock:
-            for key in keys:
-                s3key = self._key(key)
-                if s3key not in self._ahead:
-                    self._wanted[s3key] = None
+            for s3key, loc in found:
+                if s3key in self._ahead or s3key in self._wanted or s3key in self._via:
+                    continue
+                if loc is None:
+                    self._wanted[s3key] = _Fetch()
+                    continue
+                pack = s3key.rpartition("/")[0] + "/" + loc.pack
+                fetch = self._ahead.get(pack) or self._wanted.get(pack)
+                if fetch is None:
+                    fetch = self._wanted[pack] = _Fetch(loc.size, set())
+                fetch.members.add(s3key)  # type: ignore[union-attr]
+                self._via[s3key] = pack
             while len(self._ahead) + len(self._wanted) > READ_AHEAD:  # never taken (skipped ids): oldest go
                 if self._ahead:
                     fetch = self._ahead.popitem(last=False)[1]
                     self._held -= fetch.held
                     fetch.future.cancel()
                 else:
-                    self._wanted.popitem(last=False)
+                    fetch = self._wanted.popitem(last=False)[1]
+                for member in fetch.members or ():
+                    self._via.pop(member, None)
             self._fill_ahead()
 
     def _ahead_bytes(self) -> int:
-        """The read-ahead's memory: bytes fetched and not taken, SMALL for each fetch still running."""
+        """The read-ahead's memory: bytes fetched and not taken, SMALL (a pack: its size) for each fetch running."""
         return self._held
 
     def _fill_ahead(self) -> None:
         """Start waiting keys, oldest first, while they fit in READ_AHEAD_BYTES (one at least when none runs)."""
         with self._ahead_lock:
-            while self._wanted and (not self._ahead or self._held + SMALL <= READ_AHEAD_BYTES):
-                s3key, _ = self._wanted.popitem(last=False)
-                fetch = _Fetch()
+            while self._wanted and (not self._ahead
+                                    or self._held + next(iter(self._wanted.values())).held <= READ_AHEAD_BYTES):
+                s3key, fetch = self._wanted.popitem(last=False)
                 self._ahead[s3key] = fetch
-                self._held += SMALL
-                fetch.future = self.client.fetch_ahead(s3key, 0, SMALL)
+                self._held += fetch.held
+                fetch.future = self.client.fetch_ahead(s3key, 0, SMALL if fetch.members is None else fetch.held)
                 fetch.future.add_done_callback(functools.partial(self._landed_ahead, s3key, fetch))
 
     def _landed_ahead(self, s3key: str, fetch: "_Fetch", future: "Future[bytes]") -> None:
@@ -407,8 +543,38 @@ class S3ObjectStore:
         finally:
             self._fill_ahead()  # once it has landed: until then its bytes are still held
 
+    def _take_member_ahead(self, s3key: str, entry: Entry) -> bytes | None:
+        """A member's bytes from its pack read ahead (the pack is let go once its last member is taken); None if
+        it was not read ahead, or the fetch failed (read it in the foreground)."""
+        with self._ahead_lock:
+            pack = self._via.pop(s3key, None)
+            fetch = None if pack is None else self._ahead.get(pack)
+            if fetch is None:
+                waiting = None if pack is None else self._wanted.get(pack)
+                if waiting is not None:
+                    waiting.members.discard(s3key)  # type: ignore[union-attr]
+                    if not waiting.members:
+                        del self._wanted[pack]  # type: ignore[arg-type]
+                return None
+            fetch.members.discard(s3key)  # type: ignore[union-attr]
+            if not fetch.members:
+                self._pop_ahead(pack)  # type: ignore[arg-type]
+        try:
+            body = None if fetch.future.cancelled() else fetch.future.result()
+        except Exception:  # noqa: BLE001 - read it again in the foreground, with its own error
+            return None
+        finally:
+            self._fill_ahead()
+        if body is None or len(body) < entry.offset + entry.length:
+            return None
+        return body[entry.offset:entry.offset + entry.length]
+
     def _drop_ahead(self, s3key: str) -> None:
         with self._ahead_lock:
+            pack = self._via.pop(s3key, None)
+            fetch = None if pack is None else (self._ahead.get(pack) or self._wanted.get(pack))
+            if fetch is not None:
+                fetch.members.discard(s3key)  # type: ignore[union-attr]
             fetch = self._pop_ahead(s3key)
             if fetch is None:
                 return
@@ -416,19 +582,51 @@ class S3ObjectStore:
             self._fill_ahead()
 
     def forget(self, prefix: str) -> None:
-        """Drop remembered sizes under `prefix`: another server may have written there (a lease changed hands)."""
+        """Drop remembered sizes and shard views under `prefix`: another server may have written there (a lease
+        changed hands)."""
         start = self._key(prefix) + "/"
         with self._lock:
             for k in [k for k in self._sizes if k.startswith(start)]:
                 del self._sizes[k]
+        self._drop_views(start)
 
     # ------------------------------------------------------------ ObjectStore
     def put(self, key: str, exclusive: bool = False) -> PutStream:
-        return _Put(self, self._key(key), exclusive)
+        s3key = self._key(key)
+        if is_pack_name(s3key.rpartition("/")[2]):
+            raise ProgrammingError(f"{self.label(s3key)}: names pack~<16 hex digits> are the store's own")
+        return _Put(self, s3key, exclusive)
 
     def get(self, key: str) -> BinaryIO:
         s3key = self._key(key)
         self.settle(s3key)
+        held = self._members.get(s3key)
+        if held is not None:
+            return io.BytesIO(checked(held, self.label(s3key)))
+        shard = self._shard(s3key)
+        if shard is None:
+            # reading an account's info is how every session starts: from here on this server's views of the
+            # account are as new as that (another server may have written while it held the lease)
+            self._drop_views(s3key.rpartition("/")[0] + "/")
+            return self._get_plain(s3key)
+        with self._lock:
+            view = self._views.get(shard[0])
+        loc = None if view is None else view.where(shard[1])
+        if loc is not None:
+            data = self._member(s3key, loc)
+            if data is not None:
+                return io.BytesIO(data)
+        try:  # a standalone object wins over a member, so it is read first unless a view says otherwise
+            return self._get_plain(s3key)
+        except NotFound:
+            self._stale(shard[0])  # a view kept may predate a pack another server wrote
+        loc, _ = self._locate(s3key)
+        data = None if loc is None else self._member(s3key, loc)
+        if data is None:
+            raise NotFound(self.label(s3key))
+        return io.BytesIO(data)
+
+    def _get_plain(self, s3key: str) -> BinaryIO:
         try:
             head = self._take_ahead(s3key)
             if head is None:
@@ -437,20 +635,38 @@ class S3ObjectStore:
             raise NotFound(self.label(s3key)) from None
         if len(head) < SMALL:
             self.remember(s3key, len(head))
-            return io.BytesIO(self._checked(s3key, head))
+            return io.BytesIO(checked(head, self.label(s3key)))
         return _Window(self.client, s3key, head)  # type: ignore[return-value]
 
+    def _member(self, s3key: str, loc: Location) -> bytes | None:
+        """A pack member's payload, checked; None if the pack is gone (the view is then dropped)."""
+        shard = s3key.rpartition("/")[0]
+        entry = loc.entry
+        data = self._take_member_ahead(s3key, entry)
+        if data is None:
+            try:
+                data = self.client.get_object(f"{shard}/{loc.pack}", entry.offset, entry.offset + entry.length)
+            except NotFound:
+                self._stale(shard)
+                return None
+        if len(data) != entry.length:
+            raise FormatError(f"{self.label(s3key)}: {len(data)} bytes read from {loc.pack}, its index says "
+                              f"{entry.length}")
+        return checked(data, self.label(s3key))
+
     def _checked(self, s3key: str, data: bytes) -> bytes:
-        length, digest = parse_trailer(data[-TRAILER.size:], len(data), self.label(s3key))
-        payload = data[:length]
-        if hashlib.sha256(payload).digest() != digest:
-            raise IntegrityError(f"{self.label(s3key)}: SHA-256 of the {length} bytes stored does not match "
-                                 "the object's trailer")
-        return payload
+        return checked(data, self.label(s3key))
 
     def sync(self, puts: list[PutStream]) -> None:
-        """The barrier: wait for every PUT sent in the background by these commits; the first error is raised."""
+        """The barrier: send the held members of these commits as packs, wait for every PUT sent in the background
+        by them; the first error is raised."""
         first: BaseException | None = None
+        held = [k for k in (getattr(put, "held", None) for put in puts) if k is not None]
+        if held:
+            try:
+                self._send_packs(held)
+            except BaseException as e:  # noqa: BLE001 - wait for the rest, then raise the first
+                first = e
         for put in puts:
             pending = getattr(put, "pending", None)
             if pending is None:
@@ -469,16 +685,131 @@ class S3ObjectStore:
         if len(puts) == 1:
             puts[0].commit()
             return
-        with self._lock:
-            if self._rewriters is None:
-                self._rewriters = ThreadPoolExecutor(REWRITE_THREADS, thread_name_prefix=f"s3 rewrite {self.name}")
-        futures = [self._rewriters.submit(put.commit) for put in puts]
+        futures = [self._rewriter().submit(put.commit) for put in puts]
         wait(futures)
         failed = [(put, f.exception()) for put, f in zip(puts, futures) if f.exception() is not None]
         for put, _ in failed:
             put.abort()
         if failed:
             raise failed[0][1]  # type: ignore[misc]
+
+    def _rewriter(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._rewriters is None:
+                self._rewriters = ThreadPoolExecutor(REWRITE_THREADS, thread_name_prefix=f"s3 rewrite {self.name}")
+            return self._rewriters
+
+    def _all(self, calls: list[Callable[[], object]]) -> None:
+        """Run `calls` in parallel on the rewrite threads; the first error is raised once all have ended."""
+        if len(calls) == 1:
+            calls[0]()
+            return
+        futures = [self._rewriter().submit(call) for call in calls]
+        wait(futures)
+        for f in futures:
+            if f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]
+
+    # ------------------------------------------------------------ packs
+    def hold(self, s3key: str, data: bytes) -> bool:
+        """Keep a new small object (payload + trailer) for its sync to send in a pack; False if it cannot be
+        (not an object id, or HELD_BYTES are held already): then it is sent on its own."""
+        if self._shard(s3key) is None:
+            return False
+        with self._lock:
+            if self._members_bytes + len(data) > HELD_BYTES:
+                return False
+            self._members[s3key] = data
+            self._members_bytes += len(data)
+        return True
+
+    def _unhold(self, s3key: str) -> bytes | None:
+        with self._lock:
+            data = self._members.pop(s3key, None)
+            if data is not None:
+                self._members_bytes -= len(data)
+        return data
+
+    def check_new(self, s3key: str) -> None:
+        """An exclusive write of a key held, or a member of a pack this server knows of, fails as a standalone
+        object's would (its If-None-Match cannot see a pack member)."""
+        shard = self._shard(s3key)
+        if shard is None:
+            return
+        with self._lock:
+            view = self._views.get(shard[0])
+            if s3key in self._members or (view is not None and view.size(shard[1]) is not None):
+                raise self.exists_error(s3key)
+
+    def _send_packs(self, keys: list[str]) -> None:
+        """Send the members held under `keys`: one pack per shard directory (more past PACK_BYTES), in parallel."""
+        by_shard: dict[str, list[tuple[str, bytes]]] = {}
+        with self._lock:
+            for s3key in keys:
+                data = self._members.get(s3key)
+                if data is not None:  # (deleted, or written over standalone, since)
+                    by_shard.setdefault(s3key.rpartition("/")[0], []).append((s3key, data))
+        calls: list[Callable[[], object]] = []
+        for shard, members in by_shard.items():
+            chunk: list[tuple[str, bytes]] = []
+            for member in sorted(members):
+                if chunk and sum(len(d) for _, d in chunk) + len(member[1]) > PACK_BYTES:
+                    calls.append(functools.partial(self._send_pack, shard, chunk))
+                    chunk = []
+                chunk.append(member)
+            calls.append(functools.partial(self._send_pack, shard, chunk))
+        self._all(calls)
+
+    def _send_pack(self, shard: str, members: list[tuple[str, bytes]]) -> None:
+        """One pack with `If-None-Match`; a member whose name exists already is left out and fails the sync, as
+        its own exclusive PUT would have."""
+        try:
+            view, _ = self._view(shard)
+            taken = [k for k, _ in members if view.size(k.rpartition("/")[2]) is not None]
+            live = [(int(k.rpartition("/")[2], 16), d) for k, d in members if k not in taken]
+            if live:
+                name = pack_name(int.from_bytes(os.urandom(8), "big"))
+                body = build(live)
+                s3key = f"{shard}/{name}"
+                try:
+                    self.client.put_object(s3key, body, if_none_match=True)
+                except PreconditionFailed:
+                    raise self.exists_error(s3key) from None
+                index = self._keep_index(s3key, {f"{i:016x}": e
+                                                 for i, e in parse_index(body, len(body), self.label(s3key)).items()})
+                self._changed(shard, lambda v: v.add_pack(name, len(body), index))
+            if taken:
+                raise self.exists_error(taken[0])
+        finally:
+            for s3key, _ in members:
+                self._unhold(s3key)
+
+    def _unpack(self, shard: str, pack: str, name: str, view: ShardView) -> None:
+        """Delete a pack holding `name` without losing its other members: each one live (not shadowed) is written
+        standalone first (identical bytes, and a standalone object wins), then the pack goes. Every state in
+        between reads the same, and `name` is left only as its standalone object, if any."""
+        size, index = view.packs[pack]
+        s3key = f"{shard}/{pack}"
+        others = [n for n in index if n != name and n not in view.plain]
+        if others:
+            try:
+                body = self.client.get_object(s3key)
+            except NotFound:
+                body = b""  # gone already (a delete cut short after this step): its members were written
+            if body:
+                self._all([functools.partial(self._unpacked, shard, n, body[index[n].offset:index[n].offset
+                                                                             + index[n].length]) for n in others])
+        self.client.delete_object(s3key)
+        with self._lock:
+            self._indexes.pop(s3key, None)
+        self._changed(shard, lambda v: v.drop_pack(pack))
+
+    def _unpacked(self, shard: str, name: str, data: bytes) -> None:
+        try:
+            self.client.put_object(f"{shard}/{name}", data, if_none_match=True)
+        except PreconditionFailed:
+            pass  # written standalone already: that one wins anyway
+        self._changed(shard, lambda v: v.plain.__setitem__(name, len(data)))
 
     # ------------------------------------------------------------ writing behind
     def exists_error(self, s3key: str) -> StorageError:
@@ -492,8 +823,13 @@ class S3ObjectStore:
             raise self.exists_error(s3key) from None
 
     def landed(self, s3key: str, size: int) -> None:
+        """A standalone object was written: it wins over a member held or packed under its key."""
         self.remember(s3key, size)
         self._drop_ahead(s3key)
+        self._unhold(s3key)
+        shard = self._shard(s3key)
+        if shard is not None:
+            self._changed(shard[0], lambda v: v.plain.__setitem__(shard[1], size))
 
     def send_behind(self, s3key: str, size: int, send: Callable[[], object], held: int) -> tuple[str, "Future[Any]"]:
         """Run `send` (storing `size` bytes under `s3key`) on a writer thread; `held`: the bytes it keeps in memory
@@ -560,13 +896,25 @@ class S3ObjectStore:
         return new
 
     def delete(self, key: str) -> None:
-        """Remove `key`. Unlike a disc set, a missing key is not an error (S3 cannot tell without a HEAD)."""
+        """Remove `key`. Unlike a disc set, a missing key is not an error (S3 cannot tell without a HEAD).
+
+        A pack member: every pack holding it is unpacked first (`_unpack`), then its standalone object goes, so
+        a delete cut short anywhere leaves every other object readable and never brings an old version back."""
         s3key = self._key(key)
         self.settle(s3key)
+        if self._unhold(s3key) is not None:
+            return  # held for its sync: nothing stored yet
+        shard = self._shard(s3key)
+        if shard is not None:
+            view, _ = self._view(shard[0])
+            for pack in view.holding(shard[1]):
+                self._unpack(shard[0], pack, shard[1], view)
         self.client.delete_object(s3key)
         self._drop_ahead(s3key)
         with self._lock:
             self._sizes.pop(s3key, None)
+        if shard is not None:
+            self._changed(shard[0], lambda v: v.plain.pop(shard[1], None))
 
     def exists(self, key: str) -> bool:
         try:
@@ -576,25 +924,55 @@ class S3ObjectStore:
         return True
 
     def list(self, prefix: str) -> Iterator[str]:
+        """Every key under `prefix/`: standalone objects, then the members of packs not shadowed, then those held."""
         start = self._key(prefix) + "/"
         self._settle_under(start)
+        seen: set[str] = set()
+        packs: dict[str, dict[str, int]] = {}
         for info in self.client.list_objects(start):
+            shard, _, name = info.key.rpartition("/")
+            if is_pack_name(name):
+                packs.setdefault(shard + "/", {})[name] = info.size
+                continue
             self.remember(info.key, info.size)
+            seen.add(info.key)
             yield info.key[len(self.prefix):]
+        for shard, found in packs.items():
+            for index in self._load_indexes(shard, found).values():
+                for name in index:
+                    if shard + name not in seen:
+                        seen.add(shard + name)
+                        yield shard[len(self.prefix):] + name
+        with self._lock:
+            held = [k for k in self._members if k.startswith(start) and k not in seen]
+        for s3key in held:
+            yield s3key[len(self.prefix):]
 
     def _size(self, s3key: str) -> int:
+        """The stored size (payload + trailer) of `s3key`, held, packed or standalone; NotFound if none."""
         self.settle(s3key)
-        size = self._sizes.get(s3key)
-        if size is None:
-            try:
-                size = self.client.head_object(s3key).size
-            except NotFound:
-                raise NotFound(self.label(s3key)) from None
-            self.remember(s3key, size)
+        held = self._members.get(s3key)
+        if held is not None:
+            return len(held)
+        size = self._sizes.get(s3key)  # (a standalone object seen, which wins over any member)
+        if size is not None:
+            return size
+        shard = self._shard(s3key)
+        if shard is not None:
+            size = self._view(shard[0])[0].size(shard[1])
+            if size is None:
+                raise NotFound(self.label(s3key))
+            return size
+        try:
+            size = self.client.head_object(s3key).size
+        except NotFound:
+            raise NotFound(self.label(s3key)) from None
+        self.remember(s3key, size)
         return size
 
     def usage_blocks(self, key: str) -> int:
-        """The stored size in 4 KiB blocks; no redundancy overhead is ours to count."""
+        """The stored size in 4 KiB blocks, a pack member's as if it were standalone; no redundancy overhead is
+        ours to count."""
         return -(-self._size(self._key(key)) // BLOCK_SIZE)
 
     def blocks_for_length(self, length: int) -> int:
@@ -604,6 +982,22 @@ class S3ObjectStore:
         """Read the whole object and check its SHA-256; nothing to repair from (the cluster's redundancy is below us)."""
         s3key = self._key(key)
         self.settle(s3key)
+        label = self.label(s3key)
+        held = self._members.get(s3key)
+        if held is not None:
+            try:
+                checked(held, label)
+            except (FormatError, IntegrityError) as e:
+                return Verified(False, False, False, str(e))
+            return Verified(True, True, False, f"{label}: SHA-256 ok (held for its sync)")
+        loc = self._locate(s3key)[0] if self._shard(s3key) is not None else None
+        if loc is not None:
+            try:
+                data = self._member(s3key, loc)
+            except (FormatError, IntegrityError) as e:
+                return Verified(False, False, False, str(e))
+            if data is not None:  # (None: the pack is gone, its live members are standalone now)
+                return Verified(True, True, False, f"{label}: SHA-256 ok (in {loc.pack})")
         try:
             f = self.client.open(s3key)
         except NotFound:
