@@ -201,7 +201,8 @@ def test_check_fix_deletes_a_stray_member_and_leaves_the_account_clean(tmp_path:
     client.close()
     thread.join(10)
     backend = store.backends["0"]
-    assert any(is_pack_name(i.key.rpartition("/")[2]) for i in backend.client.list_objects(""))  # type: ignore[attr-defined]
+    names = [i.key.rpartition("/")[2] for i in backend.client.list_objects("")]  # type: ignore[attr-defined]
+    assert any(is_pack_name(n) for n in names)
     report = check_account(store, A)
     assert report.errors == 0 and report.objects == 6, [str(p) for p in report.problems]
     stray = max(files) + 1  # an object beyond the last id, in a pack with nothing referring to it
@@ -260,3 +261,10 @@ def test_a_lease_changing_hands_drops_the_views(tmp_path: Path, seaweed: Any) ->
     reader = two.open(A, write=False)  # a read-only session starts from the account's info: views dropped too
     assert reader.read_object(ids[2]) == b"rewritten too"
     reader.close()
+
+
+def test_pack_names_are_the_stores_own(backend: S3ObjectStore) -> None:
+    from boxbox.errors import ProgrammingError
+
+    with pytest.raises(ProgrammingError, match="store's own"):
+        backend.put(f"{SHARD}/pack~0123456789abcdef")

@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, NamedTuple
 
 from boxbox.errors import (
-    ConfigError, FormatError, IntegrityError, NotFound, PermissionDenied, PreconditionFailed, ProgrammingError,
-    StorageError,
+    BoxboxError, ConfigError, FormatError, IntegrityError, NotFound, PermissionDenied, PreconditionFailed,
+    ProgrammingError, StorageError,
 )
 from boxbox.store.backend import PutStream, Verified, check_key
 from boxbox.store.info import BLOCK_SIZE
@@ -337,7 +337,8 @@ class S3ObjectStore:
         # the immutable pack indexes; the members held until their sync, and their bytes.
         self._views: dict[str, ShardView] = {}
         self._gens: dict[str, int] = {}
-        self._epoch = 0  # bumped when views are dropped wholesale: a load begun before is not kept
+        self._epoch = 0  # bumped when the generations start over: a load begun before is not kept
+        self._loading: dict[str, int] = {}  # shards being LISTed, by how many threads
         self._count = itertools.count(1)
         self._indexes: OrderedDict[str, dict[str, Entry]] = OrderedDict()
         self._members: dict[str, bytes] = {}
@@ -381,11 +382,12 @@ class S3ObjectStore:
             self._views.pop(shard, None)
 
     def _drop_views(self, start: str) -> None:
-        """Forget the views of every shard under `start` (another server may have changed them)."""
+        """Forget the views of every shard under `start` (another server may have changed them), and keep none
+        being LISTed now."""
         with self._lock:
-            for shard in [s for s in self._views if (s + "/").startswith(start)]:
-                del self._views[shard]
-            self._epoch += 1
+            for shard in [s for s in [*self._views, *self._loading] if (s + "/").startswith(start)]:
+                self._gens[shard] = next(self._count)
+                self._views.pop(shard, None)
 
     def _view(self, shard: str) -> tuple[ShardView, bool]:
         """The shard's view, and whether it was LISTed just now (False: kept from before)."""
@@ -394,19 +396,26 @@ class S3ObjectStore:
             if view is not None:
                 return view, False
             gen, epoch = self._gens.get(shard, 0), self._epoch
+            self._loading[shard] = self._loading.get(shard, 0) + 1
         start = shard + "/"
-        for _ in range(3):
-            plain: dict[str, int] = {}
-            packs: dict[str, int] = {}
-            for info in self.client.list_objects(start):
-                name = info.key[len(start):]
-                if "/" not in name:
-                    (packs if is_pack_name(name) else plain)[name] = info.size
-            indexes = self._load_indexes(start, packs)
-            if len(indexes) == len(packs):
-                break
-            # a pack deleted since the LIST: its live members were written standalone first, list again
-        view = ShardView(plain, {p: (packs[p], indexes[p]) for p in indexes})
+        try:
+            for _ in range(3):
+                plain: dict[str, int] = {}
+                packs: dict[str, int] = {}
+                for info in self.client.list_objects(start):
+                    name = info.key[len(start):]
+                    if "/" not in name:
+                        (packs if is_pack_name(name) else plain)[name] = info.size
+                indexes = self._load_indexes(start, packs)
+                if len(indexes) == len(packs):
+                    break
+                # a pack deleted since the LIST: its live members were written standalone first, list again
+            view = ShardView(plain, {p: (packs[p], indexes[p]) for p in indexes})
+        finally:
+            with self._lock:
+                left = self._loading.pop(shard) - 1
+                if left:
+                    self._loading[shard] = left
         with self._lock:
             if self._gens.get(shard, 0) == gen and self._epoch == epoch:
                 if len(self._views) >= VIEWS:
@@ -468,8 +477,15 @@ class S3ObjectStore:
         found: list[tuple[str, Location | None]] = []
         for key in keys:  # views are LISTed outside the lock: landing fetches take it
             s3key = self._key(key)
-            if s3key not in self._members:  # (held: read from memory)
-                found.append((s3key, self._locate(s3key)[0] if self._shard(s3key) else None))
+            if s3key in self._members:  # (held: read from memory)
+                continue
+            loc = None
+            if self._shard(s3key) is not None:
+                try:
+                    loc = self._locate(s3key)[0]
+                except BoxboxError:  # (fetched as a standalone object: the read finds the error again)
+                    pass
+            found.append((s3key, loc))
         with self._ahead_lock:
             for s3key, loc in found:
                 if s3key in self._ahead or s3key in self._wanted or s3key in self._via:
