@@ -268,3 +268,34 @@ def test_pack_names_are_the_stores_own(backend: S3ObjectStore) -> None:
 
     with pytest.raises(ProgrammingError, match="store's own"):
         backend.put(f"{SHARD}/pack~0123456789abcdef")
+
+
+def test_the_read_ahead_fetches_each_pack_once_and_lets_passed_over_packs_go(backend: S3ObjectStore) -> None:
+    for b in range(3):  # three barriers: three packs in the shard
+        batch(backend, {key(4 * b + i): b"object %d" % (4 * b + i) for i in range(4)})
+    reader = fresh(backend)
+    before = reader.client.requests
+    reader.prefetch([key(i) for i in range(12)])
+    assert reader.get(key(0)).read() == b"object 0"
+    packs = [p for p in reader._ahead if "pack~" in p]
+    assert len(packs) == 3
+    assert reader.get(key(5)).read() == b"object 5"  # 1-3 skipped (old versions a restore does not read)
+    assert packs[0] not in reader._ahead and packs[1] in reader._ahead  # the first pack was let go
+    assert [reader.get(key(i)).read() for i in range(6, 12)] == [b"object %d" % i for i in range(6, 12)]
+    assert not reader._ahead and not reader._via and reader._ahead_bytes() == 0
+    assert reader.client.requests - before == 7  # a LIST, three indexes, three packs
+    assert reader.get(key(2)).read() == b"object 2"  # (one ranged GET)
+
+
+def test_a_writer_whose_lease_lapsed_sends_no_pack(tmp_path: Path, seaweed: Any) -> None:
+    store = make_store(tmp_path, (A, 10_000, 20_000), s3=seaweed.new_bucket())
+    acct = store.open(A, write=True)
+    new = acct.allocate_id()
+    acct.put_object(new, b"held", check_limit=False, durable=False)
+    acct._lock._lost = True  # type: ignore[union-attr]  # as a renewal that found another server's lease
+    with pytest.raises(StorageError, match="stops writing"):
+        acct.sync_objects()
+    acct.close()  # (its clean-up is refused too, and left to the next writer)
+    backend = store.backends["0"]
+    names = [i.key for i in backend.client.list_objects(backend.prefix + object_key(A, new).rpartition("/")[0])]  # type: ignore[attr-defined]
+    assert not any("pack~" in n for n in names)

@@ -37,7 +37,7 @@ import struct
 from typing import NamedTuple
 
 from boxbox import magic
-from boxbox.errors import FormatError, IntegrityError
+from boxbox.errors import FormatError, IntegrityError, ProgrammingError
 
 MAGIC = magic.S3_TRAILER
 VERSION = 1
@@ -121,7 +121,7 @@ def build(members: list[tuple[int, bytes]]) -> bytes:
     last = -1
     for object_id, data in members:
         if object_id <= last:
-            raise ValueError(f"pack member {object_id:016x} given twice")
+            raise ProgrammingError(f"pack member {object_id:016x} given twice")
         last = object_id
         parts.append(data)
         entries.append(ENTRY.pack(object_id, offset, len(data)))

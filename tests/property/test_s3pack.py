@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from boxbox.errors import FormatError, IntegrityError
+from boxbox.errors import FormatError, IntegrityError, ProgrammingError
 from boxbox.store.s3pack import (
     ENTRY, FOOTER, TRAILER, build, index_start, is_id_name, is_pack_name, pack_name, parse_index, read_member, seal,
 )
@@ -97,5 +97,5 @@ def test_names_never_collide() -> None:
 
 
 def test_duplicate_ids_are_refused() -> None:
-    with pytest.raises(ValueError, match="given twice"):
+    with pytest.raises(ProgrammingError, match="given twice"):
         build([(1, seal(b"a")), (1, seal(b"b"))])
