@@ -299,3 +299,26 @@ def test_a_writer_whose_lease_lapsed_sends_no_pack(tmp_path: Path, seaweed: Any)
     backend = store.backends["0"]
     names = [i.key for i in backend.client.list_objects(backend.prefix + object_key(A, new).rpartition("/")[0])]  # type: ignore[attr-defined]
     assert not any("pack~" in n for n in names)
+
+
+def test_a_pack_with_a_damaged_index_is_reported_and_removed_by_check_fix(tmp_path: Path, seaweed: Any) -> None:
+    s3 = seaweed.new_bucket()
+    store = make_store(tmp_path, (A, 10_000, 20_000), s3=s3)
+    client, thread = session_client(store, A)
+    client.login(read_only=False)
+    for i in range(3):
+        upload(client, KEYS, 1, f"f{i}".encode(), os.urandom(2000))
+    client.close()
+    thread.join(10)
+    backend = store.backends["0"]
+    packs = [i.key for i in backend.client.list_objects("") if is_pack_name(i.key.rpartition("/")[2])]  # type: ignore[attr-defined]
+    raw = bytearray(backend.client.get_object(packs[-1]))  # type: ignore[attr-defined]
+    raw[-1] ^= 1  # the index's SHA-256
+    backend.client.put_object(packs[-1], bytes(raw))  # type: ignore[attr-defined]
+    store = make_store(tmp_path / "two", s3=s3)  # a server that has not read that index yet
+    report = check_account(store, A)
+    assert any("is not an object" in str(p) and "pack~" in str(p) for p in report.problems), report.problems
+    check_account(store, A, fix=True)
+    after = check_account(store, A)
+    assert after.errors == 0, [str(p) for p in after.problems]
+    assert packs[-1] not in [i.key for i in backend.client.list_objects("")]  # type: ignore[attr-defined]

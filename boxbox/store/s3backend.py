@@ -414,7 +414,7 @@ class S3ObjectStore:
                 if len(indexes) == len(packs):
                     break
                 # a pack deleted since the LIST: its live members were written standalone first, list again
-            view = ShardView(plain, {p: (packs[p], indexes[p]) for p in indexes})
+            view = ShardView(plain, {p: (packs[p], i) for p, i in indexes.items() if i is not None})
         finally:
             with self._lock:
                 left = self._loading.pop(shard) - 1
@@ -427,10 +427,10 @@ class S3ObjectStore:
                 self._views[shard] = view
         return view, True
 
-    def _load_indexes(self, start: str, packs: dict[str, int]) -> dict[str, dict[str, Entry]]:
-        """The member index of each pack (name -> size) under `start`; a pack gone is left out, a damaged one
-        too (logged: its members then read as missing, which `check` reports)."""
-        found: dict[str, dict[str, Entry]] = {}
+    def _load_indexes(self, start: str, packs: dict[str, int]) -> dict[str, dict[str, Entry] | None]:
+        """The member index of each pack (name -> size) under `start`; a pack gone is left out, a damaged one is
+        None (logged: its members read as missing, and `list` shows the pack itself, for `check` to report)."""
+        found: dict[str, dict[str, Entry] | None] = {}
         with self._lock:
             for name in packs:
                 index = self._indexes.get(start + name)
@@ -456,6 +456,7 @@ class S3ObjectStore:
                 continue
             except (FormatError, IntegrityError) as e:
                 log.warning("%s; its members cannot be read", e)
+                found[name] = None
                 continue
             found[name] = self._keep_index(s3key, {f"{i:016x}": e for i, e in entries.items()})
         return found
@@ -974,7 +975,8 @@ class S3ObjectStore:
         return True
 
     def list(self, prefix: str) -> Iterator[str]:
-        """Every key under `prefix/`: standalone objects, then the members of packs not shadowed, then those held."""
+        """Every key under `prefix/`: standalone objects, then the members of packs not shadowed (a pack whose
+        index is damaged: the pack), then those held."""
         start = self._key(prefix) + "/"
         self._settle_under(start)
         seen: set[str] = set()
@@ -988,7 +990,10 @@ class S3ObjectStore:
             seen.add(info.key)
             yield info.key[len(self.prefix):]
         for shard, found in packs.items():
-            for index in self._load_indexes(shard, found).values():
+            for pack, index in self._load_indexes(shard, found).items():
+                if index is None:  # damaged: shown as it is, a key `check` reports as stray
+                    yield shard[len(self.prefix):] + pack
+                    continue
                 for name in index:
                     if shard + name not in seen:
                         seen.add(shard + name)
