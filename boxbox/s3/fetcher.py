@@ -165,9 +165,11 @@ class Fetcher:
             for conn in idle:
                 conn.sock.close()
             with self._lock:
-                for future, *_ in self._queue:
-                    future.cancel()
-                self._queue.clear()
+                # an idle exit leaves the queue alone: a `get` since has started the next thread, which owns it
+                if self._closed or self._thread is threading.current_thread():
+                    for future, *_ in self._queue:
+                        future.cancel()
+                    self._queue.clear()
             sel.close()
 
     def _sweep(self, sel: selectors.BaseSelector, busy: set[_Conn], idle: list[_Conn]) -> None:

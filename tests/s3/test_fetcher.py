@@ -3,8 +3,10 @@ number of connections, and every fault failing only its own fetch, unretried, fo
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 
 import pytest
 
@@ -88,6 +90,44 @@ def test_the_thread_ends_when_idle_and_starts_again(client: S3Client, monkeypatc
             time.sleep(0.05)
         assert f._thread is None
         assert f.get("o/4", 0, 1 << 20).result(10) == _data(4)
+    finally:
+        f.close()
+
+
+def test_a_fetch_asked_for_as_the_idle_thread_ends_is_served(client: S3Client,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `get` while the idle thread is closing its connections starts the next thread; the ending one must
+    not cancel it (it did: the restore then read that key again in the foreground, or an index read failed)."""
+    monkeypatch.setattr(fetcher, "IDLE_EXIT", 0.2)
+    f = Fetcher(client, 2)
+    late: list[Future[bytes]] = []
+
+    class Sock:  # the idle connection's socket: closing it is the moment a new fetch arrives
+        def __init__(self, sock: socket.socket) -> None:
+            self._sock = sock
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._sock, name)
+
+        def close(self) -> None:
+            if not late:
+                late.append(f.get("o/4", 0, 1 << 20))
+            self._sock.close()
+
+    real_open = Fetcher._open
+
+    def opening(self: Fetcher, address: object) -> object:
+        conn, address = real_open(self, address)  # type: ignore[arg-type]
+        conn.sock = Sock(conn.sock)  # type: ignore[assignment]
+        return conn, address
+
+    monkeypatch.setattr(Fetcher, "_open", opening)
+    try:
+        assert f.get("o/2", 0, 1 << 20).result(10) == _data(2)
+        deadline = time.monotonic() + 5
+        while not late and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert late[0].result(10) == _data(4)
     finally:
         f.close()
 
