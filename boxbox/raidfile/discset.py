@@ -104,6 +104,7 @@ class DiscSet:
         self.directories = directories if len(distinct) == 3 else directories[:1]
         self.raid = len(self.directories) == 3
         self._roots = [os.fspath(d) for d in self.directories]
+        self._made: set[str] = set()  # directories `create` made or found (nothing here removes one)
 
     @classmethod
     def from_config(cls, name: str, values: dict[str, Any], source: str) -> DiscSet:
@@ -149,9 +150,13 @@ class DiscSet:
     def create(self, relpath: str) -> RaidWriter:
         """A writer whose commit() atomically creates or replaces `relpath`."""
         finals, temps = self._names(relpath)
-        for t in temps:
-            _ensure_dir(os.path.dirname(t))
-        fds = claims.claim_all(temps, self._label(relpath))
+        self._ensure_dirs(temps)
+        try:
+            fds = claims.claim_all(temps, self._label(relpath))
+        except FileNotFoundError:  # a directory removed behind our back: make it again
+            self._made.clear()
+            self._ensure_dirs(temps)
+            fds = claims.claim_all(temps, self._label(relpath))
         try:
             targets = [Target(role, fds[d], temps[d], finals[d]) for role, d in self._placement(relpath)]
             return RaidWriter(self._label(relpath), targets, self.block_size)
@@ -159,6 +164,17 @@ class DiscSet:
             for fd, t in zip(fds, temps):
                 claims.release(fd, t)
             raise
+
+    def _ensure_dirs(self, paths: list[str]) -> None:
+        """`_ensure_dir` of each path's directory, remembered: three stats an object less (a store
+        creates thousands of objects in the same few directories)."""
+        for p in paths:
+            d = os.path.dirname(p)
+            if d not in self._made:
+                _ensure_dir(d)
+                if len(self._made) >= 4096:
+                    self._made.clear()
+                self._made.add(d)
 
     def _settled(self, relpath: str) -> Finals:
         """Recover dead writers' temps and open the committed stripes. An unreadable result is

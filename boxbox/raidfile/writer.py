@@ -178,7 +178,6 @@ class RaidWriter:
             self._chunk <= xorproc.SLOT_BYTES
         for t in self._targets:
             os.ftruncate(t.fd, 0)
-            os.lseek(t.fd, HEADER.size, os.SEEK_SET)
 
     def __enter__(self) -> RaidWriter:
         return self
@@ -228,9 +227,11 @@ class RaidWriter:
             raise
         return n
 
-    def _emit(self, mv: memoryview) -> None:
+    def _emit(self, mv: memoryview, heads: dict[int, bytes] | None = None) -> None:
         """Write whole rows of clear data (the last row may be partial) to the stripe temps, a chunk per writev;
-        the parity of a chunk goes to the helper process first (if this writer has one) to overlap with ours."""
+        the parity of a chunk goes to the helper process first (if this writer has one) to overlap with ours.
+        `heads`: headers for the data stripes (by fd) that go out in the same writes (a file written whole at
+        commit: one syscall per stripe fewer); the ones used are taken out."""
         B, seeds = self._B, self._seeds
         for o in range(0, len(mv), self._chunk):
             c = mv[o : o + self._chunk]
@@ -238,7 +239,7 @@ class RaidWriter:
             if not self._raid:
                 self._units_done += -(-len(c) // B)
                 self._put(self._by_role[WHOLE], record_iov([c[i : i + B] for i in range(0, len(c), B)],
-                                                           seeds[WHOLE] + first))
+                                                           seeds[WHOLE] + first), heads)
                 continue
             slots1, slots2 = split_rows(c, B)
             self._units_done += len(slots1)
@@ -254,13 +255,20 @@ class RaidWriter:
                     write_parity(pfd, c, B, seeds[PARITY] + first, offset, advise)
             for role, slots in ((STRIPE1, slots1), (STRIPE2, slots2)):
                 if slots and role in self._by_role:
-                    self._put(self._by_role[role], record_iov(slots, seeds[role] + first))
+                    self._put(self._by_role[role], record_iov(slots, seeds[role] + first), heads)
 
-    def _put(self, fd: int, iov: list[memoryview]) -> None:
+    def _put(self, fd: int, iov: list[memoryview], heads: dict[int, bytes] | None = None) -> None:
+        n = sum(map(len, iov))
+        offset, advise = self._advance(fd, n)
+        if offset == HEADER.size:  # the stripe's first write; a claim's fresh descriptor is at offset 0
+            head = heads.pop(fd, None) if heads else None
+            if head is None:
+                os.lseek(fd, HEADER.size, os.SEEK_SET)
+            else:
+                iov = [memoryview(head), *iov]
         _writev_all(fd, iov)
-        _, advise = self._advance(fd, sum(map(len, iov)))
         if advise:
-            os.posix_fadvise(fd, self._written[fd][0] - advise, advise, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(fd, offset + n - advise, advise, os.POSIX_FADV_DONTNEED)
 
     def _advance(self, fd: int, n: int) -> tuple[int, int]:
         """Account n bytes appended to stripe `fd`: (their offset, bytes before the end to hand to writeback)."""
@@ -302,14 +310,15 @@ class RaidWriter:
         """Step 1: the last buffered rows and the headers into the temps (nothing renamed yet)."""
         if not self._open:
             raise ProgrammingError(f"{self.label}: commit after commit or abort")
+        heads = {t.fd: pack_header(Header(t.role, self._shift, self.write_id, self.length)) for t in self._targets}
         if self._buf:
-            self._emit(memoryview(self._buf))
+            self._emit(memoryview(self._buf), heads)
             self._buf = bytearray()
         if self._parity is not None:
             self._parity, parity = None, self._parity
             parity.finish()
-        for t in self._targets:
-            os.pwrite(t.fd, pack_header(Header(t.role, self._shift, self.write_id, self.length)), 0)
+        for fd, head in heads.items():  # stripes written before (a big file), and parity
+            os.pwrite(fd, head, 0)
 
     def _rename(self, fsynced: bool) -> None:
         """Step 3: rename the temps into place in role order (their data fsynced already if `fsynced`).
