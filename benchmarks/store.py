@@ -15,11 +15,22 @@ way); `check --scrub` also verifies every stripe, parity included, before readin
 Medians of --repeat runs. Goals (issue 7): unchanged < 1 s per pass; check >= 5,000 objects/s.
 
 Ends with `RESULT housekeep_unchanged_s=X housekeep_changed_s=X check_objects_per_s=X`.
+
+    python3 benchmarks/store.py --uploads 3000 --repeat 5   # a session's cost per new object
+
+`--uploads N` instead times the server side of a first backup: N pre-encoded small files (100 B to
+16 KiB, in directories of 50) sent by a client in a child process over a socket pair (no TLS),
+pipelined as the real client does, into a real store `Session` and `Dispatcher` in this process.
+Its wall time and this process's CPU are the server's. Medians of --repeat rounds, each on a fresh
+store; `--dir D` makes the stores in D and keeps them (deleting ~10,000 inodes slows the next
+round's creates on ext4 without a journal; compare variants by alternating rounds into one D).
+Ends with `RESULT uploads_wall_s=X uploads_server_cpu_s=X ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import shutil
@@ -134,12 +145,103 @@ def timed(fn) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - t
 
 
+def upload_round(count: int, parent: str | None) -> tuple[float, float, float, float]:
+    """One session of `count` pipelined uploads: wall, the server's user and system CPU, and the CPU of child
+    processes the server reaped meanwhile (raidfile helpers), in seconds."""
+    import random
+    import resource
+    import socket
+
+    from boxbox.objects.directory import make_entry
+    from boxbox.store.session import Session
+    from boxbox.wire import messages as m
+    from boxbox.wire.client import Client
+    from boxbox.wire.commands import Dispatcher
+    from boxbox.wire.transport import Connection
+
+    keys = Keys.from_master(os.urandom(1024))
+    rng = random.Random(11)
+    attrs = Attributes(FileType.REGULAR, 0o644, 0, 0, 0)
+    per_dir = 50
+    files = []  # (directory id, its entry in the directory, the encoded object)
+    for n in range(count):
+        sink = io.BytesIO()
+        data = rng.randbytes(rng.choice((100, 1_000, 4_000, 16_000)))
+        dir_id = ROOT_DIRECTORY_ID + 1 + n // per_dir * (per_dir + 1)  # ids are given out in order: a directory, its files
+        name = b"f%d" % n
+        encode_file(keys, io.BytesIO(data), sink, container_id=dir_id, name=name, attributes=attrs, size=len(data))
+        files.append((dir_id, make_entry(keys, dir_id, name, 0, FILE, attrs), sink.getvalue()))
+    with contextlib.ExitStack() as stack:
+        # with --dir the store is kept (see the module docstring)
+        tmp = tempfile.mkdtemp(prefix="boxbox-upload-bench-", dir=parent) if parent else \
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="boxbox-upload-bench-"))
+        dirs = [Path(tmp) / f"disc{i}" for i in range(3)]
+        for d in dirs:
+            d.mkdir()
+        store = Store(AccountDatabase(Path(tmp) / "accounts.db"), {"0": DiscSet("0", dirs, 4096)})
+        store.create_account(ACCOUNT, 1 << 40, 1 << 41, "0")
+        a, b = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the client
+            code = 1
+            try:
+                b.close()
+                client = Client(Connection(a))
+                client.hello()
+                client.login()
+                made: set[int] = set()
+                replies = []
+                for dir_id, entry, obj in files:
+                    if dir_id not in made:
+                        made.add(dir_id)
+                        replies.append(client.submit(m.CreateDirectory(
+                            ROOT_DIRECTORY_ID, 0, make_entry(keys, ROOT_DIRECTORY_ID, b"d%d" % dir_id, 0, FILE, None).sealed_name,
+                            b"")))
+                    replies.append(client.submit(m.StoreFile(dir_id, entry.mtime_ns, entry.attr_hash, 0,
+                                                             entry.sealed_name, entry.sealed_attributes), upload=[obj]))
+                client.finish()
+                ids = [p.result().object_id for p in replies]
+                if ids != list(range(ROOT_DIRECTORY_ID + 1, ROOT_DIRECTORY_ID + 1 + len(ids))):
+                    raise SystemExit(f"unexpected ids {ids[:3]}...")
+                code = 0
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        a.close()
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        helpers = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        Dispatcher(Connection(b), Session(store, ACCOUNT)).run()
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        helped = resource.getrusage(resource.RUSAGE_CHILDREN)  # helpers reaped at the session's end, not the client
+        b.close()
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            raise SystemExit(f"the upload client failed (status {status})")
+        return (wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
+                helped.ru_utime + helped.ru_stime - helpers.ru_utime - helpers.ru_stime)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10,000 objects (under a minute)")
     parser.add_argument("--objects", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--uploads", type=int, metavar="N", help="time a session of N new small files instead")
+    parser.add_argument("--dir", help="with --uploads: make the stores here and keep them")
     args = parser.parse_args()
+    if args.uploads:
+        rounds = [upload_round(args.uploads, args.dir) for _ in range(args.repeat)]
+        wall, user, system, helper = (statistics.median(r[i] for r in rounds) for i in range(4))
+        print("rounds (wall, server user + system CPU, helper CPU):",
+              ", ".join(f"{w:.2f} ({u:.2f} + {s:.2f}, {h:.2f})" for w, u, s, h in rounds))
+        print(f"RESULT uploads_wall_s={wall:.3f} uploads_server_cpu_s={user + system:.3f} "
+              f"uploads_server_user_s={user:.3f} uploads_server_system_s={system:.3f} uploads_helper_cpu_s={helper:.3f}")
+        return 0
     objects = args.objects or (10_000 if args.quick else 100_000)
     directories = max(1, objects // 20)
     with tempfile.TemporaryDirectory(prefix="boxbox-store-bench-") as tmp:
