@@ -839,7 +839,7 @@ class S3ObjectStore:
         """Delete a pack holding `name` without losing its other members: each one live (not shadowed) is written
         standalone first (identical bytes, and a standalone object wins), then the pack goes. Every state in
         between reads the same, and `name` is left only as its standalone object, if any."""
-        size, index = view.packs[pack]
+        index = view.packs[pack][1]
         s3key = f"{shard}/{pack}"
         others = [n for n in index if n != name and n not in view.plain]
         if others:
