@@ -20,5 +20,6 @@ PATCH_OBJECT = b"BXRP"  # store: reverse patch (older version against a newer on
 HOUSEKEEPING_STATE = b"BXHK"  # store: per-account housekeeping state (dirty marker, retention clock)
 HOUSEKEEPING_JOURNAL = b"BXHJ"  # store: what a housekeeping pass is changing, until it is done
 S3_TRAILER = b"BXST"  # store on S3: payload length and SHA-256 after every object
+S3_PACK = b"BXSP"  # store on S3: a pack of small new objects, index at the end
 
 ALL = {name: value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, bytes)}

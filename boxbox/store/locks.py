@@ -112,6 +112,11 @@ class GuardedStore:
         self._lock.check()
         return self._inner.put_if(key, data, etag)  # type: ignore[attr-defined]
 
+    def sync(self, puts: list[PutStream]) -> None:
+        """The barrier sends what commits held back (S3 packs), so it is a write too."""
+        self._lock.check()
+        self._inner.sync(puts)
+
 
 class _GuardedPut:
     def __init__(self, put: PutStream, lock: Lock) -> None:

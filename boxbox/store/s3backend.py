@@ -710,11 +710,8 @@ class S3ObjectStore:
         held = [put for put in puts if getattr(put, "held", None) is not None]
         if held:
             try:
-                # Sent here, not at their commit: a holder of the account's lease must still hold it (its
-                # guard). The members' ids have no If-None-Match of their own to stop a late write.
-                lease = getattr(held[0], "_lock", None)
-                if lease is not None:
-                    lease.check()
+                # Sent here, not at their commit: the lease is checked by the caller's guard
+                # (`locks.GuardedStore.sync`), as the members' ids have no If-None-Match of their own.
                 self._send_packs([put.held for put in held])  # type: ignore[attr-defined]
             except BaseException as e:  # noqa: BLE001 - wait for the rest, then raise the first
                 first = e

@@ -45,7 +45,7 @@ SUPPORTED_VERSIONS = (1,)
 TRAILER = struct.Struct("<4sHHQ32s")
 assert TRAILER.size == 48
 
-PACK_MAGIC = b"BXSP"  # (boxbox/magic.py is not this change's to edit: to be listed there as S3_PACK)
+PACK_MAGIC = magic.S3_PACK
 PACK_VERSION = 1
 PACK_SUPPORTED_VERSIONS = (1,)
 ENTRY = struct.Struct("<QQQ")
