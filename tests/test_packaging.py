@@ -169,9 +169,9 @@ def test_sysvinit_lsb_header() -> None:
 
 # ------------------------------------------------------------------ sysvinit scripts, run
 FAKE_DAEMON = """#!/bin/sh
-echo "started $* SHIV_ROOT=$SHIV_ROOT uid=$(id -u)"
 trap 'echo "got HUP"' HUP
 trap 'echo "got TERM"; exit 0' TERM
+echo "started $* SHIV_ROOT=$SHIV_ROOT uid=$(id -u)"
 while :; do sleep 1 & wait $! || true; done
 """
 
