@@ -277,12 +277,12 @@ def test_the_read_ahead_fetches_each_pack_once_and_lets_passed_over_packs_go(bac
     before = reader.client.requests
     reader.prefetch([key(i) for i in range(12)])
     assert reader.get(key(0)).read() == b"object 0"
-    packs = [p for p in reader._ahead if "pack~" in p]
+    packs = [p for p in reader.ahead.started if "pack~" in p]
     assert len(packs) == 3
     assert reader.get(key(5)).read() == b"object 5"  # 1-3 skipped (old versions a restore does not read)
-    assert packs[0] not in reader._ahead and packs[1] in reader._ahead  # the first pack was let go
+    assert packs[0] not in reader.ahead.started and packs[1] in reader.ahead.started  # the first pack was let go
     assert [reader.get(key(i)).read() for i in range(6, 12)] == [b"object %d" % i for i in range(6, 12)]
-    assert not reader._ahead and not reader._via and reader._ahead_bytes() == 0
+    assert not reader.ahead.started and not reader.ahead._via and reader.ahead.held_bytes() == 0
     assert reader.client.requests - before == 7  # a LIST, three indexes, three packs
     assert reader.get(key(2)).read() == b"object 2"  # (one ranged GET)
 

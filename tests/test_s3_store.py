@@ -534,22 +534,23 @@ class _FakeObjects:
 
 def test_read_ahead_is_bounded_in_bytes_and_serves_what_is_then_read() -> None:
     from boxbox.s3.client import FETCH_CONNECTIONS
-    from boxbox.store.s3backend import READ_AHEAD_BYTES, seal
+    from boxbox.store.s3ahead import READ_AHEAD_BYTES
+    from boxbox.store.s3backend import seal
 
     big = seal(b"x" * (SMALL - TRAILER.size))  # each fetch holds SMALL bytes: the window decides how many run
     fake = _FakeObjects({f"w/{i}": big for i in range(24)}, {})
     store = S3ObjectStore(fake, "", "t")  # type: ignore[arg-type]
     store.prefetch([f"w/{i}" for i in range(24)])
     assert len(fake.fetched) == min(READ_AHEAD_BYTES // SMALL, FETCH_CONNECTIONS, 24)
-    assert len(store._ahead) == READ_AHEAD_BYTES // SMALL  # started (some may queue for a thread)
+    assert len(store.ahead.started) == READ_AHEAD_BYTES // SMALL  # started (some may queue for a thread)
     fake.release.set()
     for i in range(24):  # read in order: every one was fetched ahead, once, and the window moved along
         f = store.get(f"w/{i}")
         assert f.read(5) == b"xxxxx"
-        assert store._ahead_bytes() <= READ_AHEAD_BYTES
+        assert store.ahead.held_bytes() <= READ_AHEAD_BYTES
     assert fake.fetched == [f"w/{i}" for i in range(24)]
     assert fake.most_running <= FETCH_CONNECTIONS
-    assert not store._ahead and not store._wanted
+    assert not store.ahead.started and not store.ahead._wanted
 
 
 def test_a_failed_read_ahead_surfaces_as_the_same_error_on_read() -> None:
@@ -567,3 +568,30 @@ def test_a_failed_read_ahead_surfaces_as_the_same_error_on_read() -> None:
     with pytest.raises(NotFound, match="s3 store t: f/2"):  # a 404 fetched ahead is the read's NotFound
         store.get("f/2")
     assert fake.fetched.count("f/1") == 2 and fake.fetched.count("f/2") == 1
+
+
+def test_a_waiting_pack_let_go_forgets_its_members() -> None:
+    """Reading passed over a pack still waiting for room: it is let go with its members, which a later
+    prefetch may then ask for again (before, they stayed listed as read ahead from a pack no longer there)."""
+    from concurrent.futures import Future
+
+    from boxbox.store.s3ahead import READ_AHEAD_BYTES, ReadAhead
+    from boxbox.store.s3pack import Entry, Location
+
+    class Lands:
+        def fetch_ahead(self, key: str, start: int, end: int) -> Future[bytes]:
+            f: Future[bytes] = Future()
+            f.set_result(bytes(end - start))
+            return f
+
+    ahead = ReadAhead(Lands(), "p/", SMALL)  # type: ignore[arg-type]
+    shard = "p/00000001/backup/00"
+    big, waiting = "pack~" + "a" * 16, "pack~" + "b" * 16
+    two = f"{shard}/{2:016x}"
+    ahead.want([(f"{shard}/{4:016x}", Location(big, READ_AHEAD_BYTES, Entry(0, 10))),
+                (two, Location(waiting, 100, Entry(0, 10)))])
+    assert f"{shard}/{waiting}" in ahead._wanted  # no room while the big pack is held
+    assert ahead.take_member(f"{shard}/{4:016x}", Entry(0, 10)) == bytes(10)  # reading is past id 2's pack
+    assert not ahead.started and not ahead._wanted and two not in ahead._via
+    ahead.want([(two, Location(waiting, 100, Entry(0, 10)))])
+    assert f"{shard}/{waiting}" in ahead.started

@@ -32,9 +32,9 @@ the key's standalone object: each state in between reads the same, and nothing d
 A read is one ranged GET of the first `SMALL` bytes: a small object (most of them) is then
 checked against its trailer and served from memory; a bigger one continues with ranged GETs.
 A read-only session reading objects in ascending id order (a restore: ids follow upload
-order) has the next ones fetched ahead in the background (`prefetch`, used by the account), a pack
-once for all its members, as many at once as READ_AHEAD_BYTES of memory allows; a fetch ahead that
-failed is read again in the foreground, so the read raises the store's own error.
+order) has the next ones fetched ahead in the background (`prefetch`, used by the account; s3ahead.py), a
+pack once for all its members, within a bound of memory; a fetch ahead that failed is read again
+in the foreground, so the read raises the store's own error.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from boxbox.errors import (
 from boxbox.store.backend import PutStream, Verified, check_key
 from boxbox.store.info import BLOCK_SIZE
 from boxbox.store.lease import LeaseSettings
+from boxbox.store.s3ahead import ReadAhead
 from boxbox.store.s3pack import (
     TRAILER, Entry, Location, ShardView, build, checked, index_start, is_id_name, is_pack_name, pack_name,
     parse_index, parse_trailer, seal, trailer,
@@ -73,12 +74,6 @@ log = logging.getLogger(__name__)
 SMALL = 1 << 20
 #: Sizes remembered; past this the cache starts over (a few MB of memory).
 SIZE_CACHE = 200_000
-#: Keys a read-only session's read-ahead keeps track of (started or waiting to start): a GET costs ~1 ms of
-#: latency, which a restore otherwise pays per file. The client's fetcher sends them (`S3Client.fetch_ahead`).
-READ_AHEAD = 32
-#: Bytes of read-ahead held at once: fetched and not yet taken, plus SMALL for each fetch in flight (its
-#: size is unknown until it lands). Keys beyond wait for room, so memory stays bounded whatever the sizes.
-READ_AHEAD_BYTES = 16 << 20
 #: Bytes per ranged GET of a big object (the client's default is 1 MiB): 4 MiB read 15 MB objects
 #: at ~280 MB/s instead of ~160 on loopback SeaweedFS.
 BIG_READ = 4 << 20
@@ -94,7 +89,7 @@ REWRITE_THREADS = 8
 #: per shard directory (s3pack.py): a restore then reads ~64 of them with one GET instead of 64.
 PACK_MEMBER = 256 << 10
 #: A sync's members in one directory beyond this go into another pack: the read-ahead fetches a pack whole,
-#: within READ_AHEAD_BYTES.
+#: within its READ_AHEAD_BYTES (s3ahead.py).
 PACK_BYTES = 4 << 20
 #: Members held store-wide waiting for their sync; beyond, a new object is sent on its own as before.
 HELD_BYTES = 64 << 20
@@ -301,18 +296,6 @@ class _Window(io.RawIOBase):
         super().close()
 
 
-class _Fetch:
-    """A read ahead: its future once started, and the bytes it counts for in READ_AHEAD_BYTES (SMALL, or a pack's
-    size, until it lands). A pack's fetch serves `members`, the keys read ahead from it and not yet taken."""
-
-    __slots__ = ("future", "held", "members")
-
-    def __init__(self, held: int = SMALL, members: set[str] | None = None) -> None:
-        self.future: Future[bytes]
-        self.held = held
-        self.members = members
-
-
 class S3ObjectStore:
     """`ObjectStore` on one bucket under one prefix; one per configured `[s3 NAME]`, shared by threads."""
 
@@ -325,12 +308,7 @@ class S3ObjectStore:
         self.name = name
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._ahead: OrderedDict[str, _Fetch] = OrderedDict()  # started, oldest first
-        self._held = 0  # bytes the read-ahead holds: see _ahead_bytes
-        self._wanted: OrderedDict[str, _Fetch] = OrderedDict()  # asked for, waiting for room in READ_AHEAD_BYTES
-        self._via: dict[str, str] = {}  # a key read ahead from a pack: the pack's S3 key
-        self._last_pack: str | None = None  # the pack of the last member taken from the read-ahead
-        self._ahead_lock = threading.RLock()  # a fetch's done-callback may run in the thread that started it
+        self.ahead = ReadAhead(client, self.prefix, SMALL)
         self._pending: dict[str, Future[Any]] = {}  # PUTs sent behind, not yet landed (or failed, until synced)
         self._writers: ThreadPoolExecutor | None = None
         self._rewriters: ThreadPoolExecutor | None = None
@@ -478,7 +456,7 @@ class S3ObjectStore:
     # ------------------------------------------------------------ read-ahead
     def prefetch(self, keys: list[str]) -> None:
         """Start reading `keys` (the first SMALL bytes of each, or the pack holding it) in the background, for `get`
-        to take: as many at once as READ_AHEAD_BYTES has room for, the rest as reads are taken."""
+        to take (s3ahead.ReadAhead)."""
         found: list[tuple[str, Location | None]] = []
         for key in keys:  # views are LISTed outside the lock: landing fetches take it
             s3key = self._key(key)
@@ -491,144 +469,7 @@ class S3ObjectStore:
                 except BoxboxError:  # (fetched as a standalone object: the read finds the error again)
                     pass
             found.append((s3key, loc))
-        with self._ahead_lock:
-            for s3key, loc in found:
-                if s3key in self._ahead or s3key in self._wanted or s3key in self._via:
-                    continue
-                if loc is None:
-                    self._wanted[s3key] = _Fetch()
-                    continue
-                pack = s3key.rpartition("/")[0] + "/" + loc.pack
-                fetch = self._ahead.get(pack) or self._wanted.get(pack)
-                if fetch is None:
-                    fetch = self._wanted[pack] = _Fetch(loc.size, set())
-                fetch.members.add(s3key)  # type: ignore[union-attr]
-                self._via[s3key] = pack
-            while len(self._ahead) + len(self._wanted) > READ_AHEAD:  # never taken (skipped ids): oldest go
-                if self._ahead:
-                    fetch = self._ahead.popitem(last=False)[1]
-                    self._held -= fetch.held
-                    fetch.future.cancel()
-                else:
-                    fetch = self._wanted.popitem(last=False)[1]
-                for member in fetch.members or ():
-                    self._via.pop(member, None)
-            self._fill_ahead()
-
-    def _ahead_bytes(self) -> int:
-        """The read-ahead's memory: bytes fetched and not taken, SMALL (a pack: its size) for each fetch running."""
-        return self._held
-
-    def _fill_ahead(self) -> None:
-        """Start waiting keys, oldest first, while they fit in READ_AHEAD_BYTES (one at least when none runs)."""
-        with self._ahead_lock:
-            while self._wanted and (not self._ahead
-                                    or self._held + next(iter(self._wanted.values())).held <= READ_AHEAD_BYTES):
-                s3key, fetch = self._wanted.popitem(last=False)
-                self._ahead[s3key] = fetch
-                self._held += fetch.held
-                fetch.future = self.client.fetch_ahead(s3key, 0, SMALL if fetch.members is None else fetch.held)
-                fetch.future.add_done_callback(functools.partial(self._landed_ahead, s3key, fetch))
-
-    def _landed_ahead(self, s3key: str, fetch: "_Fetch", future: "Future[bytes]") -> None:
-        """A fetch ahead ended: count its real size instead of SMALL (landing small frees room), start more."""
-        if future.cancelled():
-            return
-        with self._ahead_lock:
-            if self._ahead.get(s3key) is fetch:
-                size = len(future.result()) if future.exception() is None else 0
-                self._held += size - fetch.held
-                fetch.held = size
-            self._fill_ahead()
-
-    def _pop_ahead(self, s3key: str) -> "_Fetch | None":
-        """Take `s3key` out of the read-ahead (started or waiting); the caller holds _ahead_lock."""
-        fetch = self._ahead.pop(s3key, None)
-        self._wanted.pop(s3key, None)
-        if fetch is not None:
-            self._held -= fetch.held
-        return fetch
-
-    def _take_ahead(self, s3key: str) -> bytes | None:
-        with self._ahead_lock:
-            fetch = self._pop_ahead(s3key)  # not started yet: read in the foreground now
-        if fetch is None:
-            return None
-        future = fetch.future
-        try:
-            return None if future.cancelled() else future.result()
-        except NotFound:
-            raise
-        except Exception:  # noqa: BLE001 - read it again in the foreground, with its own error
-            return None
-        finally:
-            self._fill_ahead()  # once it has landed: until then its bytes are still held
-
-    def _take_member_ahead(self, s3key: str, entry: Entry) -> bytes | None:
-        """A member's bytes from its pack read ahead (the pack is let go once its last member is taken); None if
-        it was not read ahead, or the fetch failed (read it in the foreground)."""
-        with self._ahead_lock:
-            pack = self._via.pop(s3key, None)
-            fetch = None if pack is None else self._ahead.get(pack)
-            if fetch is None:
-                waiting = None if pack is None else self._wanted.get(pack)
-                if waiting is not None:
-                    waiting.members.discard(s3key)  # type: ignore[union-attr]
-                    if not waiting.members:
-                        del self._wanted[pack]  # type: ignore[arg-type]
-                return None
-            fetch.members.discard(s3key)  # type: ignore[union-attr]
-            if not fetch.members:
-                self._pop_ahead(pack)  # type: ignore[arg-type]
-            if pack != self._last_pack:
-                self._last_pack = pack  # type: ignore[assignment]
-                self._pass_over(pack, s3key)  # type: ignore[arg-type]
-        try:
-            body = None if fetch.future.cancelled() else fetch.future.result()
-        except Exception:  # noqa: BLE001 - read it again in the foreground, with its own error
-            return None
-        finally:
-            self._fill_ahead()
-        if body is None or len(body) < entry.offset + entry.length:
-            return None
-        return body[entry.offset:entry.offset + entry.length]
-
-    def _pass_over(self, pack: str, s3key: str) -> None:
-        """Reading forward has reached a new pack: packs of the account (started or waiting) whose members
-        not taken are all below `s3key` were passed over (old versions a restore skips), and are let go
-        rather than hold READ_AHEAD_BYTES. The caller holds _ahead_lock."""
-        root = s3key[len(self.prefix):].split("/", 1)[0]
-        taken = int(s3key.rpartition("/")[2], 16)
-        for queue in (self._ahead, self._wanted):
-            for other, fetch in list(queue.items()):
-                if (fetch.members is not None and other != pack
-                        and other[len(self.prefix):].split("/", 1)[0] == root
-                        and all(int(m.rpartition("/")[2], 16) < taken for m in fetch.members)):
-                    self._release(other)
-
-    def _release(self, s3key: str) -> None:
-        """Let a read ahead go, taken or not (the caller holds _ahead_lock)."""
-        fetch = self._pop_ahead(s3key)
-        if fetch is not None:
-            fetch.future.cancel()
-        else:
-            fetch = self._wanted.pop(s3key, None)
-        for member in (fetch.members or ()) if fetch is not None else ():
-            self._via.pop(member, None)
-
-    def _drop_ahead(self, s3key: str) -> None:
-        with self._ahead_lock:
-            pack = self._via.pop(s3key, None)
-            fetch = None if pack is None else (self._ahead.get(pack) or self._wanted.get(pack))
-            if fetch is not None:
-                fetch.members.discard(s3key)  # type: ignore[union-attr]
-                if not fetch.members:
-                    self._release(pack)  # type: ignore[arg-type]
-            fetch = self._pop_ahead(s3key)
-            if fetch is None:
-                return
-            fetch.future.cancel()
-            self._fill_ahead()
+        self.ahead.want(found)
 
     def forget(self, prefix: str) -> None:
         """Drop remembered sizes and shard views under `prefix`: another server may have written there (a lease
@@ -677,7 +518,7 @@ class S3ObjectStore:
 
     def _get_plain(self, s3key: str) -> BinaryIO:
         try:
-            head = self._take_ahead(s3key)
+            head = self.ahead.take(s3key)
             if head is None:
                 head = self.client.get_object(s3key, 0, SMALL)
         except NotFound:
@@ -691,7 +532,7 @@ class S3ObjectStore:
         """A pack member's payload, checked; None if the pack is gone (the view is then dropped)."""
         shard = s3key.rpartition("/")[0]
         entry = loc.entry
-        data = self._take_member_ahead(s3key, entry)
+        data = self.ahead.take_member(s3key, entry)
         if data is None:
             try:
                 data = self.client.get_object(f"{shard}/{loc.pack}", entry.offset, entry.offset + entry.length)
@@ -873,7 +714,7 @@ class S3ObjectStore:
     def landed(self, s3key: str, size: int) -> None:
         """A standalone object was written: it wins over a member held or packed under its key."""
         self.remember(s3key, size)
-        self._drop_ahead(s3key)
+        self.ahead.drop(s3key)
         self._unhold(s3key)
         shard = self._shard(s3key)
         if shard is not None:
@@ -958,7 +799,7 @@ class S3ObjectStore:
             for pack in view.holding(shard[1]):
                 self._unpack(shard[0], pack, shard[1], view)
         self.client.delete_object(s3key)
-        self._drop_ahead(s3key)
+        self.ahead.drop(s3key)
         with self._lock:
             self._sizes.pop(s3key, None)
         if shard is not None:
