@@ -42,15 +42,20 @@ def fresh(backend: S3ObjectStore) -> S3ObjectStore:
     return S3ObjectStore(backend.client, backend.prefix, "t")
 
 
-def batch(backend: S3ObjectStore, items: dict[str, bytes]) -> None:
-    """New objects committed as a session does (durable=False), then the barrier."""
+def commit_new(backend: S3ObjectStore, items: dict[str, bytes]) -> list[Any]:
+    """New objects committed as a session does (durable=False), before the barrier."""
     puts = []
     for k, data in items.items():
         p = backend.put(k, exclusive=True)
         p.write(data)
         p.commit(durable=False)
         puts.append(p)
-    backend.sync(puts)
+    return puts
+
+
+def batch(backend: S3ObjectStore, items: dict[str, bytes]) -> None:
+    """New objects committed as a session does, then the barrier."""
+    backend.sync(commit_new(backend, items))
 
 
 def stored(backend: S3ObjectStore) -> tuple[list[str], list[str]]:
@@ -71,12 +76,7 @@ def contents(backend: S3ObjectStore, n: int) -> dict[str, bytes | None]:
 
 def test_members_are_readable_before_and_after_the_sync(backend: S3ObjectStore) -> None:
     data = {key(i): os.urandom(100 + 1000 * i) for i in range(8)}
-    puts = []
-    for k, d in data.items():
-        p = backend.put(k, exclusive=True)
-        p.write(d)
-        p.commit(durable=False)
-        puts.append(p)
+    puts = commit_new(backend, data)
     assert backend.client.requests == 0  # held for the barrier
     assert backend.get(key(3)).read() == data[key(3)] and backend.exists(key(3))
     backend.sync(puts)
