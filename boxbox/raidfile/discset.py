@@ -215,6 +215,19 @@ class DiscSet:
         self._recover(relpath)
         return any(os.path.lexists(p) for p in self._names(relpath)[0])
 
+    def stamp(self, relpath: str) -> tuple[tuple[int, int, int] | None, ...]:
+        """(inode, mtime in ns, size) of each committed stripe, None where missing: changes whenever a
+        stripe is written, replaced or removed (so a verification of the file may be remembered by it)."""
+        out: list[tuple[int, int, int] | None] = []
+        for p in self._names(relpath)[0]:
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:
+                out.append(None)
+                continue
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
     def usage_blocks(self, relpath: str) -> int:
         """Blocks of block_size the file takes over all stripes and parity (from its length, so
         a degraded file counts what it will take once repaired)."""

@@ -22,7 +22,8 @@ from boxbox.errors import (
 )
 from boxbox.objects.directory import Directory
 from boxbox.store.accountdb import AccountDatabase, BucketAccountDatabase, StoreDatabase
-from boxbox.store.backend import ObjectStore, PutStream, RaidObjectStore
+from boxbox.store.backend import ObjectStore, PutStream
+from boxbox.store.raidstore import RaidObjectStore
 from boxbox.store.info import AccountInfo
 from boxbox.store.locks import AccountLocks, GuardedStore, LocalLocks, Lock
 
@@ -49,6 +50,19 @@ def account_prefix(account: int) -> str:
 
 def object_key(account: int, object_id: int) -> str:
     return f"{account:08x}/o/{object_id >> 16:x}/{(object_id >> 8) & 0xFF:02x}/{object_id:016x}"
+
+
+def delete_all(backend: ObjectStore, keys: list[str]) -> None:
+    """Delete those of `keys` that exist: in one call where the backend has `delete_all`, else one by one."""
+    together = getattr(backend, "delete_all", None)
+    if together is not None:
+        together(keys)
+        return
+    for key in keys:
+        try:
+            backend.delete(key)
+        except NotFound:
+            pass
 
 
 def info_key(account: int) -> str:
@@ -223,10 +237,9 @@ class Store:
         discset = self.database.discset_of(account)
         with self.write_lock(account):
             backend = self.backend(account)
-            removed = 0
-            for key in list(backend.list(account_prefix(account))):
-                backend.delete(key)
-                removed += 1
+            keys = list(backend.list(account_prefix(account)))
+            delete_all(backend, keys)
+            removed = len(keys)
             if discset in self.s3:
                 self.s3[discset].accounts.update(lambda accounts: accounts.pop(account, None) and None)
             else:
@@ -641,6 +654,11 @@ class Account:
         blocks = self.usage_of(object_id)
         self.backend.delete(self.key(object_id))
         return blocks
+
+    def delete_objects(self, object_ids: list[int]) -> None:
+        """Remove those of `object_ids` that exist, together where the backend can (a RAID store rewrites
+        each pack holding some of them once, not once per object)."""
+        delete_all(self.backend, [self.key(i) for i in object_ids])
 
     def _limit_message(self, blocks: int) -> str:
         i = self.info

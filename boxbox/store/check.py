@@ -37,7 +37,15 @@ from boxbox.errors import FormatError, IntegrityError, NotFound
 from boxbox.objects.directory import DELETED, DIR, FILE, MAGIC as DIRECTORY_MAGIC, OLD, Directory, Entry
 from boxbox.objects.file import MAGIC as FILE_MAGIC
 from boxbox.objects.layout import read_file_layout
-from boxbox.store.account import ROOT_DIRECTORY_ID, MAX_OBJECT_ID, Store, account_prefix, info_key, object_key
+from boxbox.store.account import (
+    MAX_OBJECT_ID,
+    ROOT_DIRECTORY_ID,
+    Store,
+    account_prefix,
+    delete_all,
+    info_key,
+    object_key,
+)
 from boxbox.store.housekeep import journal_key, read_state, recover, state_key
 from boxbox.store.info import AccountInfo
 
@@ -438,13 +446,7 @@ class _Check:
             put = self.backend.put(object_key(self.account, dir_id))
             put.write(self.dirs[dir_id].serialize())
             put.commit()
-        for obj in sorted(self.bad):
-            try:
-                self.backend.delete(object_key(self.account, obj))
-            except NotFound:
-                pass
-        for key in self.doomed_keys:
-            self.backend.delete(key)
+        delete_all(self.backend, [object_key(self.account, obj) for obj in sorted(self.bad)] + self.doomed_keys)
         with self.store.info_lock(self.account):
             try:
                 current = self.store.read_info(self.account)

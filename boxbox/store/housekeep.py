@@ -347,11 +347,8 @@ class _Pass:
                 if entry is not None and entry.size_blocks != blocks:
                     entry.size_blocks = blocks
                     self.dirty.add(parent.object_id)  # type: ignore[union-attr]
+        acct.delete_objects(self.doomed)
         for object_id in self.doomed:
-            try:
-                acct.delete_object(object_id)
-            except NotFound:
-                pass
             self.dir_blocks.pop(object_id, None)
         self.doomed.clear()
 
@@ -479,6 +476,9 @@ def recover(store: Store, account: int, info: AccountInfo) -> AccountInfo:
         if object_id not in listed and acct.exists(object_id):
             acct.delete_object(object_id)  # a lost batch's unlisted object, or one a pass had unlisted
             removed += 1
+    drop_damaged = getattr(acct.backend, "drop_damaged", None)  # a RAID store's pack torn by a power cut
+    if drop_damaged is not None:
+        removed += drop_damaged({acct.key(i).rpartition("/")[0] for i in range(last + 1, last + PROBE_IDS + 1)})
     touched = journal | {e.object_id for d in p.dirs.values() for e in d.entries
                          if e.flags & FILE and (e.newer > last or e.object_id > last)}
     _relink(p, touched)

@@ -22,6 +22,9 @@ import pytest
 
 from boxbox.crypto.keys import load_keys
 from boxbox.objects.directory import DELETED, OLD, Directory, open_entry
+from boxbox.raidfile import DiscSet
+from boxbox.store.account import object_key
+from boxbox.store.raidstore import RaidObjectStore
 from boxbox.wire import tls
 from boxbox.wire.client import Client
 from tests.conftest import boxbox_command, boxbox_env
@@ -46,11 +49,22 @@ def _entries(s: Setup) -> dict[bytes, list[tuple[int, int]]]:
     return out
 
 
-def _stripes(s: Setup, object_id: int) -> list[Path]:
-    name = f"{object_id:016x}.rf"
-    found = [p for d in s.server.discs for p in d.rglob(name)]
-    assert len(found) == 3, (object_id, found)
-    return sorted(found)
+def _serve(s: Setup, contents: dict[int, bytes]) -> None:
+    """Make the store serve `contents` (object id -> stored bytes) in place of what it holds, each object
+    rewritten whole and consistent (a RAID file of its own, shadowing any pack member), as a hostile store
+    with the discs in hand would."""
+    store = RaidObjectStore(DiscSet("0", s.server.discs))
+    keys = [object_key(s.account, i) for i in contents]
+    store.delete_all(keys)
+    for key, data in zip(keys, contents.values()):
+        put = store.put(key)
+        put.write(data)
+        put.commit()
+
+
+def _stored(s: Setup, object_id: int) -> bytes:
+    with RaidObjectStore(DiscSet("0", s.server.discs)).get(object_key(s.account, object_id)) as f:
+        return f.read()
 
 
 def _restore(s: Setup, out: Path) -> subprocess.CompletedProcess[str]:
@@ -74,11 +88,7 @@ def test_swapped_objects_are_detected(setup: Setup) -> None:
     s = setup
     ids = _entries(s)
     a, b = ids[b"alpha.txt"][0][0], ids[b"beta.txt"][0][0]
-    for pa, pb in zip(_stripes(s, a), _stripes(s, b)):
-        tmp = pa.with_suffix(".swap")
-        os.rename(pa, tmp)
-        os.rename(pb, pa)
-        os.rename(tmp, pb)
+    _serve(s, {a: _stored(s, b), b: _stored(s, a)})
     r = _restore(s, s.tmp / "out")
     assert r.returncode != 0, "a restore of swapped objects reported success"
     assert "Traceback" not in r.stderr
@@ -99,8 +109,7 @@ def test_replayed_old_version_is_detected(setup: Setup) -> None:
     old = [i for i, f in versions if f & OLD]
     new = [i for i, f in versions if not f & (OLD | DELETED)]
     assert old and new, versions
-    for po, pn in zip(_stripes(s, old[0]), _stripes(s, new[0])):
-        shutil.copyfile(po, pn)
+    _serve(s, {new[0]: _stored(s, old[0])})
     r = _restore(s, s.tmp / "out")
     restored = (s.tmp / "out" / "alpha.txt")
     assert r.returncode != 0 or not restored.exists() or restored.read_bytes() == b"ALPHA2 " * 100, \
