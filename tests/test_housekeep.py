@@ -351,11 +351,11 @@ class Killed(BaseException):
     """Stands for kill -9 at one point of a housekeeping pass."""
 
 
-@pytest.mark.parametrize("where", ["replace_object", "delete_object"])
+@pytest.mark.parametrize("where", ["replace_object", "delete_objects"])
 def test_a_killed_pass_is_finished_by_the_next_writer(store: Store, monkeypatch: pytest.MonkeyPatch,
                                                        where: str) -> None:
     """Killed after merging patches but before the directories (replace_object), or after the
-    directories but before deleting the objects (delete_object)."""
+    directories but before deleting the objects (delete_objects)."""
     from boxbox.store.account import Account
 
     c, t = session_client(store, A)

@@ -75,9 +75,12 @@ def test_accounts_housekeep_beside_the_server(server: RunningServer, tmp_path: P
 
 
 def test_server_scrub_rebuilds_a_flipped_stripe(server: RunningServer) -> None:
+    before = {p.name for d in server.discs for p in d.rglob("pack~*.rf")}
     with server.client(A) as c:
         obj = upload(c, KEYS, 1, b"scrubbed", os.urandom(100_000))
-    stripes = sorted(p for d in server.discs for p in d.rglob(f"{obj:016x}.rf"))
+    assert not [p for d in server.discs for p in d.rglob(f"{obj:016x}.rf")]  # small and new: in its sync's pack
+    [pack] = {p.name for d in server.discs for p in d.rglob("pack~*.rf")} - before
+    stripes = sorted(p for d in server.discs for p in d.rglob(pack))
     assert len(stripes) == 3
     damaged = bytearray(stripes[1].read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF

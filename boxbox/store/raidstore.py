@@ -22,6 +22,7 @@ info, which drops that account's views. A pack that vanished under a view makes 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -224,6 +225,9 @@ class RaidObjectStore:
             body, degraded = self._body(pack)
         except NotFound:
             return None
+        except (FormatError, IntegrityError):
+            self._forget_pack(pack)  # (its index was kept: the next listing finds it damaged)
+            raise
         e = loc.entry
         if e.offset + e.length > len(body):
             raise FormatError(f"{self.label(pack)}: member {name} ends at {e.offset + e.length}, past the pack's "
@@ -295,10 +299,8 @@ class RaidObjectStore:
         except BaseException:
             from boxbox.raidfile.writer import sync_all
 
-            try:
+            with contextlib.suppress(OSError):
                 sync_all(writers)  # (closes them; the barrier fails anyway)
-            except OSError:
-                pass
             raise
         finally:
             with self._lock:
@@ -347,7 +349,7 @@ class RaidObjectStore:
     def sync_and_commit(self, owed: list[PutStream], puts: list[PutStream]) -> None:
         """`sync(owed)` and `commit_all(puts)` in one round of fsyncs, no put renamed before every owed
         object (and pack) is durable (`raidfile.writer.sync_and_commit`); any error fails both."""
-        from boxbox.raidfile.writer import sync_and_commit
+        from boxbox.raidfile.writer import sync_all, sync_and_commit
 
         rewritten = {p.key for p in puts}  # type: ignore[attr-defined]
         with self._lock:  # a new directory rewritten in the same sync: its first version would be shadowed at once
@@ -358,6 +360,8 @@ class RaidObjectStore:
         except BaseException:
             for w in _writers(puts):
                 w.abort()
+            with contextlib.suppress(OSError):
+                sync_all(_writers(owed))  # done with: they release their names' locks (the barrier fails)
             raise
         sync_and_commit(_writers(owed) + packs, _writers(puts))
         for p in puts:
@@ -408,6 +412,11 @@ class RaidObjectStore:
                     body = self._body(key)[0]
                 except NotFound:
                     body = b""  # gone already (another process's delete): its live members are elsewhere
+                except (FormatError, IntegrityError) as e:  # nothing in it can be kept: `drop_damaged` or check
+                    log.warning("%s; its other members are lost too", e)
+                    self._forget_pack(key)
+                    view.drop_pack(pack)
+                    continue
                 if body:
                     self._write_pack(shard, [(int(n, 16), body[index[n].offset:index[n].offset + index[n].length])
                                              for n in keep], durable=True)
