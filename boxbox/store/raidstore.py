@@ -38,6 +38,7 @@ from boxbox.store.s3pack import (
     FOOTER,
     TRAILER,
     Entry,
+    Location,
     ShardView,
     build,
     checked,
@@ -60,8 +61,8 @@ SMALL = 256 * 1024
 PACK_BYTES = 4 << 20
 #: Held members over all accounts; past it a new object is written on its own, as before packs.
 HELD_BYTES = 32 << 20
-#: Shard views kept (each at most 256 names and a few packs' indexes).
-VIEWS = 512
+#: Shard views kept (each at most 256 names and a few packs' indexes: ~50 KB at most).
+VIEWS = 128
 #: Whole packs kept after a read: a restore reads members in upload order, a pack's in a row.
 BODIES = 4
 #: A pack verified this recently is not verified again for each of its members (`check`).
@@ -196,28 +197,30 @@ class RaidObjectStore:
 
     def _keep_index(self, pack: str, index: dict[str, Entry]) -> dict[str, Entry]:
         self._indexes[pack] = index
-        while len(self._indexes) > 4 * VIEWS:
+        while len(self._indexes) > 4 * VIEWS:  # (an index: ~150 bytes a member)
             self._indexes.popitem(last=False)
         return index
 
     def _body(self, pack: str) -> tuple[bytes, bool]:
         """A whole pack (kept for the reads of its next members), and whether it was read degraded (a stripe
-        missing or damaged: `check` then verifies and repairs it); NotFound if it is gone."""
-        body = self._bodies.get(pack)
-        if body is None:
-            with self.discset.open(self.path(pack), settle=False) as f:
-                body = f.readall(), f.degraded
+        missing or damaged: `check` then verifies and repairs it); NotFound if it is gone. Read outside the
+        lock: other sessions' reads need not wait for this one's disc."""
+        with self._lock:
+            body = self._bodies.get(pack)
+            if body is not None:
+                self._bodies.move_to_end(pack)
+                return body
+        with self.discset.open(self.path(pack), settle=False) as f:
+            body = f.readall(), f.degraded
+        with self._lock:
             self._bodies[pack] = body
             while len(self._bodies) > BODIES:
                 self._bodies.popitem(last=False)
-        else:
-            self._bodies.move_to_end(pack)
         return body
 
-    def _member(self, shard: str, name: str, view: ShardView) -> "_Member | None":
-        """The payload of pack member `name` as `view` locates it, checked; None if no pack holds it (or the
-        one the view names is gone)."""
-        loc = view.where(name)
+    def _member(self, shard: str, name: str, loc: Location | None) -> "_Member | None":
+        """The payload of pack member `name` at `loc` (from a view), checked; None if there is none or its
+        pack is gone."""
         if loc is None:
             return None
         pack = f"{shard}/{loc.pack}"
@@ -226,7 +229,8 @@ class RaidObjectStore:
         except NotFound:
             return None
         except (FormatError, IntegrityError):
-            self._forget_pack(pack)  # (its index was kept: the next listing finds it damaged)
+            with self._lock:
+                self._forget_pack(pack)  # (its index was kept: the next listing finds it damaged)
             raise
         e = loc.entry
         if e.offset + e.length > len(body):
@@ -472,7 +476,8 @@ class RaidObjectStore:
             with self._lock:
                 view, fresh = self._view(shard[0])
                 standalone = shard[1] in view.plain
-                data = None if standalone else self._member(shard[0], shard[1], view)
+                loc = None if standalone else view.where(shard[1])
+            data = self._member(shard[0], shard[1], loc)
             if data is not None:
                 return data
             if standalone:
@@ -587,7 +592,8 @@ class RaidObjectStore:
             return v._replace(detail=f"{member}: in {pack}: {v.detail}")
         try:
             with self._lock:
-                data = self._member(shard, name, self._view(shard)[0])
+                loc = self._view(shard)[0].where(name)
+            data = self._member(shard, name, loc)
         except (FormatError, IntegrityError) as e:
             return Verified(False, False, False, str(e))
         if data is None:
