@@ -153,9 +153,6 @@ def test_held_objects_in_a_directory_already_on_disc_are_listed(dirs: list[Path]
     assert sorted(store.list("0000002a")) == [key(0), key(1)]
 
 
-@pytest.mark.xfail(strict=True, reason="list(prefix) walks only directories that exist on disc (discset.listdirs), so "
-                   "objects held in a shard directory no stripe has been written to yet are not listed, though "
-                   "get/exists/names see them and the docstring says list yields those held")
 def test_held_objects_in_a_new_directory_are_listed(dirs: list[Path], store: RaidObjectStore) -> None:
     commit_new(store, {key(0): b"held"})
     assert list(store.list(SHARD)) == [key(0)]  # asked for the directory itself: found
@@ -208,9 +205,6 @@ def test_a_standalone_rewrite_wins_and_a_fully_shadowed_pack_goes(dirs: list[Pat
         key(0): b"rewritten 0", key(1): b"rewritten 1" * 500, key(2): b"rewritten 2"}
 
 
-@pytest.mark.xfail(strict=True, reason="landed() deletes a fully shadowed pack only if this store keeps the shard's "
-                   "view; a store with no view of it (a fresh process, or a session start, which drops the "
-                   "account's views) leaves the pack on disc, taking space for nothing until a member is deleted")
 def test_a_fully_shadowed_pack_goes_even_without_a_view(dirs: list[Path], store: RaidObjectStore) -> None:
     batch(store, {key(i): b"packed %d" % i for i in range(3)})
     cold = fresh(dirs)
@@ -232,9 +226,6 @@ def test_a_rewrite_in_the_same_sync_as_the_new_object_is_not_packed(dirs: list[P
     assert "0000000000000100" not in fresh(dirs)._index(f"{SHARD}/{pack}")  # not in the pack: shadowed at once
 
 
-@pytest.mark.xfail(strict=True, reason="a durable standalone rewrite (put(key).commit()) of a key still held for "
-                   "its sync is shadowed by the held bytes: get() checks _held before any file and landed() does "
-                   "not unhold, so the old version is read until the sync (only sync_and_commit unholds)")
 def test_a_durable_rewrite_of_a_held_object_wins_at_once(dirs: list[Path], store: RaidObjectStore) -> None:
     """The ObjectStore contract: commit replaces any previous object, whatever the backend holds."""
     owed = commit_new(store, {key(0): b"old"})
@@ -337,9 +328,6 @@ def test_deleting_a_held_object_leaves_nothing_for_the_sync(dirs: list[Path], st
     assert set(cold._index(f"{SHARD}/{packs(dirs)[0]}")) == {key(0).rpartition("/")[2]}
 
 
-@pytest.mark.xfail(strict=True, reason="a key held, deleted and created again before its sync is in the barrier's "
-                   "owed puts twice (both held=True); _write_packs groups the key once per put, so build() gets the "
-                   "member twice and raises ProgrammingError: the whole barrier fails, its held objects lost")
 def test_a_held_object_deleted_and_created_again_before_the_sync(dirs: list[Path], store: RaidObjectStore) -> None:
     """The ObjectStore contract lets a deleted key be created again; Account never reuses an id in a session."""
     first = commit_new(store, {key(0): b"first", key(1): b"other"})

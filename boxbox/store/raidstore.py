@@ -251,9 +251,8 @@ class RaidObjectStore:
         if shard is None:
             return
         with self._lock:
-            view = self._views.get(shard[0])
-            if view is None:
-                return
+            self._unhold(key)  # (a copy held for the sync is older)
+            view, _ = self._view(shard[0])
             view.plain[shard[1]] = 0
             for pack in view.holding(shard[1]):  # a pack left with no member to read takes space for nothing
                 if all(n in view.plain for n in view.packs[pack][1]):
@@ -282,6 +281,7 @@ class RaidObjectStore:
         """Write the members held under `keys` as packs, one per shard directory (more past PACK_BYTES),
         committed with their durability owed (their names are new: nothing durable names them yet)."""
         groups: dict[str, list[tuple[int, bytes]]] = {}
+        keys = list(dict.fromkeys(keys))  # (a key held, deleted and held again is in the barrier twice)
         with self._lock:
             for key in keys:
                 data = self._held.get(key)
@@ -524,7 +524,11 @@ class RaidObjectStore:
             names |= {k.rpartition("/")[2] for k in held}
             for name in sorted(names):
                 yield f"{here}/{name}"
-            stack.extend(f"{here}/{sub}" for sub in self.discset.listdirs(path))
+            subdirs = set(self.discset.listdirs(path))
+            with self._lock:  # held objects may be in a directory not yet on disc
+                subdirs |= {k[len(here) + 1:].partition("/")[0] for k in self._held if k.startswith(here + "/")
+                            and "/" in k[len(here) + 1:]}
+            stack.extend(f"{here}/{sub}" for sub in sorted(subdirs))
 
     def names(self, prefix: str) -> set[str]:
         """The names directly under `prefix/` in use: committed, held, packed, or a dead writer's temps (to settle)."""
