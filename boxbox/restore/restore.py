@@ -32,10 +32,12 @@ again, and serves as the first name of its link group; stray temporary files are
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
 from collections import OrderedDict, deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -46,7 +48,7 @@ from boxbox.restore import target
 from boxbox.restore.progress import Progress
 from boxbox.restore.remote import Listing, Remote, RemoteEntry, select
 from boxbox.restore.names import check_name, describe
-from boxbox.restore.target import Writer
+from boxbox.restore.target import TempFile, Writer
 from boxbox.wire import messages as m
 from boxbox.wire.client import Pending
 
@@ -309,6 +311,7 @@ class Restore:
             self._finish_dirs(fds)
             self._sync()
         finally:
+            self.writer.close()
             fds.close()
             os.close(root_fd)
             self.progress.clear()
@@ -446,7 +449,7 @@ class Restore:
     def _pipeline(self, fds: _Fds, files: list[tuple[int, RemoteEntry]], retry: list[tuple[int, RemoteEntry]] | None,
                   done_files: int, whole: bool) -> int:
         client = self.remote.client
-        queue: deque[tuple[int, RemoteEntry, Pending, bool]] = deque()
+        queue: deque[tuple[int, RemoteEntry, Pending, bool, Future[tuple[TempFile, bytes]] | None]] = deque()
         jobs = iter(files)
 
         def refill() -> None:
@@ -467,29 +470,43 @@ class Restore:
                     continue
                 raw = whole and not e.old and retry is not None
                 request = m.GetObject(e.object_id) if raw else m.GetFile(d.dir_id, e.object_id)
-                queue.append((i, e, client.submit(request, download=True), raw))
+                try:
+                    temp = self.writer.create_temp_ahead(fds.get(i))
+                except OSError:
+                    temp = None  # (made, or failed with its path named, by _one_file)
+                queue.append((i, e, client.submit(request, download=True), raw, temp))
 
         refill()
-        while queue:
-            i, e, pending, raw = queue.popleft()
-            if len(queue) < self.options.window // 2:
-                # half a window at a time: one write (and one wake-up of the server) per 8 requests
-                # rather than per file; they go out with the flush inside pending.result()
-                refill()
-            if not self._one_file(fds, i, e, pending, may_retry=raw) and retry is not None:
-                retry.append((i, e))
-                continue
-            done_files += 1
-            self.progress.update(done_files, self.summary.bytes)
+        try:
+            while queue:
+                i, e, pending, raw, temp = queue.popleft()
+                if len(queue) < self.options.window // 2:
+                    # half a window at a time: one write (and one wake-up of the server) per 8 requests
+                    # rather than per file; they go out with the flush inside pending.result()
+                    refill()
+                if not self._one_file(fds, i, e, pending, raw, temp) and retry is not None:
+                    retry.append((i, e))
+                    continue
+                done_files += 1
+                self.progress.update(done_files, self.summary.bytes)
+        finally:
+            for i, _, _, _, temp in queue:  # cut short: remove the temps made ahead for the rest
+                made = _made(temp)
+                if made is not None:
+                    with contextlib.suppress(OSError):
+                        self.writer.discard_temp(fds.get(i), *made)
         return done_files
 
-    def _one_file(self, fds: _Fds, i: int, e: RemoteEntry, pending: Pending, may_retry: bool) -> bool:
-        """Decode one reply into a temporary file and give it its name; False: try again with GetFile."""
+    def _one_file(self, fds: _Fds, i: int, e: RemoteEntry, pending: Pending, may_retry: bool,
+                  temp: Future[tuple[TempFile, bytes]] | None) -> bool:
+        """Decode one reply into a temporary file (made ahead, or now) and give it its name; False: try again
+        with GetFile."""
         d = self.dirs[i]
         path = d.path + b"/" + e.name if d.path else e.name
         try:
             dir_fd = fds.get(i)
-            f, tmp = self.writer.create_temp(dir_fd)
+            made = _made(temp)
+            f, tmp = made if made is not None else self.writer.create_temp(dir_fd)
         except OSError as err:
             self.fail(path, err)  # its reply is drained when the next one is read
             return True
@@ -566,6 +583,16 @@ class Restore:
                 self.writer.set_dir_metadata(fds.get(i), d.attrs)
             except OSError as err:
                 self.fail(d.path, err)
+
+
+def _made(temp: "Future[tuple[TempFile, bytes]] | None") -> tuple[TempFile, bytes] | None:
+    """The temp file made ahead, or None if there is none (not asked for, or its name was taken)."""
+    if temp is None:
+        return None
+    try:
+        return temp.result()
+    except OSError:
+        return None
 
 
 def get_file(remote: Remote, dir_id: int, entry: RemoteEntry, local: str | os.PathLike[str]) -> int:
