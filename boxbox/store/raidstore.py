@@ -472,7 +472,7 @@ class RaidObjectStore:
             if key.endswith("/info"):  # a session starts here: another process may have written the account
                 self._drop_views(key.rpartition("/")[0] + "/")
             return self.discset.open(self.path(key), settle=False)  # type: ignore[return-value]
-        while True:
+        for _ in range(3):
             with self._lock:
                 view, fresh = self._view(shard[0])
                 standalone = shard[1] in view.plain
@@ -485,9 +485,12 @@ class RaidObjectStore:
                     return self.discset.open(self.path(key), settle=False)  # type: ignore[return-value]
                 except NotFound:
                     pass
-            if fresh:
-                raise NotFound(self.label(key))
-            self._drop_views(shard[0] + "/")  # kept from before another process's change: load it again
+            if fresh and loc is None and not standalone:
+                break  # a view just loaded has it nowhere
+            # kept from before another process's change, or its pack went since (its live members were written
+            # elsewhere first): load it again
+            self._drop_views(shard[0] + "/")
+        raise NotFound(self.label(key))
 
     def exists(self, key: str) -> bool:
         shard = _shard(key)
