@@ -519,6 +519,27 @@ def test_a_stale_view_of_another_process_reloads_when_its_pack_vanished(dirs: li
     assert sorted(two.list("0000002a")) == sorted([*data, "0000002a/info"])
 
 
+def test_a_pack_gone_right_after_a_fresh_view_named_it_is_read_from_where_it_went(dirs: list[Path],
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The view was loaded by this very read, and another process repacked the member before its pack's body
+    was read: the read loads the view again (the member is in the new pack) rather than answering NotFound."""
+    one, two = fresh(dirs), fresh(dirs)
+    data = {key(i): b"object %d" % i for i in range(4)}
+    batch(one, data)
+    real = RaidObjectStore._body
+    cut: list[str] = []
+
+    def repacked_first(self: RaidObjectStore, pack: str) -> tuple[bytes, bool]:
+        if self is two and not cut:
+            cut.append(pack)
+            one.delete(key(0))  # the other members go to a new pack, then this pack is deleted
+        return real(self, pack)
+
+    monkeypatch.setattr(RaidObjectStore, "_body", repacked_first)
+    assert two.get(key(1)).read() == data[key(1)]
+    assert cut and cut[0].rpartition("/")[2] not in packs(dirs)  # the pack its first view named is gone
+
+
 # ------------------------------------------------------------------ through the store's layers
 
 def test_a_backup_is_packed_checks_clean_and_survives_housekeeping(tmp_path: Path) -> None:
