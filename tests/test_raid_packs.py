@@ -26,6 +26,7 @@ from boxbox.store.housekeep import housekeep
 from boxbox.store.raidstore import SMALL, RaidObjectStore
 from boxbox.store.s3pack import is_pack_name
 
+from tests.packutil import batch, commit_new
 from tests.serverutil import download, make_store, upload
 from tests.test_store_support import make_keys, session_client
 
@@ -55,22 +56,6 @@ def store(dirs: list[Path]) -> RaidObjectStore:
 def fresh(dirs: list[Path]) -> RaidObjectStore:
     """Another process's store on the same directories: no view, index or body remembered (cold)."""
     return RaidObjectStore(DiscSet("0", dirs, 4096))
-
-
-def commit_new(store: RaidObjectStore, items: dict[str, bytes]) -> list[Any]:
-    """New objects committed as a session does (exclusive, durable=False), before the barrier."""
-    puts = []
-    for k, data in items.items():
-        p = store.put(k, exclusive=True)
-        p.write(data)
-        p.commit(durable=False)
-        puts.append(p)
-    return puts
-
-
-def batch(store: RaidObjectStore, items: dict[str, bytes]) -> None:
-    """New objects committed as a session does, then the barrier."""
-    store.sync(commit_new(store, items))
 
 
 def rewrite(store: RaidObjectStore, k: str, data: bytes) -> None:

@@ -20,6 +20,7 @@ from boxbox.store.check import check_account
 from boxbox.store.s3backend import PACK_MEMBER, S3ObjectStore
 from boxbox.store.s3pack import is_pack_name
 
+from tests.packutil import batch, commit_new
 from tests.serverutil import download, make_store, upload
 from tests.test_store_support import make_keys, session_client
 
@@ -40,22 +41,6 @@ def backend(seaweed: Any) -> S3ObjectStore:
 def fresh(backend: S3ObjectStore) -> S3ObjectStore:
     """Another server's view of the same bucket: nothing remembered."""
     return S3ObjectStore(backend.client, backend.prefix, "t")
-
-
-def commit_new(backend: S3ObjectStore, items: dict[str, bytes]) -> list[Any]:
-    """New objects committed as a session does (durable=False), before the barrier."""
-    puts = []
-    for k, data in items.items():
-        p = backend.put(k, exclusive=True)
-        p.write(data)
-        p.commit(durable=False)
-        puts.append(p)
-    return puts
-
-
-def batch(backend: S3ObjectStore, items: dict[str, bytes]) -> None:
-    """New objects committed as a session does, then the barrier."""
-    backend.sync(commit_new(backend, items))
 
 
 def stored(backend: S3ObjectStore) -> tuple[list[str], list[str]]:
