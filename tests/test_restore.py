@@ -318,7 +318,9 @@ def test_quick_compare_finds_a_change_without_downloading_data(env: Env, tmp_pat
     with open(src / "big", "r+b") as f:  # same size, same mtime: only the checksums can tell
         st = os.fstat(f.fileno())
         f.seek(1_500_000)
-        f.write(b"X")
+        old = f.read(1)
+        f.seek(1_500_000)
+        f.write(bytes([old[0] ^ 0xFF]))  # (b"X" was the byte there already once in 256 runs)
     os.utime(src / "big", ns=(st.st_atime_ns, st.st_mtime_ns))
     before = remote.client.conn.bytes_in
     result = compare(remote, chain, src, quick=True)
