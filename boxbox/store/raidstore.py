@@ -9,7 +9,7 @@ three inodes, three renames and their fsyncs whatever it holds: 3,000 small obje
 server's CPU in a first backup. Reads find members through a per-shard view (one listing
 of the directory and its packs' indexes), so callers still see one object per key.
 
-The rules that keep every state readable (docs/STORE.md "Packs"):
+The rules that keep every state readable (docs/STORE.md "Packs on a disc set"):
 - a standalone RAID file always wins over a member of the same name (a rewrite is standalone);
 - a pack is written whole and atomically (it is a RAID file), and never changed;
 - deleting a member writes the pack's other live members as a new pack first, then deletes the
