@@ -525,6 +525,44 @@ def test_a_pack_gone_right_after_a_fresh_view_named_it_is_read_from_where_it_wen
     assert cut and cut[0].rpartition("/")[2] not in packs(dirs)  # the pack its first view named is gone
 
 
+def test_readers_in_other_threads_see_every_object_while_a_writer_packs_rewrites_and_deletes(
+        dirs: list[Path], store: RaidObjectStore) -> None:
+    """The server's threads share one store: a reader's view, pack bodies and indexes change under it as the
+    writer packs, rewrites (shadowing members, deleting fully shadowed packs) and deletes (repacking)."""
+    import threading
+
+    kept = {key(i): b"kept %d " % i * (i + 1) for i in range(0, 40, 2)}  # never changed: read throughout
+    batch(store, {**kept, **{key(i): b"doomed %d" % i for i in range(1, 40, 2)}})
+    stop = threading.Event()
+    wrong: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            for k, want in kept.items():
+                try:
+                    got = store.get(k).read()
+                except Exception as e:  # noqa: BLE001 - any error is the finding
+                    wrong.append(f"{k}: {e!r}")
+                    continue
+                if got != want:
+                    wrong.append(f"{k}: {got[:20]!r}")
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(1, 40, 2):  # each rewrite, then delete, of a member of the kept ones' packs
+            rewrite(store, key(i), b"rewritten %d" % i)
+            batch(store, {key(100 + i): b"new %d" % i})
+            store.delete(key(i))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert wrong == []
+    assert contents(fresh(dirs), list(kept)) == kept
+
+
 # ------------------------------------------------------------------ through the store's layers
 
 def test_a_backup_is_packed_checks_clean_and_survives_housekeeping(tmp_path: Path) -> None:
