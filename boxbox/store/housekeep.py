@@ -471,11 +471,11 @@ def recover(store: Store, account: int, info: AccountInfo) -> AccountInfo:
     last = info.last_object_id
     highest = max([last, *listed])
     journal = read_journal(store, account) or set()
-    removed = 0
-    for object_id in sorted(journal | set(range(last + 1, last + PROBE_IDS + 1))):
-        if object_id not in listed and acct.exists(object_id):
-            acct.delete_object(object_id)  # a lost batch's unlisted object, or one a pass had unlisted
-            removed += 1
+    # a lost batch's unlisted objects, or those a pass had unlisted: together (a pack is rewritten once)
+    doomed = [i for i in sorted(journal | set(range(last + 1, last + PROBE_IDS + 1)))
+              if i not in listed and acct.exists(i)]
+    acct.delete_objects(doomed)
+    removed = len(doomed)
     drop_damaged = getattr(acct.backend, "drop_damaged", None)  # a RAID store's pack torn by a power cut
     if drop_damaged is not None:
         removed += drop_damaged({acct.key(i).rpartition("/")[0] for i in range(last + 1, last + PROBE_IDS + 1)})
