@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import socket
@@ -165,7 +166,9 @@ def test_point_in_time_chooses_versions_by_mtime_and_deletions_by_directory_time
         assert {n: (out / n).read_bytes() for n in os.listdir(out)} == expect, at
 
 
-def test_resume_after_interruption_downloads_only_the_rest(env: Env, tmp_path: Path) -> None:
+@pytest.mark.parametrize("unnamed", [pytest.param(True, marks=pytest.mark.skipif(
+    not target.HAVE_TMPFILE, reason="no O_TMPFILE here")), False], ids=["unnamed-temps", "named-temps"])
+def test_resume_after_interruption_downloads_only_the_rest(env: Env, tmp_path: Path, unnamed: bool) -> None:
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
     for i in range(40):
@@ -196,14 +199,17 @@ def test_resume_after_interruption_downloads_only_the_rest(env: Env, tmp_path: P
         return submit(request, *a, **k)
 
     remote.client.submit = counting_submit  # type: ignore[method-assign]
-    job = Restore(remote, Options(), writer=Interrupting())
+    writer = Interrupting()
+    writer._unnamed = unnamed  # where the file system has no O_TMPFILE, temps have names
+    job = Restore(remote, Options(), writer=writer)
     with pytest.raises(Killed):
         job.run(chain[-1][1], chain[-1][0], out)
     first_run = set(fetched)  # the finished 15, the interrupted one, and requests already in flight
     fetched.clear()
     names = os.listdir(out / "d")
     temps = [n for n in names if target.is_temp_name(os.fsencode(n))]
-    assert (len(names), len(temps)) == (16, 1)  # 15 finished, one half-written temporary file
+    # 15 finished; the half-written file has no name at all, or a temporary one
+    assert (len(names), len(temps)) == ((15, 0) if unnamed else (16, 1))
     with pytest.raises(UsageError):
         restore(remote, chain, out, Options())
     summary = restore(remote, chain, out, Options(resume=True))
@@ -277,6 +283,52 @@ def test_writer_never_follows_a_planted_symlink(tmp_path: Path) -> None:
         for name in (b"", b".", b"..", b"a/b", b"a\0b"):
             with pytest.raises(IntegrityError):
                 check_name(name, "test")
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not target.HAVE_TMPFILE, reason="no O_TMPFILE here")
+@pytest.mark.parametrize("refused", ["O_TMPFILE", "link"])
+def test_writer_falls_back_to_named_temps(tmp_path: Path, monkeypatch: Any, refused: str) -> None:
+    """A file system without O_TMPFILE, or one that will not link an unnamed file: the file is still
+    restored whole, under its name only, through a named temporary file."""
+    fd = target.open_target(tmp_path / "t", resume=False)
+    real_open, real_link = os.open, os.link
+
+    def no_tmpfile(path: Any, flags: int, *a: Any, **k: Any) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *a, **k)
+
+    def no_proc_link(src: Any, *a: Any, **k: Any) -> None:
+        if str(src).startswith("/proc/self/fd/"):
+            raise OSError(errno.EPERM, "Operation not permitted")
+        real_link(src, *a, **k)
+
+    try:
+        w = target.Writer()
+        ahead = w.create_temp_ahead(fd)
+        monkeypatch.setattr(os, "open" if refused == "O_TMPFILE" else "link",
+                            no_tmpfile if refused == "O_TMPFILE" else no_proc_link)
+        f, tmp = w.create_temp(fd)
+        assert bool(tmp) == (refused == "O_TMPFILE")
+        f.write(b"payload " * 1000)
+        attrs = Attributes(FileType.REGULAR, 0o640, os.getuid(), os.getgid(), 1_650_000_000_000_000_000)
+        w.commit_file(fd, f, tmp, b"file", attrs)
+        assert not w._unnamed  # the rest of the restore goes the named way at once
+        made, tmp2 = ahead.result()  # made ahead before the refusal: unnamed, and still usable
+        assert tmp2 == b""
+        made.write(b"second")
+        if refused == "O_TMPFILE":
+            w.commit_file(fd, made, tmp2, b"second", None)
+            assert (tmp_path / "t" / "second").read_bytes() == b"second"
+        else:
+            w.discard_temp(fd, made, tmp2)
+        w.close()
+        st = os.stat(tmp_path / "t" / "file")
+        assert (tmp_path / "t" / "file").read_bytes() == b"payload " * 1000
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, 1_650_000_000_000_000_000)
+        assert not [n for n in os.listdir(tmp_path / "t") if target.is_temp_name(os.fsencode(n))]
     finally:
         os.close(fd)
 
