@@ -40,8 +40,8 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: An unnamed temp file changes its directory once (the link) instead of three times (create,
 #: link, unlink), and the helper thread that creates temps ahead then no longer takes the
-#: directory's lock: with it, a quarter of a restore's kernel samples on this ext4 were the two
-#: threads spinning on that lock (perf, full-scale vs_boxbackup restore). Nothing to clean up
+#: directory's lock: with it, 15% of a restore's samples on the test box were the two threads
+#: spinning on that lock (perf, full-scale vs_boxbackup restore). Nothing to clean up
 #: after a kill: the kernel frees an unlinked inode.
 TMPFILE_FLAGS = os.O_RDWR | getattr(os, "O_TMPFILE", 0) | os.O_CLOEXEC  # readable: see _relink
 HAVE_TMPFILE = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
